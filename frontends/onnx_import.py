@@ -1,0 +1,351 @@
+"""ONNX -> IR: read, check, fold everything that does not depend on the input, build ops, make it batched.
+
+The steps (each one exact):
+1. read the file (``onnx_io``), pick the one input and the chosen output, prune to what the output needs;
+2. name every unsupported op on the input-dependent path at once (before ``onnx.checker``, whose message would
+   name only the first);
+3. ``onnx.checker`` and ``onnx.shape_inference`` (the latter for reporting declared shapes);
+4. walk the nodes in topological order running the model at batch 1 on a probe input: nodes whose inputs are
+   all constants are folded with ONNX's reference evaluator (so folding has the spec's semantics for any op),
+   ``Shape``/``Size`` of input-dependent tensors become constants (the shapes are static), ``Identity`` and
+   ``Dropout`` disappear, every other node becomes an op of the registry (``verifier.ops``);
+5. rewrite patterns into single ops (``verifier.rewrite``: Erf-form GELU);
+6. let ops rewrite batch-1 constants (``Reshape`` to ``[1, -1]``...), then check that a batched run equals
+   per-sample runs; if it does not, the module runs sample by sample (always exact).
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from verifier.errors import ModelImportError, UnsupportedOpsError
+from verifier.ir import Graph, GraphModule, Node, build_dag
+from verifier.ops import lookup
+from verifier.rewrite import fuse_gelu
+
+from .onnx_io import read_model
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+REMOVED_OPS = ("Identity", "Dropout")
+FOLDED_SHAPE_OPS = ("Shape", "Size", "Constant")
+
+
+def load_onnx(src: str | os.PathLike | onnx.ModelProto, output: str | None = None) -> GraphModule:
+    """Import an ONNX model (path or ModelProto) as a ``GraphModule`` computing ``output`` (default: first)."""
+    model = read_model(src)
+    return Importer(model, output).module()
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in DEFAULT_DOMAINS:
+            return int(imp.version)
+    raise ModelImportError("model imports no default ONNX opset")
+
+
+def topological_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes in an order where every tensor is produced before it is read."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    available |= {i.name for i in graph.sparse_initializer}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(t in available for t in n.input)]
+        if not ready:
+            missing = sorted({t for n in pending for t in n.input if t not in available})
+            raise ModelImportError(f"graph has a cycle or reads undefined tensors: {', '.join(missing[:5])}")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+    return ordered
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str:
+    return d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+
+
+def value_shape(vi: onnx.ValueInfoProto) -> list[int | str] | None:
+    t = vi.type.tensor_type
+    return [_dim(d) for d in t.shape.dim] if t.HasField("shape") else None
+
+
+def _to_torch(value: np.ndarray) -> torch.Tensor:
+    value = np.array(value)  # a writable copy
+    if value.dtype.kind == "f":
+        return torch.from_numpy(value).to(torch.get_default_dtype())
+    if value.dtype.kind in "iub":
+        return torch.from_numpy(value if value.dtype.kind == "b" else value.astype(np.int64))
+    raise ModelImportError(f"constant of unsupported dtype {value.dtype}")
+
+
+class Importer:
+    """One ONNX model's translation into the IR (see the module docstring for the steps)."""
+
+    def __init__(self, model: onnx.ModelProto, output: str | None = None):
+        self.model = model
+        self.opset = default_opset(model)
+        g = model.graph
+        self.const: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        for sp in g.sparse_initializer:
+            self.const[sp.values.name] = _sparse_to_dense(sp)
+        self.initializers = set(self.const)
+        inputs = [i for i in g.input if i.name not in self.const]
+        if not inputs:
+            raise ModelImportError("model has no inputs (every graph input is an initializer)")
+        if len(inputs) > 1:
+            names = ", ".join(i.name for i in inputs)
+            raise ModelImportError(f"model has {len(inputs)} inputs ({names}); lipverify handles one-input models")
+        self.input = inputs[0]
+        outputs = [o.name for o in g.output]
+        if not outputs:
+            raise ModelImportError("model has no outputs")
+        if output is not None and output not in outputs:
+            raise ModelImportError(f"no output named '{output}'; the model's outputs: {', '.join(outputs)}")
+        self.output = output or outputs[0]
+        self.nodes = self._prune(topological_nodes(g))
+        self._check_supported()
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:  # ValidationError, or C++ errors for broken files
+            raise ModelImportError(f"invalid ONNX model: {str(e).strip().splitlines()[0]}")
+
+    # --- structure ---------------------------------------------------------------------------------------
+    def _prune(self, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+        needed, kept = {self.output}, []
+        for node in reversed(nodes):
+            if any(o in needed for o in node.output):
+                kept.append(node)
+                needed.update(t for t in node.input if t)
+        return kept[::-1]
+
+    def _check_supported(self) -> None:
+        dependent, bad = {self.input.name}, []
+        for i, node in enumerate(self.nodes):
+            if not any(t in dependent for t in node.input):
+                continue
+            dependent.update(node.output)
+            if node.domain not in DEFAULT_DOMAINS:
+                bad.append((f"{node.domain}.{node.op_type}", node.name or f"#{i}"))
+            elif node.op_type not in REMOVED_OPS + FOLDED_SHAPE_OPS and lookup(node.op_type, self.opset) is None:
+                bad.append((node.op_type, node.name or f"#{i}"))
+        if bad:
+            raise UnsupportedOpsError(bad)
+
+    # --- the batch-1 walk --------------------------------------------------------------------------------
+    def _probe_input(self) -> tuple[torch.Tensor, tuple[int, ...], bool]:
+        shape = value_shape(self.input)
+        elem = self.input.type.tensor_type.elem_type
+        if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            name = onnx.TensorProto.DataType.Name(elem) if elem else "unknown"
+            raise ModelImportError(f"input '{self.input.name}' has type {name}; lipverify needs a float input")
+        if shape is None:
+            raise ModelImportError(f"input '{self.input.name}' declares no shape")
+        leading = bool(shape) and (shape[0] == 1 or not isinstance(shape[0], int) or shape[0] == 0)
+        fixed = [1 if (i == 0 and leading) else d for i, d in enumerate(shape)]
+        symbolic = [i for i, d in enumerate(fixed) if not isinstance(d, int) or d <= 0]
+        if symbolic:
+            raise ModelImportError(f"input '{self.input.name}' has symbolic dimensions at axes {symbolic} "
+                                   f"(shape {shape}); only the batch axis may be symbolic")
+        gen = torch.Generator().manual_seed(0)
+        return torch.rand(fixed, generator=gen), tuple(fixed), leading
+
+    def _fold(self, node: onnx.NodeProto) -> list[np.ndarray]:
+        """Evaluate a node whose inputs are all constants with ONNX's reference implementation."""
+        if node.op_type == "Constant":
+            return [numpy_helper.to_array(_constant_tensor(node))]
+        feeds = {t: self.const[t] for t in node.input if t}
+        inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                  for t, v in feeds.items()]
+        graph = helper.make_graph([node], "fold", inputs, [onnx.ValueInfoProto(name=o) for o in node.output if o])
+        opsets = [helper.make_opsetid(i.domain, i.version) for i in self.model.opset_import]
+        sub = helper.make_model(graph, opset_imports=opsets, ir_version=self.model.ir_version)
+        try:
+            return [np.asarray(v) for v in ReferenceEvaluator(sub).run(None, feeds)]
+        except Exception as e:
+            raise ModelImportError(f"cannot fold constant node {node.op_type} '{node.name}': "
+                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+
+    def module(self) -> GraphModule:
+        probe, probe_shape, leading = self._probe_input()
+        dyn: dict[str, torch.Tensor] = {self.input.name: probe}
+        alias: dict[str, str] = {}
+        ir_nodes: list[Node] = []
+        shapes: dict[str, tuple[int, ...]] = {self.input.name: probe_shape}
+        used_names: set[str] = set()
+        for i, node in enumerate(self.nodes):
+            ins = [alias.get(t, t) for t in node.input]
+            if all(not t or t in self.const for t in ins):
+                for o, v in zip([o for o in node.output if o], self._fold(node)):
+                    self.const[o] = v
+                continue
+            if node.op_type in REMOVED_OPS:
+                alias[node.output[0]] = ins[0]
+                self._refuse_used(node, node.output[1:])
+                continue
+            if node.op_type in ("Shape", "Size"):
+                self.const[node.output[0]] = _shape_value(node, tuple(dyn[ins[0]].shape))
+                continue
+            name = _unique(node.name or f"{node.op_type}_{i}", used_names)
+            ir_nodes.append(self._make_node(node, name, ins, dyn, shapes))
+        out = alias.get(self.output, self.output)
+        uses = self._consumers(ir_nodes)
+        uses[out] += 1
+        ir_nodes = fuse_gelu(ir_nodes, self.const, self.opset, uses)
+        if out in self.const or out not in dyn:
+            raise ModelImportError(f"output '{self.output}' does not depend on the model input")
+        return self._finish(ir_nodes, out, shapes, probe_shape, leading)
+
+    def _make_node(self, node: onnx.NodeProto, name: str, ins: list[str], dyn: dict[str, torch.Tensor],
+                   shapes: dict[str, tuple[int, ...]]) -> Node:
+        cls = lookup(node.op_type, self.opset)
+        assert cls is not None  # _check_supported named every missing one
+        static: dict[int, Any] = {}
+        for k in cls.static_inputs:
+            if k < len(ins) and ins[k]:
+                if ins[k] not in self.const:
+                    raise ModelImportError(f"{node.op_type} node '{name}': input {k} ('{ins[k]}') must be a "
+                                           f"constant, but it depends on the model input")
+                static[k] = self.const[ins[k]]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        op = cls(attrs, static, self.opset, name)
+        if hasattr(op, "n_outputs"):
+            op.n_outputs = len(node.output)
+        inputs = ["" if k in static else t for k, t in enumerate(ins)]
+        args = [None if not t else (dyn[t] if t in dyn else _to_torch(self.const[t])) for t in inputs]
+        try:
+            with torch.no_grad():
+                out = op.forward(*args)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelImportError(f"{node.op_type} node '{name}' fails on the model's input shape: {msg}")
+        outs = list(out) if isinstance(out, tuple) else [out]
+        if len(outs) < len([o for o in node.output if o]):
+            self._refuse_used(node, node.output[len(outs):])
+        outputs = list(node.output[:len(outs)])
+        for o, v in zip(outputs, outs):
+            dyn[o] = v
+            shapes[o] = tuple(v.shape)
+        op.adapt_batch([shapes.get(t) if t else None for t in inputs], [tuple(v.shape) for v in outs])
+        return Node(name, op, inputs, outputs)
+
+    def _refuse_used(self, node: onnx.NodeProto, extra_outputs) -> None:
+        """Secondary outputs we do not compute (Dropout mask, MaxPool indices) must not be read."""
+        extra = {o for o in extra_outputs if o}
+        if not extra:
+            return
+        readers = [n for n in self.nodes if extra & set(n.input)]
+        if readers or self.output in extra:
+            raise UnsupportedOpsError([(f"{node.op_type} (secondary output)", node.name or node.output[0])])
+
+    @staticmethod
+    def _consumers(nodes: list[Node]) -> Counter:
+        return Counter(t for n in nodes for t in n.inputs if t)
+
+    def _finish(self, ir_nodes: list[Node], out: str, shapes: dict[str, tuple[int, ...]],
+                probe_shape: tuple[int, ...], leading: bool) -> GraphModule:
+        used = {t for n in ir_nodes for t in n.inputs if t}
+        weights = {t for n in ir_nodes for k, t in enumerate(n.inputs)
+                   if t and k in n.op.weight_inputs and t in self.initializers}
+        constants = {t: _to_torch(self.const[t]) for t in sorted(used) if t in self.const}
+        out_shape = shapes[out]
+        out_leading = leading and len(out_shape) > 0 and out_shape[0] == 1
+        graph = Graph(
+            dag=build_dag(ir_nodes), input_name=self.input.name, output_name=out, constants=constants,
+            weights={w for w in weights if constants[w].is_floating_point()},
+            sample_shape=probe_shape[1:] if leading else probe_shape,
+            output_shape=out_shape[1:] if out_leading else out_shape,
+            leading_batch=leading, output_leading_batch=out_leading, shapes=dict(shapes),
+            info=self._info(),
+        )
+        module = GraphModule(graph)
+        graph.batched = batches_exactly(module)
+        return module
+
+    def _info(self) -> dict[str, Any]:
+        m = self.model
+        g = m.graph
+        return {
+            "opset": self.opset,
+            "producer": f"{m.producer_name} {m.producer_version}".strip(),
+            "ir_version": m.ir_version,
+            "file_op_counts": dict(Counter(n.op_type for n in g.node)),
+            "input": {"name": self.input.name, "shape": value_shape(self.input)},
+            "outputs": [{"name": o.name, "shape": value_shape(o)} for o in _inferred_outputs(m)],
+            "output": self.output,
+        }
+
+
+def batches_exactly(module: GraphModule, batch: int = 3) -> bool:
+    """Whether running ``batch`` samples at once equals running them one by one (float tolerance)."""
+    graph = module.graph
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand((batch, *graph.sample_shape), generator=gen)
+    with torch.no_grad():
+        reference = module.run_per_sample(x)
+        try:
+            batched = module.run(x)
+        except Exception:
+            return False
+    if tuple(batched.shape) != tuple(reference.shape):
+        return False
+    scale = max(float(reference.abs().max()), 1e-6) if reference.numel() else 1.0
+    return bool(((batched - reference).abs() <= 1e-5 * scale + 1e-6).all())
+
+
+def _inferred_outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    try:
+        return list(onnx.shape_inference.infer_shapes(model).graph.output)
+    except Exception:
+        return list(model.graph.output)
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto:
+    for a in node.attribute:
+        if a.name == "value":
+            return a.t
+        if a.name == "value_float":
+            return numpy_helper.from_array(np.array(a.f, dtype=np.float32))
+        if a.name == "value_floats":
+            return numpy_helper.from_array(np.array(list(a.floats), dtype=np.float32))
+        if a.name == "value_int":
+            return numpy_helper.from_array(np.array(a.i, dtype=np.int64))
+        if a.name == "value_ints":
+            return numpy_helper.from_array(np.array(list(a.ints), dtype=np.int64))
+        if a.name == "sparse_value":
+            return numpy_helper.from_array(numpy_helper.to_array(a.sparse_tensor))
+    raise ModelImportError(f"Constant node '{node.name}' has no value")
+
+
+def _sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
+    values, indices = numpy_helper.to_array(sp.values), numpy_helper.to_array(sp.indices)
+    dense = np.zeros(tuple(sp.dims), dtype=values.dtype)
+    if indices.ndim == 1:
+        dense.reshape(-1)[indices] = values
+    else:
+        dense[tuple(indices.T)] = values
+    return dense
+
+
+def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
+    if node.op_type == "Size":
+        return np.array(int(np.prod(shape)), dtype=np.int64)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    start, end = attrs.get("start", 0), attrs.get("end", None)
+    return np.array(shape[start:end], dtype=np.int64)
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, k = name, 1
+    while candidate in used:
+        k += 1
+        candidate = f"{name}_{k}"
+    used.add(candidate)
+    return candidate

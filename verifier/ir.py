@@ -1,0 +1,196 @@
+"""The IR: a networkx DiGraph of op nodes (``Graph``) and the torch module that runs it (``GraphModule``).
+
+One IR node per ONNX node that depends on the model input (everything else is folded into constants at
+import). Edges go from the node producing a tensor to each node consuming it and carry the tensor names.
+``GraphModule`` runs the nodes in topological order on batches; trainable weights are ``nn.Parameter``s,
+every other constant is a buffer, so ``.to(device)``, ``.double()``, ``state_dict`` and optimizers just work.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import networkx as nx
+import torch
+from torch import nn
+
+from .errors import InputShapeError
+from .ops.base import Op, Shape
+
+
+@dataclass
+class Node:
+    """One IR node: its op, and the tensor names it reads ('' for absent or static inputs) and writes."""
+
+    name: str
+    op: Op
+    inputs: list[str]
+    outputs: list[str]
+
+    @property
+    def op_type(self) -> str:
+        return self.op.op_type
+
+
+@dataclass
+class Graph:
+    """A model's computation: ``dag`` (networkx) of ``Node``s between one input and one output tensor.
+
+    Batch convention: the IR takes inputs of shape ``(B, *sample_shape)`` and returns ``(B, *output_shape)``.
+    ``leading_batch`` says whether the file's input has a batch axis (size 1 or symbolic) in front of
+    ``sample_shape``; ``output_leading_batch`` the same for the output. ``batched`` is True when the graph runs
+    a whole batch at once (checked against per-sample runs at import); otherwise the module runs sample by
+    sample, which is always exactly the file's semantics.
+    """
+
+    dag: nx.DiGraph
+    input_name: str
+    output_name: str
+    constants: dict[str, torch.Tensor]
+    weights: set[str]
+    sample_shape: Shape
+    output_shape: Shape
+    leading_batch: bool = True
+    output_leading_batch: bool = True
+    batched: bool = True
+    shapes: dict[str, Shape] = field(default_factory=dict)  # every tensor's shape in a batch-1 run of the file
+    info: dict[str, Any] = field(default_factory=dict)  # opset, producer, file op counts, ...
+
+    def __post_init__(self) -> None:
+        self.order: list[str] = list(nx.topological_sort(self.dag))
+
+    def nodes(self) -> Iterator[Node]:
+        """Nodes in topological order."""
+        for name in self.order:
+            yield self.dag.nodes[name]["node"]
+
+    def node(self, name: str) -> Node:
+        return self.dag.nodes[name]["node"]
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(Counter(n.op_type for n in self.nodes()))
+
+
+def build_dag(nodes: list[Node]) -> nx.DiGraph:
+    """The DiGraph of ``nodes``: one edge producer -> consumer per tensor they share."""
+    dag = nx.DiGraph()
+    producer: dict[str, str] = {}
+    for node in nodes:
+        dag.add_node(node.name, node=node)
+        for t in node.outputs:
+            producer[t] = node.name
+    for node in nodes:
+        for t in node.inputs:
+            if t in producer:
+                src = producer[t]
+                if dag.has_edge(src, node.name):
+                    dag.edges[src, node.name]["tensors"].append(t)
+                else:
+                    dag.add_edge(src, node.name, tensors=[t])
+    return dag
+
+
+def _key(i: int, name: str) -> str:
+    return f"c{i}_" + re.sub(r"\W", "_", name)[:40]
+
+
+class GraphModule(nn.Module):
+    """Runs a ``Graph`` on batches: ``module(x)`` with ``x`` of shape ``(B, *graph.sample_shape)``."""
+
+    def __init__(self, graph: Graph):
+        super().__init__()
+        self.graph = graph
+        self._keys: dict[str, str] = {}
+        for i, (name, value) in enumerate(graph.constants.items()):
+            key = _key(i, name)
+            self._keys[name] = key
+            if name in graph.weights:
+                self.register_parameter(key, nn.Parameter(value.clone()))
+            else:
+                self.register_buffer(key, value.clone())
+        self._last_use = self._compute_last_use()
+        self.eval()
+
+    def _compute_last_use(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for step, node in enumerate(self.graph.nodes()):
+            for t in node.inputs:
+                last[t] = step
+        last[self.graph.output_name] = len(self.graph.order)
+        return last
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The current value of the constant or weight ``name`` (its ONNX tensor name)."""
+        return getattr(self, self._keys[name])
+
+    def onnx_weights(self) -> dict[str, nn.Parameter]:
+        """Trainable weights keyed by their ONNX initializer names (for export)."""
+        return {name: self.tensor(name) for name in self.graph.weights}
+
+    @property
+    def float_dtype(self) -> torch.dtype:
+        for t in list(self.parameters()) + list(self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    def train(self, mode: bool = True) -> "GraphModule":
+        super().train(mode)
+        for node in self.graph.nodes():
+            node.op.training = mode
+        return self
+
+    def check_input(self, x: torch.Tensor) -> None:
+        expected = tuple(self.graph.sample_shape)
+        if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+            shape = ", ".join(["B", *map(str, expected)])
+            raise InputShapeError(f"expected input of shape ({shape}), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = x.to(device=self.device, dtype=self.float_dtype)
+        if self.graph.batched:
+            return self.run(x)
+        return self.run_per_sample(x)
+
+    def run(self, x: torch.Tensor, keep: set[str] | None = None) -> torch.Tensor:
+        """One pass over the nodes with ``x`` bound to the graph input (the file's layout, batch in front).
+
+        ``keep``: tensor names to return as well (then a dict name -> tensor including the output).
+        """
+        env: dict[str, torch.Tensor] = {self.graph.input_name: x}
+        kept: dict[str, torch.Tensor] = {}
+        for step, node in enumerate(self.graph.nodes()):
+            args = [None if not t else (env[t] if t in env else self.tensor(t)) for t in node.inputs]
+            out = node.op.forward(*args)
+            if isinstance(out, tuple):
+                env.update((o, v) for o, v in zip(node.outputs, out) if o)
+            else:
+                env[node.outputs[0]] = out
+            for t in node.inputs:
+                if t in env and self._last_use.get(t) == step:
+                    if keep and t in keep:
+                        kept[t] = env[t]
+                    del env[t]
+        if keep is not None:
+            kept.update((t, env[t]) for t in keep if t in env)
+            kept[self.graph.output_name] = env[self.graph.output_name]
+            return kept  # type: ignore[return-value]
+        return env[self.graph.output_name]
+
+    def run_per_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """The file's exact semantics, one sample at a time (for graphs that mix the batch axis)."""
+        outs = []
+        for i in range(x.shape[0]):
+            xi = x[i:i + 1] if self.graph.leading_batch else x[i]
+            y = self.run(xi)
+            outs.append(y[0] if self.graph.output_leading_batch else y)
+        return torch.stack(outs)

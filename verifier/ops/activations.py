@@ -1,0 +1,132 @@
+"""Elementwise activations.
+
+Each is monotone and slope-restricted (slope in [alpha, beta]); the Lipschitz rule (beta) and the box rule
+(exact for monotone functions) come with the next issues. GELU is recognised in its Erf form at import
+(verifier/rewrite.py) so that it is one node with one rule.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Op, rule
+
+
+@rule("Relu", since=(1, 6, 13, 14))
+class Relu(Op):
+    def forward(self, x):
+        return torch.relu(x)
+
+
+@rule("LeakyRelu", since=(1, 6, 16))
+class LeakyRelu(Op):
+    def setup(self) -> None:
+        self.alpha = float(self.attr("alpha", 0.01))
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.alpha)
+
+
+@rule("PRelu", since=(1, 6, 7, 9, 16))
+class PRelu(Op):
+    """f(x) = x for x >= 0, slope * x otherwise; slope broadcasts to x (trainable)."""
+
+    weight_inputs = (1,)
+
+    def forward(self, x, slope):
+        return torch.where(x >= 0, x, slope * x)
+
+
+@rule("Sigmoid", since=(1, 6, 13))
+class Sigmoid(Op):
+    def forward(self, x):
+        return torch.sigmoid(x)
+
+
+@rule("Tanh", since=(1, 6, 13))
+class Tanh(Op):
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+@rule("Softplus", since=(1,))
+class Softplus(Op):
+    def forward(self, x):
+        return F.softplus(x)
+
+
+@rule("Elu", since=(1, 6))
+class Elu(Op):
+    def setup(self) -> None:
+        self.alpha = float(self.attr("alpha", 1.0))
+
+    def forward(self, x):
+        return F.elu(x, self.alpha)
+
+
+@rule("Selu", since=(1, 6))
+class Selu(Op):
+    def setup(self) -> None:
+        self.alpha = float(self.attr("alpha", 1.67326319217681884765625))
+        self.gamma = float(self.attr("gamma", 1.05070102214813232421875))
+
+    def forward(self, x):
+        return self.gamma * torch.where(x > 0, x, self.alpha * torch.expm1(x))
+
+
+@rule("HardSigmoid", since=(1, 6))
+class HardSigmoid(Op):
+    """max(0, min(1, alpha x + beta))."""
+
+    def setup(self) -> None:
+        self.alpha = float(self.attr("alpha", 0.2))
+        self.beta = float(self.attr("beta", 0.5))
+
+    def forward(self, x):
+        return torch.clamp(self.alpha * x + self.beta, 0.0, 1.0)
+
+
+@rule("Clip", since=(1, 6, 11, 12, 13))
+class Clip(Op):
+    """Clamp to [min, max]: attributes before opset 11, optional constant inputs from 11 on."""
+
+    static_inputs = (1, 2)
+
+    def setup(self) -> None:
+        lo, hi = self.static.get(1), self.static.get(2)
+        lo = self.attr("min", -math.inf) if lo is None else float(np.asarray(lo))
+        hi = self.attr("max", math.inf) if hi is None else float(np.asarray(hi))
+        self.min, self.max = float(lo), float(hi)
+
+    def forward(self, x, *_):
+        lo = None if self.min == -math.inf else self.min
+        hi = None if self.max == math.inf else self.max
+        if lo is None and hi is None:
+            return x
+        if lo is not None and hi is not None and lo > hi:  # ONNX: all outputs equal max
+            return torch.full_like(x, hi)
+        return torch.clamp(x, lo, hi)
+
+
+@rule("Erf", since=(9, 13))
+class Erf(Op):
+    def forward(self, x):
+        return torch.erf(x)
+
+
+@rule("Gelu", since=(20,))
+class Gelu(Op):
+    """GELU(x) = x Phi(x) ('none', the Erf form) or its tanh approximation.
+
+    Also the node that the Erf pattern of older exporters, 0.5 x (1 + erf(x / sqrt 2)), is rewritten to.
+    """
+
+    def setup(self) -> None:
+        approx = self.attr("approximate", b"none")
+        self.approximate = approx.decode() if isinstance(approx, bytes) else str(approx)
+
+    def forward(self, x):
+        return F.gelu(x, approximate=self.approximate)

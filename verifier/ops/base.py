@@ -1,0 +1,119 @@
+"""The op base class and the registry that maps (ONNX op type, opset) to an op class.
+
+Every IR node holds one op object. An op keeps its forward (torch, batched), and — from the next issues on —
+its Lipschitz rule and its box (interval) rule together, so that one file says everything about one op family.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import NoRuleError
+
+Shape = tuple[int, ...]
+
+# op type -> list of (since_version, class), kept sorted by since_version
+_REGISTRY: dict[str, list[tuple[int, type["Op"]]]] = {}
+
+
+def rule(op_type: str, since: int | Sequence[int] = 1) -> Callable[[type["Op"]], type["Op"]]:
+    """Register an op class for ``op_type`` from opset ``since`` on (several versions may share a class)."""
+    versions = (since,) if isinstance(since, int) else tuple(since)
+
+    def register(cls: type[Op]) -> type[Op]:
+        entries = _REGISTRY.setdefault(op_type, [])
+        for v in versions:
+            entries.append((v, cls))
+        entries.sort(key=lambda e: e[0])
+        if not getattr(cls, "op_type", None):
+            cls.op_type = op_type
+        return cls
+
+    return register
+
+
+def lookup(op_type: str, opset: int) -> type["Op"] | None:
+    """The op class for ``op_type`` in a model of default-domain ``opset``: the newest version <= opset."""
+    found = None
+    for since, cls in _REGISTRY.get(op_type, []):
+        if since <= opset:
+            found = cls
+    if found is None and op_type in _REGISTRY:  # older opset than any registered version: take the first
+        found = _REGISTRY[op_type][0][1]
+    return found
+
+
+def registered_op_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class Op:
+    """One ONNX node's semantics on batched torch tensors.
+
+    Construction receives the node's attributes and the values of its *static* inputs (inputs that must be
+    constants known at import, such as a Reshape target shape or Slice bounds), as numpy arrays.
+    ``forward`` receives every other input as a torch tensor (or None for a missing optional input), in ONNX
+    input order, static inputs included as None placeholders.
+    """
+
+    op_type: ClassVar[str] = ""
+    #: input positions that must be constants; read at import and passed to __init__ as numpy arrays
+    static_inputs: ClassVar[tuple[int, ...]] = ()
+    #: constant input positions that are trainable weights (nn.Parameter); other constants are buffers
+    weight_inputs: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(self, attrs: dict[str, Any], static: dict[int, np.ndarray | None], opset: int, name: str):
+        self.attrs = attrs
+        self.static = static
+        self.opset = opset
+        self.name = name
+        self.training = False
+        self.setup()
+
+    def setup(self) -> None:
+        """Read attributes and static inputs into fields (override)."""
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.attrs.get(key, default)
+
+    def forward(self, *xs: torch.Tensor | None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def adapt_batch(self, in_shapes: list[Shape | None], out_shapes: list[Shape]) -> None:
+        """Rewrite batch-1 constants (e.g. a Reshape to ``[1, -1]``) so that the op runs on any batch size.
+
+        Called once at import with the shapes seen when running the model at batch 1. Whether the whole graph
+        then runs batched is checked by the importer against per-sample runs, so a rewrite can never change
+        what the model computes.
+        """
+
+    # --- rules filled in by the certificate issues -------------------------------------------------------
+    def lipschitz(self, norm: float = 2.0, sound: bool = True) -> Any:
+        """Upper bound of the op's Lipschitz constant (LMT §4). Not available yet for this op."""
+        raise NoRuleError(f"no Lipschitz rule for {self.op_type} (node '{self.name}')")
+
+    def interval(self, *boxes: Any) -> Any:
+        """Box in -> box out (interval arithmetic, BCP eq. 7-8). Not available yet for this op."""
+        raise NoRuleError(f"no box rule for {self.op_type} (node '{self.name}')")
+
+    @classmethod
+    def has_rule(cls, kind: str) -> bool:
+        """Whether this op class implements ``kind`` ('forward', 'lipschitz' or 'interval')."""
+        return getattr(cls, kind) is not getattr(Op, kind)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    """ONNX negative axes count from the end."""
+    return axis + rank if axis < 0 else axis
+
+
+def ints(value: Any) -> list[int]:
+    """An attribute or static input as a list of python ints."""
+    if value is None:
+        return []
+    return [int(v) for v in np.asarray(value).reshape(-1)]

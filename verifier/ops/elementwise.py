@@ -1,0 +1,71 @@
+"""Elementwise arithmetic (Add, Sub, Mul, Div, Neg) with numpy broadcasting, and Cast.
+
+With a constant operand these are affine maps (input normalization, biases, scalings), bounded as linear maps
+by the Lipschitz issue; with two input-dependent operands Add/Sub are sums of branches and Mul/Div are products.
+"""
+from __future__ import annotations
+
+import onnx
+import torch
+
+from .base import Op, rule
+
+
+@rule("Add", since=(1, 6, 7, 13, 14))
+class Add(Op):
+    weight_inputs = (0, 1)  # a constant addend is a bias (MatMul + Add exporters): trainable
+
+    def forward(self, a, b):
+        return a + b
+
+
+@rule("Sub", since=(1, 6, 7, 13, 14))
+class Sub(Op):
+    def forward(self, a, b):
+        return a - b
+
+
+@rule("Mul", since=(1, 6, 7, 13, 14))
+class Mul(Op):
+    def forward(self, a, b):
+        return a * b
+
+
+@rule("Div", since=(1, 6, 7, 13, 14))
+class Div(Op):
+    def forward(self, a, b):
+        if not a.is_floating_point() and not b.is_floating_point():
+            return torch.div(a, b, rounding_mode="trunc")
+        return a / b
+
+
+@rule("Neg", since=(1, 6, 13))
+class Neg(Op):
+    def forward(self, x):
+        return -x
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                onnx.TensorProto.BFLOAT16}
+_TORCH_TYPES = {
+    onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.INT16: torch.int16,
+    onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.BOOL: torch.bool,
+}
+
+
+@rule("Cast", since=(1, 6, 9, 13, 19, 21))
+class Cast(Op):
+    """Cast. A cast to any floating type keeps the IR's float dtype (float32 unless the module is moved to
+    float64), so that the IR computes in one precision; casts to integer or bool types are exact."""
+
+    def setup(self) -> None:
+        self.to = int(self.attr("to", onnx.TensorProto.FLOAT))
+        if self.to not in _FLOAT_TYPES and self.to not in _TORCH_TYPES:
+            from ..errors import ModelImportError
+            raise ModelImportError(f"Cast node '{self.name}': unsupported target type "
+                                   f"{onnx.TensorProto.DataType.Name(self.to)}")
+
+    def forward(self, x):
+        if self.to in _FLOAT_TYPES:
+            return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+        return x.to(_TORCH_TYPES[self.to])
