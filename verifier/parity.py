@@ -50,10 +50,20 @@ def onnxruntime_forward(session: Any, module: GraphModule, x: np.ndarray, dtype:
     return np.stack(outs)
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def check_parity(model: onnx.ModelProto, module: GraphModule, batch_sizes: tuple[int, ...] = (1, 7),
                  seed: int = 0, tolerance: float = TOLERANCE) -> dict[str, Any]:
     """Compare ``module`` with onnxruntime on uniform [0, 1) inputs of each batch size."""
-    session = onnxruntime_session(model)
+    try:
+        session = onnxruntime_session(model)
+    except Exception as e:
+        return {"ok": False, "error": f"onnxruntime cannot run the model: {_first_line(e)}",
+                "max_abs_diff": None, "max_rel_diff": None, "tolerance": tolerance,
+                "batch_sizes": list(batch_sizes), "per_batch": []}
     dtype = _numpy_dtype(model, module.graph.input_name)
     rng = np.random.default_rng(seed)
     max_abs, max_rel, per_batch = 0.0, 0.0, []

@@ -76,7 +76,10 @@ class Squeeze(Op):
 
     def forward(self, x, *_):
         axes = self.axes if self.axes is not None else [i for i, d in enumerate(x.shape) if d == 1]
-        return x.squeeze(tuple(norm_axis(a, x.dim()) for a in axes)) if axes else x
+        axes = tuple(norm_axis(a, x.dim()) for a in axes)
+        if any(x.shape[a] != 1 for a in axes):
+            raise ValueError(f"Squeeze of axes {axes} of a tensor of shape {tuple(x.shape)}")
+        return x.squeeze(axes) if axes else x
 
     def adapt_batch(self, in_shapes, out_shapes) -> None:
         if self.axes is None and in_shapes[0] is not None:

@@ -1,0 +1,98 @@
+"""`lipverify inspect`: what a model is, what lipverify can do with each of its ops, and whether the IR computes
+what onnxruntime computes."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import onnx
+
+from frontends.onnx_import import load_onnx, value_shape
+from frontends.onnx_io import read_model
+
+from .errors import LipverifyError, ModelImportError
+from .ir import GraphModule
+from .ops import lookup
+from .parity import check_parity
+
+RULES = (("forward", "forward"), ("lipschitz", "lipschitz"), ("box", "interval"))
+
+
+def import_model(path: str | os.PathLike, output: str | None = None) -> tuple[onnx.ModelProto, GraphModule]:
+    """Read and import, turning any failure into a one-line ``ModelImportError``."""
+    model = read_model(path)
+    try:
+        return model, load_onnx(model, output)
+    except LipverifyError:
+        raise
+    except Exception as e:  # a model our checks let through but an op cannot take: still a one-line error
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelImportError(f"cannot import the model: {text}")
+
+
+def op_rules(module: GraphModule) -> dict[str, dict[str, bool]]:
+    """For each op type in the IR: which of forward / Lipschitz rule / box rule it has."""
+    opset = module.graph.info["opset"]
+    table = {}
+    for op_type in sorted(module.graph.op_counts()):
+        cls = lookup(op_type, opset)
+        table[op_type] = {key: bool(cls and cls.has_rule(method)) for key, method in RULES}
+    return table
+
+
+def inspect_model(path: str | os.PathLike, output: str | None = None,
+                  batch_sizes: tuple[int, ...] = (1, 7)) -> dict[str, Any]:
+    model, module = import_model(path, output)
+    g, info = module.graph, module.graph.info
+    inits = {t.name for t in model.graph.initializer}
+    return {
+        "model": str(path),
+        "producer": info["producer"],
+        "opset": info["opset"],
+        "ir_version": info["ir_version"],
+        "inputs": [{"name": i.name, "shape": value_shape(i), "ir_shape": ["B", *g.sample_shape]}
+                   for i in model.graph.input if i.name not in inits],
+        "outputs": [{**o, "selected": o["name"] == info["output"]} for o in info["outputs"]],
+        "output": info["output"],
+        "output_ir_shape": ["B", *g.output_shape],
+        "batched": g.batched,
+        "nodes": len(g.order),
+        "parameters": int(sum(p.numel() for p in module.parameters())),
+        "op_counts": g.op_counts(),
+        "file_op_counts": info["file_op_counts"],
+        "ops": op_rules(module),
+        "unsupported_ops": [],
+        "parity": check_parity(model, module, batch_sizes),
+    }
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable form of ``inspect_model``'s report."""
+    lines = [f"model     {report['model']}  ({report['producer'] or 'unknown producer'}, opset {report['opset']})"]
+    for i in report["inputs"]:
+        lines.append(f"input     {i['name']!r}  file shape {i['shape']}  -> IR input "
+                     f"({', '.join(map(str, i['ir_shape']))})")
+    for o in report["outputs"]:
+        mark = f" -> IR output ({', '.join(map(str, report['output_ir_shape']))})" if o["selected"] else ""
+        lines.append(f"output    {o['name']!r}  shape {o['shape']}{mark}{'' if o['selected'] else '  (not used)'}")
+    lines.append(f"batching  {'native' if report['batched'] else 'sample by sample (the graph mixes the batch axis)'}"
+                 f";  {report['nodes']} IR nodes, {report['parameters']} trainable parameters")
+    lines.append("")
+    lines.append(f"{'op':<20}{'count':>6}  {'forward':<8}{'lipschitz':<10}{'box':<4}")
+    for op, count in sorted(report["op_counts"].items()):
+        r = report["ops"][op]
+        lines.append(f"{op:<20}{count:>6}  {_yes(r['forward']):<8}{_yes(r['lipschitz']):<10}{_yes(r['box']):<4}")
+    p = report["parity"]
+    batches = " and ".join(map(str, p["batch_sizes"]))
+    lines.append("")
+    if p.get("error"):
+        lines.append(f"parity vs onnxruntime: not checked: {p['error']} -> MISMATCH")
+        return "\n".join(lines)
+    lines.append(f"parity vs onnxruntime (random inputs, batch {batches}): max abs diff {p['max_abs_diff']:.3g}, "
+                 f"max rel diff {p['max_rel_diff']:.3g} (tolerance {p['tolerance']:g}) -> "
+                 f"{'OK' if p['ok'] else 'MISMATCH'}")
+    return "\n".join(lines)
