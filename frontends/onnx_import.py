@@ -111,7 +111,14 @@ class Importer:
             raise ModelImportError(f"no output named '{output}'; the model's outputs: {', '.join(outputs)}")
         self.output = output or outputs[0]
         self.nodes = self._prune(topological_nodes(g))
-        self._check_supported()
+        try:
+            self._check_supported()
+        except UnsupportedOpsError as e:
+            others = [o for o in outputs if o != self.output]
+            if others:  # e.g. scikit-learn's label output (ArgMax, ZipMap) beside the probabilities
+                e.args = (f"{e.args[0]} (for output '{self.output}'; other outputs: {', '.join(others)}; "
+                          f"choose one with --output)",)
+            raise
         try:
             onnx.checker.check_model(model)
         except Exception as e:  # ValidationError, or C++ errors for broken files

@@ -148,3 +148,19 @@ def test_wrong_data_shape_says_what_was_expected():
 
 def test_directory_instead_of_file(tmp_path):
     assert_one_line_error(run_cli("inspect", str(tmp_path)))
+
+
+def test_unsupported_first_output_suggests_another(tmp_path):
+    # the shape of a scikit-learn export: a label output (ArgMax) first, the probabilities second
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+             helper.make_node("ArgMax", ["h"], ["label"], name="argmax", axis=1),
+             helper.make_node("Softmax", ["h"], ["probabilities"], name="softmax", axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["N", 1]),
+                               helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])], [w])
+    path = tmp_path / "sk.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    assert_one_line_error(run_cli("inspect", str(path)), "ArgMax", "argmax", "--output", "probabilities")
+    proc = run_cli("inspect", str(path), "--output", "probabilities")
+    assert proc.returncode == 0, proc.stderr
