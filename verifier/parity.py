@@ -34,10 +34,11 @@ def _numpy_dtype(model: onnx.ModelProto, input_name: str) -> np.dtype:
 def onnxruntime_forward(session: Any, module: GraphModule, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """The file's output for a batch ``x`` in the IR's layout ``(B, *sample_shape)``, via onnxruntime."""
     g = module.graph
+    output = g.info.get("output", g.output_name)  # the file's name (the IR's may be an Identity's input)
     x = x.astype(dtype)
     if g.leading_batch and x.shape[0] != 1:
         try:
-            (y,) = session.run([g.output_name], {g.input_name: x})
+            (y,) = session.run([output], {g.input_name: x})
             if y.shape[:1] == (x.shape[0],) and tuple(y.shape[1:]) == tuple(g.output_shape):
                 return y
         except Exception:
@@ -45,7 +46,7 @@ def onnxruntime_forward(session: Any, module: GraphModule, x: np.ndarray, dtype:
     outs = []
     for i in range(x.shape[0]):
         xi = x[i:i + 1] if g.leading_batch else x[i]
-        (y,) = session.run([g.output_name], {g.input_name: xi})
+        (y,) = session.run([output], {g.input_name: xi})
         outs.append(y[0] if g.output_leading_batch else y)
     return np.stack(outs)
 

@@ -129,7 +129,9 @@ class BatchNormalization(Op):
     """y = scale (x - mean) / sqrt(var + epsilon) + B, per channel (axis 1).
 
     At inference (the default) it is an affine map with the running statistics; in training mode (training/)
-    it normalizes with batch statistics and updates the running ones, as torch does.
+    it normalizes with batch statistics and updates the running ones, as torch does. Before opset 9,
+    ``spatial=0`` means per-activation parameters of shape (C, D1, ..., Dn) (inference only). A file with
+    ``training_mode=1`` (opset 14+: the output uses the statistics of the batch it is run on) is refused.
     """
 
     weight_inputs = (1, 2)
@@ -137,6 +139,15 @@ class BatchNormalization(Op):
     def setup(self) -> None:
         self.epsilon = float(self.attr("epsilon", 1e-5))
         self.momentum = float(self.attr("momentum", 0.9))
+        self.spatial = bool(self.attr("spatial", 1)) if self.opset < 9 else True
+        if int(self.attr("training_mode", 0)):
+            from ..errors import ModelImportError
+            raise ModelImportError(f"BatchNormalization node '{self.name}' has training_mode=1 (normalizes with "
+                                   f"the statistics of each batch); only inference batch normalization is supported")
 
     def forward(self, x, scale, bias, mean, var):
+        if not self.spatial:  # per activation: the parameters broadcast over the batch axis only
+            if self.training:
+                raise NotImplementedError(f"BatchNormalization '{self.name}' with spatial=0 in training mode")
+            return (x - mean) * torch.rsqrt(var + self.epsilon) * scale + bias
         return F.batch_norm(x, mean, var, scale, bias, self.training, 1.0 - self.momentum, self.epsilon)

@@ -29,7 +29,7 @@ class Flatten(Op):
 
     def adapt_batch(self, in_shapes, out_shapes) -> None:
         shape = in_shapes[0]
-        if self.axis == 0 and shape and shape[0] == 1:
+        if shape and norm_axis(self.axis, len(shape)) == 0 and shape[0] == 1:
             self.axis = 1  # (1, N) at batch 1 is (B, N) at batch B
 
 
@@ -140,7 +140,8 @@ class Split(Op):
 
 
 def _slice_indices(start: int, end: int, step: int, n: int) -> range:
-    """ONNX Slice clamping: negative values count from the end, then clamp to [0, n] ([-1, n-1] backwards)."""
+    """ONNX Slice clamping: negative values count from the end, then clamp start and end to [0, n]; backwards
+    (negative step) start to [0, n-1] and end to [-1, n-1] (-1: up to and including entry 0)."""
     if start < 0:
         start += n
     if end < 0:
@@ -148,7 +149,7 @@ def _slice_indices(start: int, end: int, step: int, n: int) -> range:
     if step > 0:
         start, end = min(max(start, 0), n), min(max(end, 0), n)
     else:
-        start, end = min(max(start, -1), n - 1), min(max(end, -1), n - 1)
+        start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
     return range(start, end, step)
 
 
@@ -210,7 +211,8 @@ class Gather(Op):
 @rule("Pad", since=(1, 2, 11, 13, 18, 19, 21))
 class Pad(Op):
     """Pad (or crop, negative pads) in mode constant, edge, reflect or wrap; pads as an attribute before
-    opset 11, as inputs (pads, constant_value, axes) from 11 on."""
+    opset 11, as inputs (pads, constant_value, axes) from 11 on. Per axis, negative pads crop first and the
+    edge/reflect/wrap values then come from the cropped tensor (as onnxruntime does)."""
 
     static_inputs = (1, 2, 3)
 
@@ -244,6 +246,9 @@ class Pad(Op):
                 flat += [b, e]
             return F.pad(x, flat, value=self.value)
         for axis, (b, e) in enumerate(pairs):
+            if b < 0 or e < 0:  # negative pads crop first; edge/reflect/wrap then read the cropped tensor (ORT)
+                x = x.narrow(axis, max(-b, 0), x.shape[axis] - max(-b, 0) - max(-e, 0))
+                b, e = max(b, 0), max(e, 0)
             if b or e:
                 x = x.index_select(axis, self._source_indices(x.shape[axis], b, e, x.device))
         return x
