@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner
 import torch
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -34,7 +35,9 @@ from .onnx_io import read_model
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 REMOVED_OPS = ("Identity", "Dropout")
-FOLDED_SHAPE_OPS = ("Shape", "Size", "Constant")
+#: ops that only re-lay out a tensor: a weight seen through them (Keras-on-JAX writes Transpose(kernel)) stays a
+#: trainable weight, with the chain back to its initializer recorded for export
+LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast")
 
 
 def load_onnx(src: str | os.PathLike | onnx.ModelProto, output: str | None = None) -> GraphModule:
@@ -90,6 +93,11 @@ class Importer:
     """One ONNX model's translation into the IR (see the module docstring for the steps)."""
 
     def __init__(self, model: onnx.ModelProto, output: str | None = None):
+        if len(model.functions):  # model-local functions (torch's export_modules_as_functions): inline them
+            try:
+                model = onnx.inliner.inline_local_functions(model)
+            except Exception as e:
+                raise ModelImportError(f"cannot inline the model's local functions: {str(e).strip()[:200]}")
         self.model = model
         self.opset = default_opset(model)
         g = model.graph
@@ -97,6 +105,9 @@ class Importer:
         for sp in g.sparse_initializer:
             self.const[sp.values.name] = _sparse_to_dense(sp)
         self.initializers = set(self.const)
+        # constant name -> (initializer, layout nodes applied to it): where each trainable weight comes from
+        self.sources: dict[str, tuple[str, list[onnx.NodeProto]]] = {
+            name: (name, []) for name, v in self.const.items() if np.asarray(v).dtype.kind == "f"}
         inputs = [i for i in g.input if i.name not in self.const]
         if not inputs:
             raise ModelImportError("model has no inputs (every graph input is an initializer)")
@@ -138,10 +149,13 @@ class Importer:
         for i, node in enumerate(self.nodes):
             if not any(t in dependent for t in node.input):
                 continue
+            static = node.op_type in ("Shape", "Size") or (node.op_type == "CastLike" and node.input[0] not in dependent)
+            if static:  # their values are known at import (shapes are static per sample): folded
+                continue
             dependent.update(node.output)
             if node.domain not in DEFAULT_DOMAINS:
                 bad.append((f"{node.domain}.{node.op_type}", node.name or f"#{i}"))
-            elif node.op_type not in REMOVED_OPS + FOLDED_SHAPE_OPS and lookup(node.op_type, self.opset) is None:
+            elif node.op_type not in REMOVED_OPS + ("Constant",) and lookup(node.op_type, self.opset) is None:
                 bad.append((node.op_type, node.name or f"#{i}"))
         if bad:
             raise UnsupportedOpsError(bad)
@@ -192,10 +206,17 @@ class Importer:
             if all(not t or t in self.const for t in ins):
                 for o, v in zip([o for o in node.output if o], self._fold(node)):
                     self.const[o] = v
+                if node.op_type in LAYOUT_OPS and ins and ins[0] in self.sources:
+                    root, chain = self.sources[ins[0]]
+                    if self.const[node.output[0]].dtype.kind == "f":
+                        self.sources[node.output[0]] = (root, chain + [node])
                 continue
             if node.op_type in REMOVED_OPS:
                 alias[node.output[0]] = ins[0]
                 self._refuse_used(node, node.output[1:])
+                continue
+            if node.op_type == "CastLike" and ins[0] in self.const:  # a constant cast to the input's float type
+                self.const[node.output[0]] = self._cast_like(ins[0], dyn[ins[1]])
                 continue
             if node.op_type in ("Shape", "Size"):
                 self.const[node.output[0]] = _shape_value(node, tuple(dyn[ins[0]].shape))
@@ -210,6 +231,12 @@ class Importer:
             raise ModelImportError(f"output '{self.output}' does not depend on the model input")
         return self._finish(ir_nodes, out, shapes, probe_shape, leading)
 
+    def _cast_like(self, name: str, like: torch.Tensor) -> np.ndarray:
+        value = self.const[name]
+        if like.is_floating_point():
+            return value.astype(np.float32)  # the IR computes in one float precision (see Cast)
+        return value.astype(str(like.dtype).replace("torch.", ""))
+
     def _make_node(self, node: onnx.NodeProto, name: str, ins: list[str], dyn: dict[str, torch.Tensor],
                    shapes: dict[str, tuple[int, ...]]) -> Node:
         cls = lookup(node.op_type, self.opset)
@@ -222,9 +249,7 @@ class Importer:
                                            f"constant, but it depends on the model input")
                 static[k] = self.const[ins[k]]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        op = cls(attrs, static, self.opset, name)
-        if hasattr(op, "n_outputs"):
-            op.n_outputs = len(node.output)
+        op = cls(attrs, static, self.opset, name, n_outputs=len([o for o in node.output if o]))
         inputs = ["" if k in static else t for k, t in enumerate(ins)]
         args = [None if not t else (dyn[t] if t in dyn else _to_torch(self.const[t])) for t in inputs]
         try:
@@ -260,7 +285,7 @@ class Importer:
                 probe_shape: tuple[int, ...], leading: bool) -> GraphModule:
         used = {t for n in ir_nodes for t in n.inputs if t}
         weights = {t for n in ir_nodes for k, t in enumerate(n.inputs)
-                   if t and k in n.op.weight_inputs and t in self.initializers}
+                   if t and k in n.op.weight_inputs and t in self.sources}
         constants = {t: _to_torch(self.const[t]) for t in sorted(used) if t in self.const}
         out_shape = shapes[out]
         out_leading = leading and len(out_shape) > 0 and out_shape[0] == 1
@@ -270,7 +295,7 @@ class Importer:
             sample_shape=probe_shape[1:] if leading else probe_shape,
             output_shape=out_shape[1:] if out_leading else out_shape,
             leading_batch=leading, output_leading_batch=out_leading, shapes=dict(shapes),
-            info=self._info(),
+            info=self._info(), weight_sources={w: self.sources[w] for w in weights if self.sources[w][1]},
         )
         module = GraphModule(graph)
         graph.batched = batches_exactly(module)

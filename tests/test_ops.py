@@ -489,13 +489,17 @@ def test_bn_scale_bias_are_parameters():
     assert not isinstance(module.tensor("m"), nn.Parameter) and not isinstance(module.tensor("v"), nn.Parameter)
 
 
-def test_batchnorm_training_mode_is_refused():
+@pytest.mark.parametrize("opset, outputs, attrs", [
+    (15, ["y", "rm", "rv"], {"training_mode": 1}),  # the attribute (opset 14 on)
+    (9, ["y", "rm", "rv", "sm", "sv"], {}),  # before 14: the running-statistics outputs mark training mode
+])
+def test_batchnorm_training_mode_is_refused(opset, outputs, attrs):
     from verifier.errors import ModelImportError
 
     c = np.ones(3, np.float32)
-    model = make_model([node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], training_mode=1)],
-                       [3, 4], {"s": c, "b": c, "m": c, "v": c}, opset=15)
-    with pytest.raises(ModelImportError, match="training_mode"):
+    model = make_model([node("BatchNormalization", ["x", "s", "b", "m", "v"], outputs, **attrs)],
+                       [3, 4], {"s": c, "b": c, "m": c, "v": c}, opset=opset)
+    with pytest.raises(ModelImportError, match="training mode"):
         load_onnx(model)
 
 

@@ -232,7 +232,7 @@ def test_concat_with_constant():
 # --- reductions, Softmax -------------------------------------------------------------------------------
 def reduce_cases():
     out = []
-    for op, since in (("ReduceMean", 18), ("ReduceSum", 13)):
+    for op, since in (("ReduceMean", 18), ("ReduceSum", 13), ("ReduceMax", 18), ("ReduceMin", 18)):
         for opset in (11, 13, 18):
             for axes in ([2, 3], [1], [-1], [1, -1], [3, 1, 2]):
                 for keep in (0, 1):

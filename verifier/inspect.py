@@ -63,7 +63,20 @@ def inspect_model(path: str | os.PathLike, output: str | None = None,
         "ops": op_rules(module),
         "unsupported_ops": [],
         "parity": check_parity(model, module, batch_sizes),
+        "notes": _notes(module),
     }
+
+
+def _notes(module: GraphModule) -> list[str]:
+    """What a user may not expect about how the IR reads the model."""
+    g, notes = module.graph, []
+    declared = g.info["input"]["shape"] or []
+    if not g.leading_batch and declared and isinstance(declared[0], int) and declared[0] > 1:
+        notes.append(f"the input's first axis is fixed to {declared[0]} in the file, so it is read as part of one "
+                     f"sample of shape {tuple(g.sample_shape)}, not as a batch axis")
+    if not g.batched:
+        notes.append("the graph mixes its batch axis (or has none): the IR runs it one sample at a time")
+    return notes
 
 
 def _yes(flag: bool) -> str:
@@ -86,13 +99,15 @@ def format_report(report: dict[str, Any]) -> str:
     for op, count in sorted(report["op_counts"].items()):
         r = report["ops"][op]
         lines.append(f"{op:<20}{count:>6}  {_yes(r['forward']):<8}{_yes(r['lipschitz']):<10}{_yes(r['box']):<4}")
+    for note in report.get("notes", []):
+        lines.append(f"note      {note}")
     p = report["parity"]
     batches = " and ".join(map(str, p["batch_sizes"]))
     lines.append("")
     if p.get("error"):
-        lines.append(f"parity vs onnxruntime: not checked: {p['error']} -> MISMATCH")
+        lines.append(f"parity: not established: {p['error']} -> MISMATCH")
         return "\n".join(lines)
-    lines.append(f"parity vs onnxruntime (random inputs, batch {batches}): max abs diff {p['max_abs_diff']:.3g}, "
+    lines.append(f"parity vs {p['reference']} (random inputs, batch {batches}): max abs diff {p['max_abs_diff']:.3g}, "
                  f"max rel diff {p['max_rel_diff']:.3g} (tolerance {p['tolerance']:g}) -> "
                  f"{'OK' if p['ok'] else 'MISMATCH'}")
     return "\n".join(lines)

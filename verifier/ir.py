@@ -57,6 +57,9 @@ class Graph:
     batched: bool = True
     shapes: dict[str, Shape] = field(default_factory=dict)  # every tensor's shape in a batch-1 run of the file
     info: dict[str, Any] = field(default_factory=dict)  # opset, producer, file op counts, ...
+    #: weights that the file derives from an initializer through layout ops (Transpose, Reshape...):
+    #: weight name -> (initializer name, the ONNX nodes applied to it); other weights are initializers
+    weight_sources: dict[str, tuple[str, list[Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.order: list[str] = list(nx.topological_sort(self.dag))
@@ -126,7 +129,8 @@ class GraphModule(nn.Module):
         return getattr(self, self._keys[name])
 
     def onnx_weights(self) -> dict[str, nn.Parameter]:
-        """Trainable weights keyed by their ONNX initializer names (for export)."""
+        """Trainable weights keyed by their ONNX tensor names (for export): initializers, or tensors the file
+        derives from one by layout ops (``graph.weight_sources`` says how)."""
         return {name: self.tensor(name) for name in self.graph.weights}
 
     @property

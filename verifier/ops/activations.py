@@ -52,6 +52,14 @@ class Tanh(Op):
         return torch.tanh(x)
 
 
+@rule("HardSwish", since=(14, 22))
+class HardSwish(Op):
+    """x * max(0, min(1, x / 6 + 1/2))."""
+
+    def forward(self, x):
+        return F.hardswish(x)
+
+
 @rule("Softplus", since=(1,))
 class Softplus(Op):
     def forward(self, x):

@@ -64,11 +64,13 @@ class Op:
     #: constant input positions that are trainable weights (nn.Parameter); other constants are buffers
     weight_inputs: ClassVar[tuple[int, ...]] = ()
 
-    def __init__(self, attrs: dict[str, Any], static: dict[int, np.ndarray | None], opset: int, name: str):
+    def __init__(self, attrs: dict[str, Any], static: dict[int, np.ndarray | None], opset: int, name: str,
+                 n_outputs: int = 1):
         self.attrs = attrs
         self.static = static
         self.opset = opset
         self.name = name
+        self.n_outputs = n_outputs  # how many outputs the node declares
         self.training = False
         self.setup()
 

@@ -1,4 +1,4 @@
-"""Elementwise arithmetic (Add, Sub, Mul, Div, Neg) with numpy broadcasting, and Cast.
+"""Elementwise arithmetic (Add, Sub, Mul, Div, Neg; variadic Sum, Max, Min) with numpy broadcasting, and Cast.
 
 With a constant operand these are affine maps (input normalization, biases, scalings), bounded as linear maps
 by the Lipschitz issue; with two input-dependent operands Add/Sub are sums of branches and Mul/Div are products.
@@ -37,6 +37,33 @@ class Div(Op):
         if not a.is_floating_point() and not b.is_floating_point():
             return torch.div(a, b, rounding_mode="trunc")
         return a / b
+
+
+class _Variadic(Op):
+    """Elementwise over any number of broadcast inputs."""
+
+    combine = staticmethod(torch.add)
+
+    def forward(self, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = self.combine(out, x)
+        return out
+
+
+@rule("Sum", since=(1, 6, 8, 13))
+class Sum(_Variadic):
+    combine = staticmethod(torch.add)
+
+
+@rule("Max", since=(1, 6, 8, 12, 13))
+class Max(_Variadic):
+    combine = staticmethod(torch.maximum)
+
+
+@rule("Min", since=(1, 6, 8, 12, 13))
+class Min(_Variadic):
+    combine = staticmethod(torch.minimum)
 
 
 @rule("Neg", since=(1, 6, 13))

@@ -25,6 +25,8 @@ class Gemm(Op):
         self.trans_b = bool(self.attr("transB", 0))
 
     def forward(self, a, b, c=None):
+        if a.dim() == 1:  # not valid ONNX, but onnxruntime reads a 1-D A as one row (x.squeeze() before Linear)
+            a = a.unsqueeze(0)
         if self.trans_a:
             a = a.transpose(0, 1)
         if self.trans_b and self.alpha == 1.0 and a.dim() == 2 and b.dim() == 2:
@@ -67,6 +69,8 @@ class _ConvBase(Op):
 
     def _geometry(self, x: torch.Tensor, w: torch.Tensor) -> tuple[int, list[int], list[int], list[int]]:
         nd = w.dim() - 2
+        if nd not in CONV:
+            raise ValueError(f"{nd}-D convolutions are not supported (1-D to 3-D)")
         kernel = list(w.shape[2:])
         strides = self.strides or [1] * nd
         dilations = self.dilations or [1] * nd
@@ -130,8 +134,9 @@ class BatchNormalization(Op):
 
     At inference (the default) it is an affine map with the running statistics; in training mode (training/)
     it normalizes with batch statistics and updates the running ones, as torch does. Before opset 9,
-    ``spatial=0`` means per-activation parameters of shape (C, D1, ..., Dn) (inference only). A file with
-    ``training_mode=1`` (opset 14+: the output uses the statistics of the batch it is run on) is refused.
+    ``spatial=0`` means per-activation parameters of shape (C, D1, ..., Dn) (inference only). A file whose node
+    is in training mode (``training_mode=1`` from opset 14, running-statistics outputs before 14, ``is_test=0``
+    before 7: the output uses the statistics of the batch it is run on) is refused.
     """
 
     weight_inputs = (1, 2)
@@ -140,9 +145,11 @@ class BatchNormalization(Op):
         self.epsilon = float(self.attr("epsilon", 1e-5))
         self.momentum = float(self.attr("momentum", 0.9))
         self.spatial = bool(self.attr("spatial", 1)) if self.opset < 9 else True
-        if int(self.attr("training_mode", 0)):
+        # training mode: the attribute from opset 14, extra outputs (running statistics) before, is_test=0 before 7
+        if int(self.attr("training_mode", 0)) or (self.opset < 14 and self.n_outputs > 1) \
+                or (self.opset < 7 and not int(self.attr("is_test", 0))):
             from ..errors import ModelImportError
-            raise ModelImportError(f"BatchNormalization node '{self.name}' has training_mode=1 (normalizes with "
+            raise ModelImportError(f"BatchNormalization node '{self.name}' is in training mode (normalizes with "
                                    f"the statistics of each batch); only inference batch normalization is supported")
 
     def forward(self, x, scale, bias, mean, var):

@@ -16,6 +16,9 @@ class _Pool(Op):
         self.auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
         self.kernel = ints(self.attr("kernel_shape"))
         nd = len(self.kernel)
+        if nd not in MAX_POOL:
+            from ..errors import ModelImportError
+            raise ModelImportError(f"{self.op_type} node '{self.name}': {nd}-D pooling is not supported (1-D to 3-D)")
         self.strides = ints(self.attr("strides")) or [1] * nd
         self.dilations = ints(self.attr("dilations")) or [1] * nd
         self.pads = ints(self.attr("pads"))

@@ -1,4 +1,4 @@
-"""Reductions over axes (ReduceMean, ReduceSum) and the normalizations Softmax and LogSoftmax."""
+"""Reductions over axes (ReduceMean, ReduceSum, ReduceMax, ReduceMin) and the normalizations Softmax and LogSoftmax."""
 from __future__ import annotations
 
 import math
@@ -45,6 +45,24 @@ class ReduceSum(_Reduce):
     def forward(self, x, *_):
         dims = self._dims(x)
         return x if dims is None else x.sum(dim=dims, keepdim=self.keepdims)
+
+
+@rule("ReduceMax", since=(1, 11, 12, 13, 18, 20))
+class ReduceMax(_Reduce):
+    axes_input_since = 18
+
+    def forward(self, x, *_):
+        dims = self._dims(x)
+        return x if dims is None else x.amax(dim=dims, keepdim=self.keepdims)
+
+
+@rule("ReduceMin", since=(1, 11, 12, 13, 18, 20))
+class ReduceMin(_Reduce):
+    axes_input_since = 18
+
+    def forward(self, x, *_):
+        dims = self._dims(x)
+        return x if dims is None else x.amin(dim=dims, keepdim=self.keepdims)
 
 
 class _SoftmaxBase(Op):

@@ -125,7 +125,6 @@ class Split(Op):
         self.split = ints(split) if split is not None else ints(self.attr("split")) or None
         self.axis = int(self.attr("axis", 0))
         self.num_outputs = self.attr("num_outputs")
-        self.n_outputs = 1  # set by the importer from the node's outputs
 
     def forward(self, x, *_):
         axis = norm_axis(self.axis, x.dim())
