@@ -9,7 +9,8 @@ The steps (each one exact):
    all constants are folded with ONNX's reference evaluator (so folding has the spec's semantics for any op),
    ``Shape``/``Size`` of input-dependent tensors become constants (the shapes are static), ``Identity`` and
    ``Dropout`` disappear, every other node becomes an op of the registry (``verifier.ops``);
-5. rewrite patterns into single ops (``verifier.rewrite``: Erf-form GELU);
+5. rewrite patterns into single ops (``onnx_patterns`` before step 2: thresholded Softplus;
+   ``verifier.rewrite`` on the IR: Erf-form GELU);
 6. let ops rewrite batch-1 constants (``Reshape`` to ``[1, -1]``...), then check that a batched run equals
    per-sample runs; if it does not, the module runs sample by sample (always exact).
 """
@@ -32,6 +33,7 @@ from verifier.ops import lookup
 from verifier.rewrite import fuse_gelu
 
 from .onnx_io import read_model
+from .onnx_patterns import fuse_thresholded_softplus
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 REMOVED_OPS = ("Identity", "Dropout")
@@ -121,7 +123,7 @@ class Importer:
         if output is not None and output not in outputs:
             raise ModelImportError(f"no output named '{output}'; the model's outputs: {', '.join(outputs)}")
         self.output = output or outputs[0]
-        self.nodes = self._prune(topological_nodes(g))
+        self.nodes = fuse_thresholded_softplus(self._prune(topological_nodes(g)), {self.output})
         try:
             self._check_supported()
         except UnsupportedOpsError as e:

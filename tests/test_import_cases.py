@@ -119,3 +119,19 @@ def test_four_d_pooling_is_refused_clearly():
     model = make_model([node("MaxPool", ["x"], kernel_shape=[2, 2, 2, 2])], [1, 4, 4, 4, 4])
     with pytest.raises(ModelImportError, match="4-D pooling"):
         load_onnx(model)
+
+
+@pytest.mark.parametrize("threshold", [20.0, 0.5])
+def test_dynamo_thresholded_softplus_is_one_node(threshold):
+    nodes = [node("Softplus", ["x"], ["sp"]), node("Greater", ["x", "t"], ["gt"]), node("Where", ["gt", "x", "sp"])]
+    model = make_model(nodes, [6], {"t": np.float32(threshold)}, opset=18, affine=(0.5, 60.0))
+    module = check(model)
+    assert module.graph.op_counts() == {"Sub": 1, "Mul": 1, "Softplus": 1}
+
+
+def test_where_without_the_softplus_pattern_is_unsupported():
+    from verifier.errors import UnsupportedOpsError
+
+    nodes = [node("Relu", ["x"], ["r"]), node("Greater", ["x", "t"], ["gt"]), node("Where", ["gt", "x", "r"])]
+    with pytest.raises(UnsupportedOpsError, match="Greater.*Where"):
+        load_onnx(make_model(nodes, [3], {"t": np.float32(0.0)}, opset=18))

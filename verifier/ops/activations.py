@@ -62,8 +62,18 @@ class HardSwish(Op):
 
 @rule("Softplus", since=(1,))
 class Softplus(Op):
-    def forward(self, x):
-        return F.softplus(x)
+    """log(1 + exp(x)). An optional constant second input t (from the fused ``Where(x > t, x, Softplus(x))``
+    that PyTorch's dynamo exporter writes) returns x itself above t: a jump of softplus(t) - t at t (2e-9 for
+    the usual t = 20), which the Lipschitz and box rules must account for."""
+
+    static_inputs = (1,)
+
+    def setup(self) -> None:
+        t = self.static.get(1)
+        self.threshold = float(np.asarray(t).reshape(-1)[0]) if t is not None else 20.0  # 20: within 2e-9
+
+    def forward(self, x, *_):
+        return F.softplus(x, threshold=self.threshold)
 
 
 @rule("Elu", since=(1, 6))
