@@ -62,6 +62,81 @@ def inspect(model: str, output: str | None, as_json: bool) -> None:
     sys.exit(EXIT_OK if report["parity"]["ok"] else EXIT_FAILED)
 
 
+NORM = click.Choice(["2", "inf"])
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--norm", type=NORM, default="2", show_default=True, help="l2 or l_inf operator norms.")
+@click.option("--output", "output", metavar="NAME", help="Which graph output to use (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
+    """Guaranteed upper bounds of MODEL's Lipschitz constant (LMT §4-5): the global bound (input -> logits),
+    L_sub before the last affine layer, and each node's bound with the method used."""
+    from .inspect import import_model
+    from .lipschitz import graph_lipschitz
+    from .report import format_lipschitz, norm_value
+
+    _, module = import_model(model, output)
+    report = graph_lipschitz(module, norm_value(norm))
+    if as_json:
+        emit_json({"model": model, **report.to_json()})
+    else:
+        click.echo(format_lipschitz(report, model))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", "data_path", required=True, type=str,
+              help=".npz with arrays x and y, or a folder of MNIST-format IDX files.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Which IDX split to read.")
+@click.option("--norm", type=NORM, default="2", show_default=True)
+@click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report certified accuracy at "
+              "(repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
+@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise"]), default="lmt-pairwise", show_default=True,
+              help="lmt: Proposition 1; lmt-pairwise: Proposition 2 (with the last affine layer).")
+@click.option("--limit", type=int, default=None, help="Use the first N inputs.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--input-scale", type=float, default=None, help="Multiply the data by this before the model.")
+@click.option("--mean", type=str, default=None, help="Subtract (scalar or comma-separated per channel).")
+@click.option("--std", type=str, default=None, help="Then divide (scalar or comma-separated per channel).")
+@click.option("--output", "output", metavar="NAME", help="Which graph output to use (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the certified accuracy curve "
+              "(PNG).")
+@click.option("--min-certified-accuracy", "gate", type=float, default=None,
+              help="Exit 1 unless the certified accuracy at --at-eps reaches this fraction (0-1).")
+@click.option("--at-eps", "gate_eps", type=float, default=None, help="The eps the gate is checked at.")
+def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[float, ...], method: str,
+            limit: int | None, batch_size: int, device: str, input_scale: float | None, mean: str | None,
+            std: str | None, output: str | None, as_json: bool, report_path: str | None, plot_path: str | None,
+            gate: float | None, gate_eps: float | None) -> None:
+    """Certified radii (LMT Propositions 1 and 2) for every input of --data: a proof that no perturbation of
+    smaller norm changes MODEL's prediction. Exit 0 ok, 1 when --min-certified-accuracy is not met, 2 bad input."""
+    from .certify_run import run_certify
+
+    if (gate is None) != (gate_eps is None):
+        raise click.UsageError("--min-certified-accuracy and --at-eps go together")
+    if batch_size <= 0:
+        raise click.UsageError("--batch-size must be positive")
+    result = run_certify(model, data_path, split=split, norm=norm, eps_list=eps_list, method=method, limit=limit,
+                         batch_size=batch_size, device=device, input_scale=input_scale, mean=mean, std=std,
+                         output=output, plot_path=plot_path, gate=gate, gate_eps=gate_eps)
+    if report_path:
+        with open(report_path, "w") as f:
+            json.dump(result, f, default=_json_default)
+    if as_json:
+        emit_json(result)
+    else:
+        from .report import format_certify
+
+        click.echo(format_certify(result))
+    sys.exit(EXIT_FAILED if "gate" in result and not result["gate"]["passed"] else EXIT_OK)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every error is one line on stderr with its exit code."""
     warnings.filterwarnings("ignore")

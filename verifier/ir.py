@@ -113,6 +113,8 @@ class GraphModule(nn.Module):
                 self.register_parameter(key, nn.Parameter(value.clone()))
             else:
                 self.register_buffer(key, value.clone())
+        # a float scalar that follows .double() / .to(device), so that dtype and device are known without weights
+        self.register_buffer("_float_probe", torch.zeros(()))
         self._last_use = self._compute_last_use()
         self.eval()
 
@@ -135,16 +137,11 @@ class GraphModule(nn.Module):
 
     @property
     def float_dtype(self) -> torch.dtype:
-        for t in list(self.parameters()) + list(self.buffers()):
-            if t.is_floating_point():
-                return t.dtype
-        return torch.get_default_dtype()
+        return self._float_probe.dtype
 
     @property
     def device(self) -> torch.device:
-        for t in list(self.parameters()) + list(self.buffers()):
-            return t.device
-        return torch.device("cpu")
+        return self._float_probe.device
 
     def train(self, mode: bool = True) -> "GraphModule":
         super().train(mode)

@@ -5,6 +5,8 @@ its Lipschitz rule and its box (interval) rule together, so that one file says e
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
@@ -13,6 +15,53 @@ import torch
 from ..errors import NoRuleError
 
 Shape = tuple[int, ...]
+
+#: float safety factor on every bound computed in float64 (singular values are accurate to ~1e-15 relative)
+SAFETY = 1.0 + 1e-6
+
+
+@dataclass
+class RuleArgs:
+    """What a node's rule sees: constant inputs as float64 tensors (None where the input depends on the model
+    input, is static or absent), which inputs depend on the model input, and the batch-1 shapes of the import
+    probe (batch axis included, as in the file)."""
+
+    values: list[torch.Tensor | None]
+    dynamic: list[bool]
+    in_shapes: list[Shape | None]
+    out_shapes: list[Shape]
+    norm: float = 2.0  # 2 or math.inf
+
+    @property
+    def l2(self) -> bool:
+        return self.norm == 2
+
+    @staticmethod
+    def numel(shape: Shape | None) -> int:
+        return math.prod(shape) if shape else 1
+
+    def duplication(self, k: int) -> float:
+        """Factor for an input broadcast into a larger output (its entries repeated): sqrt(copies) in l2."""
+        copies = self.numel(self.out_shapes[0]) / max(self.numel(self.in_shapes[k]), 1)
+        return math.sqrt(max(copies, 1.0)) if self.l2 else 1.0
+
+
+@dataclass
+class Lipschitz:
+    """A node's Lipschitz rule result (LMT §4): ``factors[i]`` bounds the node's output change per unit change
+    of its i-th input-dependent input (in ``norm``); ``combine`` says how several such inputs compose:
+    'sum' (Add: L_a + L_b) or 'stack' (Concat, elementwise Max: sqrt(L_a^2 + L_b^2) in l2, max in l_inf).
+    ``method`` names how the bound was obtained: exact (closed form or SVD), dft, materialized, theorem, slope."""
+
+    factors: list[float]
+    method: str
+    combine: str = "sum"
+    note: str = field(default="")
+
+    @property
+    def value(self) -> float:
+        return max(self.factors) if self.factors else 0.0
+
 
 # op type -> list of (since_version, class), kept sorted by since_version
 _REGISTRY: dict[str, list[tuple[int, type["Op"]]]] = {}
@@ -91,10 +140,18 @@ class Op:
         what the model computes.
         """
 
-    # --- rules filled in by the certificate issues -------------------------------------------------------
-    def lipschitz(self, norm: float = 2.0, sound: bool = True) -> Any:
-        """Upper bound of the op's Lipschitz constant (LMT §4). Not available yet for this op."""
+    # --- rules ------------------------------------------------------------------------------------------
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """Guaranteed upper bound of the op's Lipschitz constant in ``args.norm`` (LMT §4)."""
         raise NoRuleError(f"no Lipschitz rule for {self.op_type} (node '{self.name}')")
+
+    def is_affine(self, dynamic: list[bool]) -> bool:
+        """Whether the op is an affine map of its one input-dependent input (then chains of such ops are
+        bounded as one map: the norm of a product is far below the product of norms, LMT §5.2)."""
+        return False
+
+    def no_rule(self, why: str) -> NoRuleError:
+        return NoRuleError(f"no Lipschitz rule for {self.op_type} (node '{self.name}'): {why}")
 
     def interval(self, *boxes: Any) -> Any:
         """Box in -> box out (interval arithmetic, BCP eq. 7-8). Not available yet for this op."""

@@ -1,15 +1,39 @@
 """Affine ops with weights: Gemm, MatMul, Conv, ConvTranspose, BatchNormalization (inference form).
 
-Their Lipschitz constant is the operator norm of the linear part (LMT §4.1); the rules come with the
-Lipschitz issue.
+Their Lipschitz constant is the operator norm of the linear part (LMT §4.1): exact singular values (float64
+SVD) for dense maps, the DFT bound of the circular extension for convolutions (``verifier.conv_norms``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .base import Op, ints, rule
+from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, rule
 from .padding import CONV, CONV_T, pad_spatial, resolve_pads, symmetric
+
+
+def spectral_norm(matrix: torch.Tensor) -> float:
+    """Largest singular value in float64 (batched matrices: the largest over the batch) times SAFETY."""
+    from ..conv_norms import l2_norm_exact
+
+    m = matrix.double()
+    if m.dim() < 2:
+        m = m.reshape(1, -1)
+    return max(l2_norm_exact(block) for block in m.reshape(-1, *m.shape[-2:]))
+
+
+def row_abs_sum(matrix: torch.Tensor) -> float:
+    """The l_inf operator norm of y = M x: the largest row abs sum."""
+    m = matrix.double()
+    if m.dim() < 2:
+        m = m.reshape(1, -1)
+    return float(m.abs().sum(-1).max()) * SAFETY
+
+
+def _matrix_rule(op: Op, args: RuleArgs, matrix: torch.Tensor, scale: float = 1.0) -> Lipschitz:
+    """y = scale * M x (x a column, or the rows of the dynamic operand mapped by M)."""
+    value = spectral_norm(matrix) if args.l2 else row_abs_sum(matrix)
+    return Lipschitz([abs(scale) * value], "exact")
 
 
 @rule("Gemm", since=(1, 7, 9, 11, 13))
@@ -44,6 +68,21 @@ class Gemm(Op):
             y = y + (c if self.beta == 1.0 else self.beta * c)
         return y
 
+    def is_affine(self, dynamic):
+        return sum(dynamic) == 1 and not (len(dynamic) > 2 and dynamic[2])
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """Each row a of A maps to alpha a B' (B constant): |alpha| sigma_max(B); with A constant and B the
+        input, each column b of B' maps to alpha A' b: |alpha| sigma_max(A')."""
+        if not self.is_affine(args.dynamic):
+            raise self.no_rule("needs exactly one input-dependent operand among A and B")
+        if args.dynamic[0]:
+            b = args.values[1]
+            b = b.T if self.trans_b else b
+            return _matrix_rule(self, args, b.T, self.alpha)  # y^T = alpha B'^T a^T
+        a = args.values[0]
+        return _matrix_rule(self, args, a.T if self.trans_a else a, self.alpha)
+
 
 @rule("MatMul", since=(1, 9, 13))
 class MatMul(Op):
@@ -53,6 +92,19 @@ class MatMul(Op):
 
     def forward(self, a, b):
         return torch.matmul(a, b)
+
+    def is_affine(self, dynamic):
+        return sum(dynamic) == 1
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """x @ W maps each row by W^T; W @ x maps each column by W (batched W: the largest over the batch)."""
+        if not self.is_affine(args.dynamic):
+            raise self.no_rule("both operands depend on the input (a bilinear map has no global bound)")
+        if args.dynamic[0]:
+            w = args.values[1]
+            return _matrix_rule(self, args, w.unsqueeze(-1) if w.dim() == 1 else w.transpose(-1, -2))
+        w = args.values[0]
+        return _matrix_rule(self, args, w.unsqueeze(0) if w.dim() == 1 else w)
 
 
 class _ConvBase(Op):
@@ -91,6 +143,31 @@ class Conv(_ConvBase):
             padding = [0] * nd
         return CONV[nd](x, w, b, strides, padding, dilations, self.group)
 
+    def is_affine(self, dynamic):
+        return dynamic[0] and not any(dynamic[1:])
+
+    def geometry(self, args: RuleArgs) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        """Strides, dilations and resolved (begin, end) pads on the input shape seen at import."""
+        w, spatial = args.values[1], list(args.in_shapes[0][2:])
+        nd = w.dim() - 2
+        strides, dilations = self.strides or [1] * nd, self.dilations or [1] * nd
+        return strides, dilations, resolve_pads(self.auto_pad, self.pads, spatial, list(w.shape[2:]), strides,
+                                                dilations)
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """l2: the largest singular value over the DFT frequencies of the circular convolution that the
+        zero-padded one restricts (Sedghi et al. 2019; polyphase for strides); l_inf: the largest kernel abs sum."""
+        from ..conv_norms import conv_l2_bound, conv_linf_bound
+
+        if not self.is_affine(args.dynamic):
+            raise self.no_rule("the kernel must be a constant")
+        w = args.values[1]
+        if not args.l2:
+            return Lipschitz([conv_linf_bound(w, self.group)], "exact")
+        strides, dilations, pads = self.geometry(args)
+        spatial = tuple(args.in_shapes[0][2:])
+        return Lipschitz([conv_l2_bound(w, spatial, strides, dilations, pads, self.group)], "dft")
+
 
 @rule("ConvTranspose", since=(1, 11))
 class ConvTranspose(_ConvBase):
@@ -127,6 +204,26 @@ class ConvTranspose(_ConvBase):
             y = y + b.reshape(1, -1, *([1] * nd))
         return y
 
+    def is_affine(self, dynamic):
+        return dynamic[0] and not any(dynamic[1:])
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """The adjoint of a strided convolution (then cropped): the same DFT bound (Sedghi et al. 2019)."""
+        from ..conv_norms import conv_transpose_l2_bound, conv_transpose_linf_bound
+
+        if not self.is_affine(args.dynamic):
+            raise self.no_rule("the kernel must be a constant")
+        w = args.values[1]
+        nd = w.dim() - 2
+        strides, dilations = self.strides or [1] * nd, self.dilations or [1] * nd
+        if not args.l2:
+            return Lipschitz([conv_transpose_linf_bound(w, strides, dilations, self.group)], "exact")
+        # the output is a crop of the full result (whatever pads, output_shape or auto_pad say): a restriction,
+        # so the bound of the uncropped map holds
+        spatial = tuple(args.in_shapes[0][2:])
+        value = conv_transpose_l2_bound(w, spatial, strides, dilations, [(0, 0)] * nd, [0] * nd, self.group)
+        return Lipschitz([value], "dft")
+
 
 @rule("BatchNormalization", since=(1, 6, 7, 9, 14, 15))
 class BatchNormalization(Op):
@@ -151,6 +248,16 @@ class BatchNormalization(Op):
             from ..errors import ModelImportError
             raise ModelImportError(f"BatchNormalization node '{self.name}' is in training mode (normalizes with "
                                    f"the statistics of each batch); only inference batch normalization is supported")
+
+    def is_affine(self, dynamic):
+        return dynamic[0] and not any(dynamic[1:]) and not self.training
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """At inference a diagonal map: max_i |gamma_i| / sqrt(var_i + eps) (LMT §4.1, batch normalization)."""
+        if not self.is_affine(args.dynamic):
+            raise self.no_rule("scale and statistics must be constants")
+        scale, var = args.values[1], args.values[4]
+        return Lipschitz([float((scale / torch.sqrt(var + self.epsilon)).abs().max()) * SAFETY], "exact")
 
     def forward(self, x, scale, bias, mean, var):
         if not self.spatial:  # per activation: the parameters broadcast over the batch axis only

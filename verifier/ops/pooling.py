@@ -6,7 +6,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Op, ints, rule
+from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, rule
+
+
+def nonnegative_map_norm(fn, in_shape, norm: float) -> float:
+    """Norm of a linear map with nonnegative entries, from two passes over all-ones vectors: ||A||_inf =
+    max(A 1), ||A||_1 = max(A^T 1), and ||A||_2 <= sqrt(||A||_1 ||A||_inf) (Hoelder)."""
+    x = torch.ones((1, *in_shape[1:]), dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        y = fn(x)
+        (col,) = torch.autograd.grad(y.sum(), x)
+    row_max, col_max = float(y.max()), float(col.max())
+    return (row_max if norm != 2 else math.sqrt(row_max * col_max)) * SAFETY
 from .padding import CONV, MAX_POOL, pad_spatial, resolve_pads
 
 
@@ -51,6 +62,25 @@ class MaxPool(_Pool):
         x = pad_spatial(x, [(pb, pe + o) for (pb, pe), o in zip(pads, overhang)], value=-math.inf)
         return MAX_POOL[nd](x, self.kernel, self.strides, 0, self.dilations, False)
 
+    def window_counts(self, in_shape) -> torch.Tensor:
+        """For each input entry, the number of pooling windows that contain it."""
+        nd = len(self.kernel)
+        pads, overhang = self._layout(in_shape[2:])
+        x = torch.ones((1, 1, *in_shape[2:]), dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            padded = pad_spatial(x, [(pb, pe + o) for (pb, pe), o in zip(pads, overhang)])
+            ones = torch.ones((1, 1, *self.kernel), dtype=torch.float64)
+            (counts,) = torch.autograd.grad(CONV[nd](padded, ones, None, self.strides, 0, self.dilations).sum(), x)
+        return counts
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """LMT Theorem 3: each window's max is 1-Lipschitz, so the layer is sqrt(n)-Lipschitz in l2 with n the
+        largest number of windows sharing an input entry (counted exactly here); 1 in l_inf."""
+        if not args.l2:
+            return Lipschitz([1.0], "theorem")
+        n = float(self.window_counts(args.in_shapes[0]).max())
+        return Lipschitz([math.sqrt(max(n, 1.0))], "theorem")
+
 
 @rule("AveragePool", since=(1, 7, 10, 11, 19))
 class AveragePool(_Pool):
@@ -80,14 +110,35 @@ class AveragePool(_Pool):
         counts = CONV[nd](mask, ones[:1], None, self.strides, 0, self.dilations, 1)
         return sums / counts
 
+    def is_affine(self, dynamic):
+        return True
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """A nonnegative linear map: Hoelder's sqrt(||A||_1 ||A||_inf) in l2, max row sum in l_inf."""
+        shape = (1, 1, *args.in_shapes[0][2:])  # channels are independent: one channel suffices
+        return Lipschitz([nonnegative_map_norm(self.forward, shape, args.norm)], "exact" if not args.l2 else
+                         "holder")
+
 
 @rule("GlobalAveragePool", since=(1,))
 class GlobalAveragePool(Op):
     def forward(self, x):
         return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
 
+    def is_affine(self, dynamic):
+        return True
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """The mean of k entries per channel: 1/sqrt(k) in l2 (exact), 1 in l_inf."""
+        k = math.prod(args.in_shapes[0][2:])
+        return Lipschitz([1.0 / math.sqrt(k) * SAFETY if args.l2 else 1.0], "exact")
+
 
 @rule("GlobalMaxPool", since=(1,))
 class GlobalMaxPool(Op):
     def forward(self, x):
         return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """One window per channel (LMT Theorem 3 with n = 1)."""
+        return Lipschitz([1.0], "theorem")

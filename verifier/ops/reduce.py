@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .base import Op, ints, norm_axis, rule
+from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, norm_axis, rule
 
 
 class _Reduce(Op):
@@ -23,6 +23,12 @@ class _Reduce(Op):
         self.keepdims = bool(self.attr("keepdims", 1))
         self.noop = bool(self.attr("noop_with_empty_axes", 0))
 
+    def reduced_count(self, shape) -> int:
+        """How many entries each output reduces (per sample shape, batch axis included as in the file)."""
+        if not self.axes:
+            return 1 if self.noop else math.prod(shape[1:])
+        return math.prod(shape[norm_axis(a, len(shape))] for a in self.axes)
+
     def _dims(self, x: torch.Tensor) -> tuple[int, ...] | None:
         if not self.axes:
             return None if self.noop else tuple(range(x.dim()))
@@ -33,6 +39,14 @@ class _Reduce(Op):
 class ReduceMean(_Reduce):
     axes_input_since = 18
 
+    def is_affine(self, dynamic):
+        return True
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """Means of k entries: 1/sqrt(k) in l2, 1 in l_inf."""
+        k = self.reduced_count(args.in_shapes[0])
+        return Lipschitz([SAFETY / math.sqrt(k) if args.l2 else 1.0], "exact")
+
     def forward(self, x, *_):
         dims = self._dims(x)
         return x if dims is None else x.mean(dim=dims, keepdim=self.keepdims)
@@ -41,6 +55,14 @@ class ReduceMean(_Reduce):
 @rule("ReduceSum", since=(1, 11, 13))
 class ReduceSum(_Reduce):
     axes_input_since = 13
+
+    def is_affine(self, dynamic):
+        return True
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """Sums of k entries: sqrt(k) in l2, k in l_inf."""
+        k = self.reduced_count(args.in_shapes[0])
+        return Lipschitz([math.sqrt(k) * SAFETY if args.l2 else float(k)], "exact")
 
     def forward(self, x, *_):
         dims = self._dims(x)
@@ -51,6 +73,10 @@ class ReduceSum(_Reduce):
 class ReduceMax(_Reduce):
     axes_input_since = 18
 
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """Each entry belongs to one group, and a max (min) is 1-Lipschitz (LMT Theorem 3 with n = 1)."""
+        return Lipschitz([1.0], "theorem")
+
     def forward(self, x, *_):
         dims = self._dims(x)
         return x if dims is None else x.amax(dim=dims, keepdim=self.keepdims)
@@ -59,6 +85,10 @@ class ReduceMax(_Reduce):
 @rule("ReduceMin", since=(1, 11, 12, 13, 18, 20))
 class ReduceMin(_Reduce):
     axes_input_since = 18
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """Each entry belongs to one group, and a max (min) is 1-Lipschitz (LMT Theorem 3 with n = 1)."""
+        return Lipschitz([1.0], "theorem")
 
     def forward(self, x, *_):
         dims = self._dims(x)
@@ -82,11 +112,26 @@ class _SoftmaxBase(Op):
 
 @rule("Softmax", since=(1, 11, 13))
 class Softmax(_SoftmaxBase):
+    """Its Jacobian diag(p) - p p^T is positive semidefinite with eigenvalues <= max p <= 1: 1 in l2; its
+    rows' abs sums are 2 p_i (1 - p_i) <= 1/2 in l_inf."""
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        return Lipschitz([1.0 if args.l2 else 0.5], "theorem")
+
     def forward(self, x):
         return self._apply(x, lambda t, a: torch.softmax(t, dim=a))
 
 
 @rule("LogSoftmax", since=(1, 11, 13))
 class LogSoftmax(_SoftmaxBase):
+    """Jacobian I - 1 p^T over n classes: rows' abs sums 2 (1 - p_i) <= 2, columns' <= n - 1, so
+    sqrt(2 (n - 1)) in l2 (Hoelder) and 2 in l_inf."""
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        shape = args.in_shapes[0]
+        axis = norm_axis(self.axis, len(shape))
+        n = shape[axis] if self.opset >= 13 else math.prod(shape[axis:])
+        return Lipschitz([math.sqrt(2.0 * max(n - 1, 1)) if args.l2 else 2.0], "theorem")
+
     def forward(self, x):
         return self._apply(x, lambda t, a: torch.log_softmax(t, dim=a))

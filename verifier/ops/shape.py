@@ -13,11 +13,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Op, Shape, ints, norm_axis, rule
+from .base import Lipschitz, Op, RuleArgs, Shape, ints, norm_axis, rule
+
+
+class Movement(Op):
+    """Moves or selects entries without repeating any: an isometry or a restriction, norm 1 in every l_p."""
+
+    def is_affine(self, dynamic):
+        return dynamic[0] and not any(dynamic[1:])
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        return Lipschitz([1.0], "exact")
 
 
 @rule("Flatten", since=(1, 9, 11, 13, 21))
-class Flatten(Op):
+class Flatten(Movement):
     """Reshape to 2-D: (prod(shape[:axis]), prod(shape[axis:]))."""
 
     def setup(self) -> None:
@@ -34,7 +44,7 @@ class Flatten(Op):
 
 
 @rule("Reshape", since=(1, 5, 13, 14, 19, 21))
-class Reshape(Op):
+class Reshape(Movement):
     """Reshape to a constant target: 0 copies the input dimension (unless allowzero), -1 is inferred."""
 
     static_inputs = (1,)
@@ -55,7 +65,7 @@ class Reshape(Op):
 
 
 @rule("Transpose", since=(1, 13, 21))
-class Transpose(Op):
+class Transpose(Movement):
     def setup(self) -> None:
         self.perm = ints(self.attr("perm")) or None
 
@@ -65,7 +75,7 @@ class Transpose(Op):
 
 
 @rule("Squeeze", since=(1, 11, 13, 21))
-class Squeeze(Op):
+class Squeeze(Movement):
     """Remove size-1 axes (attribute before opset 13, input from 13 on; all size-1 axes when none given)."""
 
     static_inputs = (1,)
@@ -87,7 +97,7 @@ class Squeeze(Op):
 
 
 @rule("Unsqueeze", since=(1, 11, 13, 21))
-class Unsqueeze(Op):
+class Unsqueeze(Movement):
     """Insert size-1 axes at the given positions of the output."""
 
     static_inputs = (1,)
@@ -105,6 +115,14 @@ class Unsqueeze(Op):
 
 @rule("Concat", since=(1, 4, 11, 13))
 class Concat(Op):
+    """Stacking branches: sqrt(L_1^2 + L_2^2 + ...) in l2, max in l_inf; constants only shift."""
+
+    def is_affine(self, dynamic):
+        return sum(dynamic) == 1
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        return Lipschitz([1.0 for d in args.dynamic if d], "exact", "stack")
+
     def setup(self) -> None:
         self.axis = int(self.attr("axis", 1))
 
@@ -114,7 +132,7 @@ class Concat(Op):
 
 
 @rule("Split", since=(1, 2, 11, 13, 18))
-class Split(Op):
+class Split(Movement):
     """Split along ``axis`` into given sizes (attribute before 13, input from 13), equal parts otherwise
     (opset 18 ``num_outputs``: parts of ceil(n / k), the last one smaller)."""
 
@@ -153,7 +171,7 @@ def _slice_indices(start: int, end: int, step: int, n: int) -> range:
 
 
 @rule("Slice", since=(1, 10, 11, 13))
-class Slice(Op):
+class Slice(Movement):
     """Strided slices (steps may be negative) on the given axes: attributes before opset 10, inputs after."""
 
     static_inputs = (1, 2, 3, 4)
@@ -191,7 +209,17 @@ class Slice(Op):
 
 @rule("Gather", since=(1, 11, 13))
 class Gather(Op):
-    """Take entries along ``axis`` at constant indices (negative ones count from the end)."""
+    """Take entries along ``axis`` at constant indices (negative ones count from the end). An index taken k
+    times repeats its slice k times: sqrt(k) in l2, 1 in l_inf."""
+
+    def is_affine(self, dynamic):
+        return dynamic[0]
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        n = args.in_shapes[0][norm_axis(self.axis, len(args.in_shapes[0]))]
+        idx = np.where(self.indices < 0, self.indices + n, self.indices).reshape(-1)
+        copies = int(np.bincount(idx, minlength=n).max()) if idx.size else 1
+        return Lipschitz([math.sqrt(copies) if args.l2 else 1.0], "exact")
 
     static_inputs = (1,)
 
@@ -228,6 +256,23 @@ class Pad(Op):
         if self.mode not in ("constant", "edge", "reflect", "wrap"):
             from ..errors import ModelImportError
             raise ModelImportError(f"Pad node '{self.name}': unknown mode '{self.mode}'")
+
+    def is_affine(self, dynamic):
+        return dynamic[0]
+
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        """Constant mode only adds constants (norm 1); edge/reflect/wrap repeat entries: sqrt of the largest
+        number of copies of one entry (the product over axes of each axis' largest count) in l2, 1 in l_inf."""
+        if self.mode == "constant" or not args.l2:
+            return Lipschitz([1.0], "exact")
+        copies = 1
+        shape = args.in_shapes[0]
+        for axis, (b, e) in enumerate(self._per_axis(len(shape))):
+            if b > 0 or e > 0:
+                n = shape[axis] - max(-b, 0) - max(-e, 0)
+                src = self._source_indices(n, max(b, 0), max(e, 0), "cpu").numpy()
+                copies *= int(np.bincount(src, minlength=n).max())
+        return Lipschitz([math.sqrt(copies)], "exact")
 
     def _per_axis(self, rank: int) -> list[tuple[int, int]]:
         axes = [norm_axis(a, rank) for a in self.axes] if self.axes else list(range(rank))

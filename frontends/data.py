@@ -1,0 +1,402 @@
+"""Loading evaluation data for a model: ``.npz`` files and MNIST-format IDX folders.
+
+``load_dataset(path, sample_shape, ...)`` returns a ``Dataset`` whose ``x`` has the model's input layout
+``(N, *sample_shape)`` and lies in the *model's* input space, together with the map from the user's space (the
+values in the file, or pixels scaled to [0, 1] for IDX images) to the model's input:
+
+    model_input = (user_x * input_scale - mean) / std          (mean, std: a scalar or one value per channel)
+
+Radii are stated in the USER's space (before mean/std normalization): a certificate computed by a verifier on
+the model's input space (the space of the ONNX graph) is converted with ``Dataset.radius_to_user``, which is
+conservative (see its docstring for the proof), and attacks can run in user space on ``Dataset.x_user`` through
+``Dataset.user_model(model)``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from verifier.errors import InputShapeError, LipverifyError
+
+from .idx import load_idx_split
+
+Shape = tuple[int, ...]
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
+def _count(shape: Sequence[int]) -> int:
+    return int(math.prod(int(d) for d in shape))
+
+
+@dataclass
+class Dataset:
+    """Samples in the model's input space, with the affine map from the user's space.
+
+    ``x``: float32 ``(N, *sample_shape)``, what the model takes (``to_model(x_user)``).
+    ``y``: int64 ``(N,)`` labels.
+    ``x_user``: float32 ``(N, *sample_shape)``, the same samples in the user's space (the space radii are stated
+    in: before ``input_scale`` and mean/std normalization), already in the model's layout.
+    ``source``: where the data came from; ``space``: one line saying what space radii are measured in;
+    ``layout``: how the file's samples were brought to the model's shape (reshape, transposition).
+    ``input_scale``, ``mean``, ``std``: the map ``model = (user * input_scale - mean) / std``; ``mean`` and
+    ``std`` are float64 tensors broadcastable to ``sample_shape`` (scalars or one value per channel on
+    ``channel_axis``, an axis of the sample, not counting the batch axis).
+    ``bounds``: the box the user's inputs live in (``(0.0, 1.0)`` for IDX pixels), or None when unknown.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    source: str
+    space: str
+    x_user: torch.Tensor
+    sample_shape: Shape
+    input_scale: float = 1.0
+    mean: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    std: torch.Tensor = field(default_factory=lambda: torch.ones((), dtype=torch.float64))
+    channel_axis: int | None = None
+    bounds: tuple[float, float] | None = None
+    layout: str = "as stored"
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    # ----------------------------------------------------------------------------------------------- the map
+    @property
+    def identity(self) -> bool:
+        """True when the user's space is the model's input space (no scale, mean or std)."""
+        return self.input_scale == 1.0 and bool((self.mean == 0).all()) and bool((self.std == 1).all())
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Per-entry factor d model_input / d user_x = input_scale / std, float64 of shape ``sample_shape``."""
+        return (self.input_scale / self.std).expand(self.sample_shape).clone()
+
+    @property
+    def shift(self) -> torch.Tensor:
+        """Per-entry offset -mean / std, float64 of shape ``sample_shape`` (model = user * scale + shift)."""
+        return (-self.mean / self.std).expand(self.sample_shape).clone()
+
+    def to_model(self, user_x: torch.Tensor) -> torch.Tensor:
+        """``(user_x * input_scale - mean) / std`` for a batch ``(B, *sample_shape)`` (keeps dtype and device)."""
+        if self.identity:
+            return user_x
+        dtype = user_x.dtype if user_x.is_floating_point() else torch.float32
+        mean = self.mean.to(device=user_x.device, dtype=dtype)
+        std = self.std.to(device=user_x.device, dtype=dtype)
+        return (user_x.to(dtype) * self.input_scale - mean) / std
+
+    def to_user(self, model_x: torch.Tensor) -> torch.Tensor:
+        """The inverse map: ``(model_x * std + mean) / input_scale``."""
+        if self.identity:
+            return model_x
+        dtype = model_x.dtype if model_x.is_floating_point() else torch.float32
+        mean = self.mean.to(device=model_x.device, dtype=dtype)
+        std = self.std.to(device=model_x.device, dtype=dtype)
+        return (model_x.to(dtype) * std + mean) / self.input_scale
+
+    def user_model(self, model: Any) -> nn.Module:
+        """``model`` composed with ``to_model``: a module that takes user-space batches (for attacks)."""
+        return _UserSpaceModel(model, self)
+
+    def model_bounds(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``bounds`` mapped to the model's input space: per-entry float32 tensors of shape ``sample_shape``."""
+        if self.bounds is None:
+            return None
+        lo = torch.full((1, *self.sample_shape), float(self.bounds[0]), dtype=torch.float64)
+        hi = torch.full((1, *self.sample_shape), float(self.bounds[1]), dtype=torch.float64)
+        a, b = self.to_model(lo)[0], self.to_model(hi)[0]
+        return torch.minimum(a, b).float(), torch.maximum(a, b).float()
+
+    # ------------------------------------------------------------------------------------ radius conversion
+    @property
+    def max_scale(self) -> float:
+        """max over entries of |input_scale / std_c|: the Lipschitz constant of the user -> model map in any
+        l_p norm (it is diagonal)."""
+        return float((abs(self.input_scale) / self.std.abs()).max())
+
+    def radius_to_user(self, r_model: float | torch.Tensor) -> float | torch.Tensor:
+        """A radius certified in the model's input space -> a radius certified in the user's space.
+
+        Returns ``r_model * min_c(std_c) / input_scale`` (= ``r_model / max_scale``), for l2 and l_inf alike.
+
+        Direction and proof. The map is ``m(u) = D u + c`` with ``D = diag(s)``, ``s_i = input_scale / std_i``.
+        For any perturbation ``d`` of the user's input, ``m(u + d) - m(u) = D d`` and, in any l_p norm
+        (p = 2 or inf included), ``||D d||_p <= max_i |s_i| * ||d||_p`` because every entry ``|s_i d_i| <=
+        max|s| |d_i|``. Suppose no point within ``r_model`` of ``m(u)`` (model space) changes the prediction.
+        If ``||d||_p <= r_model / max|s|`` then ``||D d||_p <= r_model``, so ``m(u + d)`` is such a point and
+        the prediction on ``u + d`` is unchanged: the user-space ball of radius ``r_model / max|s| =
+        r_model * min|std| / input_scale`` is certified. The converse direction does not hold in general
+        (with several different std values the image of a user-space ball is an ellipsoid / a box with unequal
+        sides, not a ball), which is why this conversion is conservative, and exact when std is a scalar.
+        """
+        return r_model / self.max_scale
+
+    def radius_to_model(self, r_user: float | torch.Tensor) -> float | torch.Tensor:
+        """The model-space radius whose ball contains the image of the user-space ball of radius ``r_user``:
+        ``r_user * max_scale`` (what a verifier working in model space must certify so that the user-space
+        ball is safe). Inverse of ``radius_to_user``."""
+        return r_user * self.max_scale
+
+
+class _UserSpaceModel(nn.Module):
+    def __init__(self, model: Any, data: Dataset):
+        super().__init__()
+        self.model = model
+        self.data = data
+
+    def forward(self, user_x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.data.to_model(user_x))
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def load_dataset(
+    path: str | os.PathLike,
+    sample_shape: Sequence[int],
+    split: str = "test",
+    limit: int | None = None,
+    input_scale: float | None = None,
+    mean: float | Sequence[float] | np.ndarray | torch.Tensor | None = None,
+    std: float | Sequence[float] | np.ndarray | torch.Tensor | None = None,
+    num_classes: int | None = None,
+) -> Dataset:
+    """Samples and labels from ``path`` shaped for a model whose input is ``(B, *sample_shape)``.
+
+    ``path``: an ``.npz`` file with arrays ``x`` (samples, first axis = samples) and ``y`` (integer labels of
+    shape (N,), or one-hot / scores of shape (N, K), read by argmax), used as given; or a folder of
+    MNIST-format IDX files (``split`` 'test' or 'train'), whose pixels are scaled to [0, 1].
+    Samples are brought to ``sample_shape``: unchanged when equal; transposed when the file is channel-last
+    (H, W, C) and the model channel-first (C, H, W) or the reverse and that permutation is unambiguous;
+    otherwise reshaped by element count (which must match). ``limit``: the first ``limit`` samples.
+    ``input_scale``, ``mean``, ``std``: ``model_input = (x * input_scale - mean) / std``, mean and std a scalar
+    or one value per channel of the model's input. ``num_classes``: when given, labels must be below it.
+    Problems are ``LipverifyError``s (``InputShapeError`` for shapes) with a one-line message.
+    """
+    sample_shape = tuple(int(d) for d in sample_shape)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise LipverifyError(f"limit must be a positive number of samples, got {limit!r}")
+    if split not in ("test", "train"):
+        raise LipverifyError(f"split must be 'test' or 'train', got {split!r}")
+
+    path = Path(path)
+    if path.is_dir():
+        x, y = load_idx_split(path, split)
+        source = f"{path} (MNIST-format IDX, {split} split)"
+        base_space = "pixels scaled to [0, 1]"
+        bounds: tuple[float, float] | None = (0.0, 1.0)
+    elif path.is_file():
+        x, y = _read_npz(path)
+        source = f"{path} (.npz)"
+        base_space = "the given .npz values"
+        bounds = None
+    else:
+        raise LipverifyError(f"{path}: no such file or folder (expected an .npz with arrays x and y, or a folder "
+                             "of MNIST-format IDX files)")
+
+    total = len(x)
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    if len(x) == 0:
+        raise LipverifyError(f"{path}: no samples")
+    if limit is not None and limit < total:
+        source += f", first {len(x)} of {total} samples"
+    else:
+        source += f", {len(x)} samples"
+
+    x = _check_x(x, path)
+    y = _check_y(y, len(x), path, num_classes)
+    x, layout = _to_sample_shape(x, sample_shape)
+
+    scale, mean_t, std_t, axis = _preprocessing(input_scale, mean, std, sample_shape)
+    x_user = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    ds = Dataset(x=x_user, y=torch.from_numpy(y), source=source, space=base_space, x_user=x_user,
+                 sample_shape=sample_shape, input_scale=scale, mean=mean_t, std=std_t, channel_axis=axis,
+                 bounds=bounds, layout=layout)
+    if not ds.identity:
+        ds.x = ds.to_model(x_user.double()).float().contiguous()
+        ds.space = (f"{base_space}; radii are stated in this space, before the map {_describe(scale, mean_t, std_t)} "
+                    "to the model's input (certified radii are converted back conservatively)")
+    return ds
+
+
+def _describe(scale: float, mean: torch.Tensor, std: torch.Tensor) -> str:
+    def values(t: torch.Tensor) -> str:
+        flat = [f"{v:g}" for v in t.reshape(-1).tolist()]
+        return flat[0] if len(flat) == 1 else "[" + ", ".join(flat) + "]"
+
+    x = "x" if scale == 1.0 else f"x * {scale:g}"
+    return f"({x} - {values(mean)}) / {values(std)}"
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK":
+        raise LipverifyError(f"{path}: not an .npz file (arrays x and y) nor a folder of MNIST-format IDX files")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.files)
+            missing = [k for k in ("x", "y") if k not in keys]
+            if missing:
+                found = ", ".join(repr(k) for k in keys) or "none"
+                raise LipverifyError(f"{path}: the .npz has no array {' or '.join(repr(k) for k in missing)} "
+                                     f"(arrays found: {found}); expected arrays 'x' (samples) and 'y' (labels)")
+            return z["x"], z["y"]
+    except LipverifyError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LipverifyError(f"{path}: cannot read the .npz file ({msg})")
+
+
+def _check_x(x: np.ndarray, path: Path) -> np.ndarray:
+    if x.ndim < 1:
+        raise InputShapeError(f"{path}: x is a scalar; expected an array of samples (N, ...)")
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise LipverifyError(f"{path}: x has dtype {x.dtype}; expected numbers")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise LipverifyError(f"{path}: x contains NaN or infinite values")
+    return x
+
+
+def _check_y(y: np.ndarray, n: int, path: Path, num_classes: int | None) -> np.ndarray:
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == np.bool_):
+        raise LipverifyError(f"{path}: labels y have dtype {y.dtype}; expected integers")
+    if y.ndim == 2 and y.shape[1] > 1:  # one-hot or scores
+        if num_classes is not None and y.shape[1] != num_classes:
+            raise InputShapeError(f"{path}: one-hot labels have {y.shape[1]} columns; the model has "
+                                  f"{num_classes} outputs")
+        if not np.isfinite(y).all():
+            raise LipverifyError(f"{path}: labels y contain NaN or infinite values")
+        y = np.argmax(y, axis=1)
+    elif y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise InputShapeError(f"{path}: labels y have shape {_fmt(y.shape)}; expected (N,) integers or (N, K) "
+                              "one-hot")
+    if len(y) != n:
+        raise InputShapeError(f"{path}: {n} samples in x but {len(y)} labels in y")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.isfinite(y).all() or (y != np.round(y)).any():
+            raise LipverifyError(f"{path}: labels y are not integers")
+    y = y.astype(np.int64)
+    if (y < 0).any():
+        raise LipverifyError(f"{path}: labels must be >= 0, found {int(y.min())}")
+    if num_classes is not None and (y >= num_classes).any():
+        raise LipverifyError(f"{path}: labels must be below {num_classes} (the model's outputs), found "
+                             f"{int(y.max())}")
+    return y
+
+
+def _layout_permutation(data_shape: Shape, model_shape: Shape) -> tuple[tuple[int, ...], str] | None:
+    """The axis permutation taking channel-last samples to channel-first ones or the reverse, when the two
+    shapes (size-1 axes dropped) are rank >= 3 rotations of each other and the move is unambiguous: exactly one
+    of the two rotations fits, and the moved (channel) size occurs once in the data's shape (so that the
+    channel axis is not confused with a spatial one)."""
+    if len(data_shape) < 3 or len(data_shape) != len(model_shape) or data_shape == model_shape:
+        return None
+    last_to_front = (data_shape[-1], *data_shape[:-1])
+    front_to_back = (*data_shape[1:], data_shape[0])
+    fits = [last_to_front == model_shape, front_to_back == model_shape]
+    if fits == [True, False] and data_shape.count(data_shape[-1]) == 1:
+        n = len(data_shape)
+        return (n - 1, *range(n - 1)), "channel-last to channel-first"
+    if fits == [False, True] and data_shape.count(data_shape[0]) == 1:
+        n = len(data_shape)
+        return (*range(1, n), 0), "channel-first to channel-last"
+    return None
+
+
+def _to_sample_shape(x: np.ndarray, sample_shape: Shape) -> tuple[np.ndarray, str]:
+    data_shape = tuple(int(d) for d in x.shape[1:])
+    n_data, n_model = _count(data_shape), _count(sample_shape)
+    if n_data != n_model:
+        raise InputShapeError(f"data samples have shape {_fmt(data_shape)} ({n_data} values); the model expects "
+                              f"{_fmt(sample_shape)} ({n_model} values)")
+    if data_shape == sample_shape:
+        return x, "as stored"
+    squeezed_data = tuple(d for d in data_shape if d != 1)
+    squeezed_model = tuple(d for d in sample_shape if d != 1)
+    found = _layout_permutation(squeezed_data, squeezed_model)
+    if found is not None:
+        perm, what = found
+        x = x.reshape(len(x), *squeezed_data).transpose(0, *(p + 1 for p in perm))
+        return (np.ascontiguousarray(x).reshape(len(x), *sample_shape),
+                f"transposed {what}: {_fmt(data_shape)} -> {_fmt(sample_shape)}")
+    return x.reshape(len(x), *sample_shape), f"reshaped {_fmt(data_shape)} -> {_fmt(sample_shape)}"
+
+
+def _as_values(name: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value,
+                         dtype=np.float64)
+    except (TypeError, ValueError):
+        raise LipverifyError(f"{name} must be a number or one number per channel, got {value!r}")
+    if arr.ndim > 1:
+        raise LipverifyError(f"{name} must be a number or one number per channel, got shape {_fmt(arr.shape)}")
+    if arr.size == 0:
+        raise LipverifyError(f"{name} is empty; expected a number or one number per channel")
+    if not np.isfinite(arr).all():
+        raise LipverifyError(f"{name} must be finite")
+    return arr.reshape(-1)
+
+
+def _channel_axis(name: str, count: int, sample_shape: Shape) -> int:
+    """The axis of the sample with ``count`` entries: the first non-singleton axis (channel-first) or the last
+    axis (channel-last)."""
+    if not sample_shape:
+        raise LipverifyError(f"{name} has {count} values but the model's input is a scalar")
+    first = next((i for i, d in enumerate(sample_shape) if d != 1), 0)
+    last = len(sample_shape) - 1
+    axes = sorted({a for a in (first, last) if sample_shape[a] == count})
+    if not axes:
+        raise LipverifyError(f"{name} has {count} values but the model input {_fmt(sample_shape)} has no channel "
+                             f"axis of that size (channel-first: axis {first}, channel-last: the last axis)")
+    if len(axes) > 1:
+        raise LipverifyError(f"{name} has {count} values and the model input {_fmt(sample_shape)} has that size on "
+                             f"both axis {axes[0]} and axis {axes[1]}: cannot tell the channel axis")
+    return axes[0]
+
+
+def _preprocessing(input_scale: float | None, mean: Any, std: Any,
+                   sample_shape: Shape) -> tuple[float, torch.Tensor, torch.Tensor, int | None]:
+    scale = 1.0 if input_scale is None else input_scale
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise LipverifyError(f"input scale must be a number, got {input_scale!r}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise LipverifyError(f"input scale must be a positive number, got {input_scale!r}")
+    values = {"mean": _as_values("mean", 0.0 if mean is None else mean),
+              "std": _as_values("std", 1.0 if std is None else std)}
+    if (values["std"] <= 0).any():
+        raise LipverifyError(f"std must be positive, got {values['std'].tolist()}")
+    axis: int | None = None
+    out: dict[str, torch.Tensor] = {}
+    for name, arr in values.items():
+        if arr.size == 1:
+            out[name] = torch.tensor(float(arr[0]), dtype=torch.float64)
+            continue
+        a = _channel_axis(name, arr.size, sample_shape)
+        if axis is not None and a != axis:
+            raise LipverifyError(f"mean and std give different channel axes ({axis} and {a})")
+        axis = a
+        view = [1] * len(sample_shape)
+        view[a] = arr.size
+        out[name] = torch.from_numpy(arr.copy()).reshape(view)
+    return scale, out["mean"], out["std"], axis
+
+
+__all__ = ["Dataset", "load_dataset"]

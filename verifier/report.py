@@ -1,0 +1,137 @@
+"""Running `lipverify lipschitz` and `lipverify certify`, and formatting what they found."""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from typing import Any, Sequence
+
+import click
+import torch
+
+from .certify import Bounds, certified_accuracy, certified_radii
+from .ir import GraphModule
+from .lipschitz import LipschitzReport, graph_lipschitz, logits_tensor
+
+
+def norm_value(norm: str) -> float:
+    return math.inf if str(norm) == "inf" else 2.0
+
+
+def norm_label(norm: float) -> str:
+    return "inf" if norm == math.inf else "2"
+
+
+def format_lipschitz(report: LipschitzReport, model: str) -> str:
+    lines = [f"model        {model}", f"norm         l{norm_label(report.norm)}",
+             f"lipschitz    {report.lipschitz:.6g}   (input -> {report.output})"]
+    if report.lipschitz_sub is not None:
+        lines.append(f"lipschitz_sub {report.lipschitz_sub:.6g}  (input -> {report.last_input}, before the last "
+                     f"affine layer)")
+    lines += ["", f"{'node':<32}{'op':<20}{'bound':>12}  {'method':<12}{'chain':>5}"]
+    for n in report.nodes:
+        chain = "" if n.segment is None else str(n.segment)
+        lines.append(f"{n.name[-31:]:<32}{n.op_type:<20}{n.bound:>12.6g}  {n.method:<12}{chain:>5}")
+    if report.segments:
+        lines += ["", "affine chains bounded as one map (LMT §5.2):",
+                  f"{'chain':>5}  {'bound':>12}  {'product':>12}  {'method':<13}nodes"]
+        for i, s in enumerate(report.segments):
+            lines.append(f"{i:>5}  {s.bound:>12.6g}  {s.product:>12.6g}  {s.method:<13}{', '.join(s.nodes)[:60]}")
+    return "\n".join(lines)
+
+
+def compute_bounds(module: GraphModule, norm: float, input_dim: int) -> Bounds:
+    l2 = graph_lipschitz(module, 2.0)
+    linf = graph_lipschitz(module, math.inf) if norm == math.inf else None
+    return Bounds(l2=l2, linf=linf, input_dim=input_dim)
+
+
+def batched_logits(module: GraphModule, x: torch.Tensor, batch_size: int, device: torch.device,
+                   label: str = "certifying") -> torch.Tensor:
+    """Logits (the tensor before a trailing Softmax) for all inputs, in batches, with a progress bar on stderr
+    when there are many."""
+    out = logits_tensor(module)
+    chunks = list(torch.split(x, batch_size))
+    results = []
+    with torch.no_grad(), progress(chunks, label) as bar:
+        for chunk in bar:
+            chunk = chunk.to(device=device, dtype=module.float_dtype)
+            module.check_input(chunk)
+            logits = module.run(chunk, keep={out})[out] if out != module.graph.output_name else module.run(chunk)
+            results.append(logits.reshape(len(chunk), -1).cpu())
+    return torch.cat(results) if results else torch.zeros((0, 1))
+
+
+@contextlib.contextmanager
+def progress(items: list, label: str):
+    """A progress bar on stderr for long runs (more than a few batches); silent otherwise."""
+    if len(items) <= 4:
+        yield items
+        return
+    with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield bar
+
+
+def summarize(radii: torch.Tensor, correct: torch.Tensor, eps_list: Sequence[float]) -> dict[str, Any]:
+    correct_radii = radii[correct]
+    return {
+        "clean_accuracy": float(correct.double().mean()) if len(correct) else 0.0,
+        "certified_accuracy": {f"{e:g}": certified_accuracy(radii, e) for e in eps_list},
+        "median_radius": float(correct_radii.median()) if len(correct_radii) else 0.0,
+    }
+
+
+def format_certify(result: dict[str, Any]) -> str:
+    lines = [f"model      {result['model']}",
+             f"method     {result['method']}  (l{result['norm']}; L = {result['lipschitz']:.6g}"
+             + (f", L_sub = {result['lipschitz_sub']:.6g}" if result.get('lipschitz_sub') else "") + ")",
+             f"data       {result['data']}  ({result['n']} inputs)",
+             f"radii in   {result['space']}", "",
+             f"clean accuracy        {100 * result['clean_accuracy']:.2f}%"]
+    for eps, acc in result["certified_accuracy"].items():
+        lines.append(f"certified at eps {eps:<6}{100 * acc:.2f}%")
+    lines.append(f"median radius         {result['median_radius']:.6g}  (correctly classified inputs)")
+    if "attack_median_ratio" in result:
+        lines.append(f"certified / attack    {result['attack_median_ratio']:.4g}  (median)")
+    lines.append(f"seconds               {result['seconds']:.2f}")
+    if "gate" in result:
+        g = result["gate"]
+        lines.append(f"gate                  certified accuracy at eps {g['eps']:g} = {100 * g['value']:.2f}% "
+                     f"{'>=' if g['passed'] else '<'} {100 * g['required']:.2f}%  -> "
+                     f"{'PASS' if g['passed'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def plot_curve(radii_by_method: dict[str, torch.Tensor], path: str, norm: str, title: str) -> None:
+    """Certified accuracy against eps, the curve every seed paper shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, radii in radii_by_method.items():
+        r = torch.sort(radii).values.double()
+        top = float(r.max()) if len(r) and float(r.max()) > 0 else 1.0
+        eps = torch.linspace(0, top * 1.05, 200)
+        acc = [(r > e).double().mean().item() if e > 0 else (r > 0).double().mean().item() for e in eps]
+        ax.plot(eps.numpy(), acc, label=name)
+    ax.set_xlabel(f"eps (l{norm})")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title[:60])
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
