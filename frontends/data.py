@@ -46,7 +46,8 @@ class Dataset:
     ``x``: float32 ``(N, *sample_shape)``, what the model takes (``to_model(x_user)``).
     ``y``: int64 ``(N,)`` labels.
     ``x_user``: float32 ``(N, *sample_shape)``, the same samples in the user's space (the space radii are stated
-    in: before ``input_scale`` and mean/std normalization), already in the model's layout.
+    in: before ``input_scale`` and mean/std normalization), already in the model's layout; the same tensor as
+    ``x`` when there is no preprocessing.
     ``source``: where the data came from; ``space``: one line saying what space radii are measured in;
     ``layout``: how the file's samples were brought to the model's shape (reshape, transposition).
     ``input_scale``, ``mean``, ``std``: the map ``model = (user * input_scale - mean) / std``; ``mean`` and
@@ -139,6 +140,8 @@ class Dataset:
         r_model * min|std| / input_scale`` is certified. The converse direction does not hold in general
         (with several different std values the image of a user-space ball is an ellipsoid / a box with unequal
         sides, not a ball), which is why this conversion is conservative, and exact when std is a scalar.
+        A verifier that handles per-coordinate boxes can do better for l_inf: the user-space l_inf ball of
+        radius r maps exactly onto the box ``m(u) +- r * scale`` (``scale`` per entry).
         """
         return r_model / self.max_scale
 

@@ -22,8 +22,10 @@ from .errors import NoRuleError
 from .ir import GraphModule, Node
 from .ops.base import Lipschitz, RuleArgs
 
-#: chains whose matrix has at most this many entries are materialized (float64: 128 MiB)
-MATERIALIZE_LIMIT = 2 ** 24
+#: chains whose matrix has at most this many entries are materialized (float64: 32 MiB)
+MATERIALIZE_LIMIT = 2 ** 22
+#: ops that scale channels (or add constants) around a convolution and fold into its kernel
+CHANNEL_OPS = ("BatchNormalization", "Mul", "Div", "Add", "Sub", "Neg")
 TRAILING_NORMALIZERS = ("Softmax", "LogSoftmax")
 
 
@@ -140,13 +142,25 @@ def chain_function(module64: GraphModule, chain: list[Node], dynamic_tensors: se
     return first_input, run
 
 
-def chain_matrix(module64: GraphModule, chain: list[Node], dynamic_tensors: set[str]) -> tuple[str, torch.Tensor]:
-    """The linear part of an affine chain as a matrix (n_out x n_in): f(e_i) - f(0) for the basis e_i."""
+def chain_matrix(module64: GraphModule, chain: list[Node], dynamic_tensors: set[str],
+                 chunk: int = 256) -> tuple[str, torch.Tensor]:
+    """The linear part of an affine chain as a matrix (n_out x n_in): columns f(e_i) - f(0) pushed through
+    for the basis e_i, or, for a few outputs (fewer than inputs), rows e_j^T J by batched back-propagation."""
     first_input, run = chain_function(module64, chain, dynamic_tensors)
     in_shape = module64.graph.shapes[first_input][1:]
     zero = run(torch.zeros((1, *in_shape), dtype=torch.float64))
-    matrix = materialized_matrix(lambda x: run(x) - zero, in_shape)
-    return first_input, matrix
+    n_in, n_out = math.prod(in_shape), zero.numel()
+    if n_in <= n_out or n_out > chunk:  # batched back-propagation pays off for few outputs only
+        return first_input, materialized_matrix(lambda x: run(x) - zero, in_shape)
+    x = torch.zeros((1, *in_shape), dtype=torch.float64, requires_grad=True)
+    rows = []
+    with torch.enable_grad():
+        y = run(x).reshape(-1)
+        eye = torch.eye(n_out, dtype=torch.float64)
+        for start in range(0, n_out, chunk):
+            (g,) = torch.autograd.grad(y, x, eye[start:start + chunk], retain_graph=True, is_grads_batched=True)
+            rows.append(g.reshape(len(g), -1))
+    return first_input, torch.cat(rows).detach()
 
 
 def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
@@ -173,9 +187,11 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
             t for t in chain[0].inputs if t in dynamic_tensors)
         n_in = math.prod(g.shapes[first_input][1:])
         n_out = math.prod(g.shapes[chain[-1].outputs[0]][1:])
+        fused = _fused_conv_bound(chain, args) if norm == 2 else None
+        if fused is not None and fused < bound:
+            bound, method = fused, "dft"
         if n_in * n_out <= materialize_limit:
-            with torch.no_grad():
-                _, matrix = chain_matrix(module64, chain, dynamic_tensors)
+            _, matrix = chain_matrix(module64, chain, dynamic_tensors)
             exact = l2_norm_exact(matrix) if norm == 2 else linf_norm_exact(matrix)
             if exact <= bound:
                 bound, method = exact, "materialized"
@@ -210,8 +226,7 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
     last_matrix = None
     if last is not None:
         chain = chain_end[last.nodes[-1]][1]
-        with torch.no_grad():
-            last_matrix = _last_matrix(module64, chain, dynamic_tensors, materialize_limit)
+        last_matrix = chain_matrix(module64, chain, dynamic_tensors)[1]
     return LipschitzReport(
         norm=norm, lipschitz=bounds[out], output=out,
         lipschitz_sub=bounds[last.input] if last else None, last_input=last.input if last else None,
@@ -219,16 +234,58 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
         tensor_bounds=bounds)
 
 
-def _last_matrix(module64: GraphModule, chain: list[Node], dynamic_tensors: set[str], limit: int) -> torch.Tensor:
-    """The last affine chain's matrix; row by row through autograd when it is too large to push a basis."""
-    first_input, run = chain_function(module64, chain, dynamic_tensors)
-    g = module64.graph
-    in_shape = g.shapes[first_input][1:]
-    n_in, n_out = math.prod(in_shape), math.prod(g.shapes[chain[-1].outputs[0]][1:])
-    if n_in * n_out <= limit or n_out > n_in:
-        return chain_matrix(module64, chain, dynamic_tensors)[1]
-    x = torch.zeros((1, *in_shape), dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        y = run(x).reshape(-1)
-        rows = [torch.autograd.grad(y[j], x, retain_graph=True)[0].reshape(-1) for j in range(n_out)]
-    return torch.stack(rows)
+def _channel_scale(node: Node, a: RuleArgs, channels: int) -> torch.Tensor | None:
+    """The per-channel factor of a channel-wise affine node (axis 1), or None if it is not one."""
+    if node.op_type == "Neg":
+        return -torch.ones(channels, dtype=torch.float64)
+    if node.op_type == "BatchNormalization":
+        scale, var = a.values[1], a.values[4]
+        return scale / torch.sqrt(var + node.op.epsilon)
+    if node.op_type in ("Add", "Sub"):
+        return torch.ones(channels, dtype=torch.float64)
+    k = a.dynamic.index(True)
+    if node.op_type == "Div" and k != 0:
+        return None
+    c = a.values[1 - k]
+    rank = len(a.in_shapes[k])
+    if c.numel() == 1:
+        s = c.reshape(1).expand(channels)
+    elif c.numel() == channels and c.dim() >= rank - 1 and c.shape[c.dim() - (rank - 1)] == channels:
+        s = c.reshape(-1)
+    else:
+        return None
+    return 1.0 / s if node.op_type == "Div" else s
+
+
+def _fused_conv_bound(chain: list[Node], args: dict[str, RuleArgs]) -> float | None:
+    """A chain [channel ops..., Conv, channel ops...] is one convolution with a rescaled kernel
+    W'[o, c] = s_out[o] W[o, c] s_in[c] (biases do not matter): its DFT bound (Sedghi et al. 2019)."""
+    from .conv_norms import conv_l2_bound
+
+    convs = [i for i, n in enumerate(chain) if n.op_type == "Conv"]
+    if len(convs) != 1 or any(n.op_type not in CHANNEL_OPS for i, n in enumerate(chain) if i != convs[0]):
+        return None
+    conv = chain[convs[0]]
+    ca = args[conv.name]
+    w = ca.values[1]
+    c_out, c_in_g = w.shape[0], w.shape[1]
+    group = conv.op.group
+    s_in = torch.ones(c_in_g * group, dtype=torch.float64)
+    s_out = torch.ones(c_out, dtype=torch.float64)
+    for i, n in enumerate(chain):
+        if i == convs[0]:
+            continue
+        scale = _channel_scale(n, args[n.name], c_in_g * group if i < convs[0] else c_out)
+        if scale is None:
+            return None
+        if i < convs[0]:
+            s_in = s_in * scale
+        else:
+            s_out = s_out * scale
+    # input channel of kernel column c_local for output o: group(o) * c_in_g + c_local
+    groups_of_out = torch.arange(c_out) // (c_out // group)
+    in_index = groups_of_out[:, None] * c_in_g + torch.arange(c_in_g)[None, :]
+    shape = (c_out, c_in_g) + (1,) * (w.dim() - 2)
+    scaled = w * s_out.reshape(-1, *([1] * (w.dim() - 1))) * s_in[in_index].reshape(shape)
+    strides, dilations, pads = conv.op.geometry(ca)
+    return conv_l2_bound(scaled, tuple(ca.in_shapes[0][2:]), strides, dilations, pads, group)
