@@ -102,6 +102,32 @@ def _rule_args(module: GraphModule, node: Node, dynamic_tensors: set[str], norm:
     return RuleArgs(values, dynamic, in_shapes, [g.shapes[o] for o in node.outputs if o], norm)
 
 
+def compose(input_name: str, nodes: list[Node], args: dict[str, RuleArgs], rules: dict[str, Lipschitz],
+            chain_values: dict[str, tuple[str, str, Any]], in_chain: set[str], norm: float) -> dict[str, Any]:
+    """Lipschitz bounds of input -> every tensor over the DAG (LMT §5): a chain multiplies by its value
+    (``chain_values``: last node -> (input, output, value)), other nodes combine their rule's factors: 'sum'
+    adds the branches, 'stack' takes sqrt of the sum of squares (l2) or the max (l_inf). Values may be floats
+    or torch scalars (the training-time estimate is differentiable)."""
+    bounds: dict[str, Any] = {input_name: 1.0}
+    for node in nodes:
+        if node.name in chain_values:
+            src, dst, value = chain_values[node.name]
+            bounds[dst] = value * bounds[src]
+            continue
+        if node.name in in_chain:
+            continue
+        rule, a = rules[node.name], args[node.name]
+        terms = [f * bounds[t] for f, t in zip(rule.factors, [t for t, d in zip(node.inputs, a.dynamic) if d])]
+        if rule.combine == "stack":
+            value = sum(v * v for v in terms) ** 0.5 if norm == 2 else max(terms)
+        else:
+            value = sum(terms)
+        for o in node.outputs:
+            if o:
+                bounds[o] = value
+    return bounds
+
+
 def _chains(module: GraphModule, args: dict[str, RuleArgs], up_to: str) -> list[list[Node]]:
     """Maximal chains of single-output affine nodes linked by tensors that nothing else reads."""
     g = module.graph
@@ -204,24 +230,9 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
             in_chain.add(n.name)
             node_bounds[n.name].segment = index
 
-    bounds: dict[str, float] = {g.input_name: 1.0}
-    for node in nodes:
-        if node.name in chain_end:
-            seg = segments[chain_end[node.name][0]]
-            bounds[seg.output] = seg.bound * bounds[seg.input]
-            continue
-        if node.name in in_chain:
-            continue
-        rule, a = rules[node.name], args[node.name]
-        terms = [f * bounds[t] for f, t in zip(rule.factors, [t for t, d in zip(node.inputs, a.dynamic) if d])]
-        if rule.combine == "stack":
-            value = math.sqrt(sum(v * v for v in terms)) if norm == 2 else max(terms)
-        else:
-            value = sum(terms)
-        for o in node.outputs:
-            if o:
-                bounds[o] = value
-
+    chain_values = {name: (segments[i].input, segments[i].output, segments[i].bound)
+                    for name, (i, _) in chain_end.items()}
+    bounds = compose(g.input_name, nodes, args, rules, chain_values, in_chain, norm)
     last = next((s for s in segments if s.output == out), None)
     last_matrix = None
     if last is not None:

@@ -1,0 +1,202 @@
+"""LMT certificates: the propositions against independent computations, soundness against PGD, and the
+`lipverify certify` / `lipverify lipschitz` commands (report fields, gate exit codes, bad data)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from frontends import load_onnx
+from frontends.data import load_dataset
+from verifier.attacks import pgd
+from verifier.certify import certified_radii
+from verifier.cli import main
+from verifier.lipschitz import graph_lipschitz
+from verifier.power_iteration import PowerIteration, estimate
+from verifier.report import batched_logits, compute_bounds
+
+from .conftest import REPO, shared_dir
+from .onnx_graphs import torch_single_thread
+
+single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
+BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def export(net: nn.Module, example: torch.Tensor, path) -> None:
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (example,), buffer, dynamo=False, opset_version=13, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.fixture(scope="module")
+def smooth_model(tmp_path_factory):
+    """A small MLP trained in the test on separable blobs, weights kept small so that radii are large."""
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 6, generator=gen) * 3
+    y = torch.arange(300) % 3
+    x = centers[y] + 0.5 * torch.randn(300, 6, generator=gen)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05, weight_decay=1e-3)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    folder = tmp_path_factory.mktemp("smooth")
+    export(net, x[:1], folder / "mlp.onnx")
+    np.savez(folder / "data.npz", x=x.numpy(), y=y.numpy())
+    return folder / "mlp.onnx", folder / "data.npz", x, y
+
+
+@pytest.mark.parametrize("method", ["lmt", "lmt-pairwise"])
+@pytest.mark.parametrize("norm", [2.0, math.inf], ids=["l2", "linf"])
+def test_certified_points_survive_pgd(smooth_model, method, norm):
+    path, _, x, y = smooth_model
+    module = load_onnx(path)
+    bounds = compute_bounds(module, norm, input_dim=6)
+    with torch.no_grad():
+        logits = module(x)
+    radii = certified_radii(logits, y, bounds, norm, method)
+    assert (radii > 0.05).float().mean() > 0.8  # the certificate is not vacuous here
+    certified = radii > 0
+    x_adv, success = pgd(module, x[certified], y[certified], radii[certified].float() * 0.999, norm=norm,
+                         steps=100, restarts=10)
+    assert not success.any(), "an attack broke a certified radius"
+    # and the attack is real: at 3x the certified radius of the weakest points it finds something
+    _, far = pgd(module, x[certified], y[certified], radii[certified].float() * 20, norm=norm, steps=100,
+                 restarts=5)
+    assert far.any()
+
+
+def test_pairwise_is_at_least_proposition_1(smooth_model):
+    path, _, x, y = smooth_model
+    module = load_onnx(path)
+    bounds = compute_bounds(module, 2.0, input_dim=6)
+    logits = module(x).detach()
+    p1 = certified_radii(logits, y, bounds, 2.0, "lmt")
+    p2 = certified_radii(logits, y, bounds, 2.0, "lmt-pairwise")
+    assert (p2 >= p1 * (1 - 1e-6)).all() and (p2 > p1).any()
+
+
+def test_power_iteration_estimates_from_below():
+    module = load_onnx(BUNDLED)
+    sound = graph_lipschitz(module, 2.0).lipschitz
+    est = estimate(module, steps=60)
+    assert est <= sound and est >= 0.9 * sound
+    value = PowerIteration(module)()
+    value.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def mnist_or_skip():
+    root = shared_dir()
+    if root is None or not (root / "zoo" / "mnist_fc").is_dir() or not (root / "data" / "mnist").is_dir():
+        pytest.skip("../shared/zoo/mnist_fc or ../shared/data/mnist absent (set LIPVERIFY_SHARED)")
+    return root / "zoo" / "mnist_fc" / "mnist-net_256x2.onnx", root / "data" / "mnist"
+
+
+def test_mnist_net_prop2_equals_exact_spectral_norms():
+    model_path, data = mnist_or_skip()
+    module = load_onnx(model_path)
+    ds = load_dataset(data, module.graph.sample_shape, limit=100)
+    bounds = compute_bounds(module, 2.0, input_dim=784)
+    logits = batched_logits(module, ds.x, 100, torch.device("cpu"))
+    radii = certified_radii(logits, ds.y, bounds, 2.0, "lmt-pairwise").double()
+    # independently: the initializers' exact spectral norms (numpy SVD) and the last layer's rows
+    model = onnx.load(model_path)
+    weights = [onnx.numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer if t.dims and
+               len(t.dims) == 2]
+    l_sub = np.linalg.norm(weights[0], 2) * np.linalg.norm(weights[1], 2)
+    w = weights[2]
+    z = logits.double().numpy()
+    y = ds.y.numpy()
+    ref = np.array([min((z[i, y[i]] - z[i, j]) / (l_sub * np.linalg.norm(w[y[i]] - w[j])) for j in range(10)
+                        if j != y[i]) if z[i].argmax() == y[i] else 0.0 for i in range(len(y))])
+    ours = radii.numpy()
+    assert (ours <= ref + 1e-12).all()
+    assert np.all(ours >= 0.99 * ref)
+    # clean accuracy equals onnxruntime's
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    ort_pred = np.array([sess.run(None, {"0": ds.x[i:i + 1].numpy()})[0].argmax() for i in range(len(y))])
+    assert (ort_pred == logits.argmax(1).numpy()).all()
+    # and PGD never breaks these (tiny) radii
+    _, success = pgd(module, ds.x, ds.y, radii.float() * 0.999, norm=2, steps=50, restarts=5, lower=0.0,
+                     upper=1.0)
+    assert not success.any()
+
+
+def synthetic_npz(tmp_path, module, n=40, seed=0):
+    """Images and the model's own predictions as labels (so every input is correctly classified)."""
+    x = torch.rand((n, *module.graph.sample_shape), generator=torch.Generator().manual_seed(seed))
+    y = module(x).argmax(1)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x.numpy(), y=y.numpy())
+    return path
+
+
+def test_certify_json_report_and_plot(capsys, tmp_path):
+    module = load_onnx(BUNDLED)
+    data = synthetic_npz(tmp_path, module)
+    plot, report_file = tmp_path / "curve.png", tmp_path / "report.json"
+    code, out, _ = run_main(capsys, "certify", str(BUNDLED), "--data", str(data), "--json", "--eps", "0.001",
+                            "--eps", "0.01", "--plot", str(plot), "--report", str(report_file))
+    assert code == 0
+    result = json.loads(out)
+    for key in ("model", "method", "norm", "n", "clean_accuracy", "certified_accuracy", "radii", "lipschitz",
+                "seconds", "median_radius", "space"):
+        assert key in result
+    assert result["n"] == 40 and len(result["radii"]) == 40 and result["clean_accuracy"] == 1.0
+    assert set(result["certified_accuracy"]) == {"0.001", "0.01"}
+    assert plot.stat().st_size > 1000 and json.loads(report_file.read_text())["n"] == 40
+    code, out, _ = run_main(capsys, "certify", str(BUNDLED), "--data", str(data), "--limit", "5")
+    assert code == 0 and "clean accuracy" in out and "median radius" in out
+
+
+def test_certify_gate_exit_codes(capsys, tmp_path):
+    module = load_onnx(BUNDLED)
+    data = synthetic_npz(tmp_path, module)
+    code, _, _ = run_main(capsys, "certify", str(BUNDLED), "--data", str(data), "--min-certified-accuracy", "0.99",
+                          "--at-eps", "10")
+    assert code == 1
+    code, _, _ = run_main(capsys, "certify", str(BUNDLED), "--data", str(data), "--min-certified-accuracy", "0.0",
+                          "--at-eps", "10")
+    assert code == 0
+
+
+def test_certify_bad_data_shape_is_one_line(capsys, tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.zeros((3, 5, 5), np.float32), y=np.zeros(3, np.int64))
+    code, out, err = run_main(capsys, "certify", str(BUNDLED), "--data", str(path))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "(1, 28, 28)" in err and "784" in err
+
+
+def test_lipschitz_command_json(capsys):
+    code, out, _ = run_main(capsys, "lipschitz", str(BUNDLED), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["lipschitz"] > 0 and report["lipschitz_sub"] > 0
+    assert {n["op_type"] for n in report["nodes"]} >= {"Conv", "MaxPool", "Gemm"}
+    assert all(n["method"] in ("exact", "dft", "materialized", "theorem", "slope", "holder") for n in report["nodes"])
+    code, out, _ = run_main(capsys, "lipschitz", str(BUNDLED), "--norm", "inf")
+    assert code == 0 and "lipschitz" in out

@@ -1,0 +1,84 @@
+"""A differentiable estimate of the Lipschitz constant for training (LMT Algorithm 2).
+
+One power-iteration step per call on every affine chain (the same chains the sound engine fuses), with
+persistent vectors carried from call to call (one step per minibatch, as LMT and spectral normalization do);
+the chains' estimates are composed over the graph like the sound bounds (``lipschitz.compose``).
+Power iteration converges to the largest singular value from below: this is an under-estimate, fine for a
+training loss and never used for certificates.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .ir import GraphModule
+from .lipschitz import _chains, _nodes_up_to, _rule_args, chain_function, compose, logits_tensor
+
+
+class PowerIteration:
+    """``estimate = PowerIteration(module)``; then ``L = estimate()`` each training step (a torch scalar that
+    back-propagates into the module's weights)."""
+
+    def __init__(self, module: GraphModule, seed: int = 0):
+        self.module = module
+        g = module.graph
+        self.output = logits_tensor(module)
+        self.nodes = _nodes_up_to(module, self.output)
+        self.dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+        args = self._args()
+        self.chains = _chains(module, args, self.output)
+        gen = torch.Generator().manual_seed(seed)
+        self.vectors: list[torch.Tensor] = []
+        for chain in self.chains:
+            first_input, _ = chain_function(module, chain, self.dynamic)
+            u = torch.randn((1, *g.shapes[first_input][1:]), generator=gen)
+            self.vectors.append(u / u.norm())
+
+    def _args(self):
+        return {n.name: _rule_args(self.module, n, self.dynamic, 2.0) for n in self.nodes}
+
+    def __call__(self) -> torch.Tensor:
+        module = self.module
+        device, dtype = module.device, module.float_dtype
+        args = self._args()
+        in_chain = {n.name for chain in self.chains for n in chain}
+        with torch.no_grad():
+            rules = {n.name: n.op.lipschitz(args[n.name]) for n in self.nodes if n.name not in in_chain}
+        chain_values = {}
+        saved = [(n, n.op.training) for chain in self.chains for n in chain]
+        for n, _ in saved:
+            n.op.training = False  # batch normalization bounded as at inference (LMT §4.1)
+        try:
+            for i, chain in enumerate(self.chains):
+                first_input, run = chain_function(module, chain, self.dynamic)
+                u = self.vectors[i].to(device=device, dtype=dtype)
+                zero = torch.zeros_like(u)
+
+                def linear(x: torch.Tensor) -> torch.Tensor:
+                    return run(x) - run(zero)
+
+                with torch.enable_grad():  # u <- J^T J u / ||J^T J u||, weights untouched
+                    x = u.clone().requires_grad_(True)
+                    v = linear(x)
+                    (w,) = torch.autograd.grad(v, x, v.detach())
+                u = (w / w.norm().clamp_min(1e-12)).detach()
+                self.vectors[i] = u.cpu()
+                sigma = linear(u).norm()  # differentiable in the weights
+                chain_values[chain[-1].name] = (first_input, chain[-1].outputs[0], sigma)
+        finally:
+            for n, mode in saved:
+                n.op.training = mode
+        bounds = compose(module.graph.input_name, self.nodes, args, rules, chain_values, in_chain, 2.0)
+        value = bounds[self.output]
+        return value if torch.is_tensor(value) else torch.tensor(float(value), device=device)
+
+
+def estimate(module: GraphModule, steps: int = 50) -> float:
+    """The power-iteration estimate after ``steps`` steps (an under-estimate of the true constant)."""
+    pi = PowerIteration(module)
+    value = math.nan
+    with torch.no_grad():
+        for _ in range(steps):
+            value = float(pi())
+    return value
