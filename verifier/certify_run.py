@@ -8,7 +8,8 @@ import torch
 
 from .certify import certified_radii
 from .errors import LipverifyError
-from .report import Timer, batched_logits, compute_bounds, norm_label, norm_value, plot_curve, summarize
+from .report import (LogitEngine, Timer, batched_logits, compute_bounds, norm_label, norm_value, plot_curve,
+                     summarize)
 
 DEFAULT_EPS = {2.0: (0.1, 0.25, 0.5, 1.0), math.inf: (0.01, 0.03, 0.1)}
 
@@ -46,7 +47,7 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
     if any(e < 0 or not math.isfinite(e) for e in eps_list):
         raise LipverifyError("--eps values must be finite and >= 0")
     with Timer() as timer:
-        _, module = import_model(model_path, output)
+        model, module = import_model(model_path, output)
         dev = pick_device(device)
         data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit,
                             input_scale=input_scale, mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
@@ -55,7 +56,8 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
             raise LipverifyError("--method lmt-pairwise needs a model whose logits come from an affine layer; "
                                  "use --method lmt")
         module = module.to(dev)
-        logits = batched_logits(module, data.x, batch_size, dev)
+        engine = LogitEngine(module, dev, model)
+        logits = batched_logits(module, data.x, batch_size, dev, engine=engine)
         if logits.shape[1] < 2:
             raise LipverifyError(f"the model has {logits.shape[1]} output; certificates need class logits")
         if int(data.y.max()) >= logits.shape[1]:
@@ -69,7 +71,7 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         "radii": [float(r) for r in radii],
         "lipschitz": bounds.l2.lipschitz if p == 2 else (bounds.linf.lipschitz if bounds.linf else None),
         "lipschitz_sub": bounds.l2.lipschitz_sub if p == 2 else (bounds.linf.lipschitz_sub if bounds.linf else None),
-        "seconds": timer.seconds, "device": str(dev),
+        "seconds": timer.seconds, "device": str(dev), "logits_from": engine.name,
     }
     if gate is not None:
         from .certify import certified_accuracy

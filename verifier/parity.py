@@ -34,6 +34,8 @@ def reference_runner(model: onnx.ModelProto) -> tuple[str, Runner]:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # no busy-waiting between runs: torch works on the same cores in between (spinning threads starve it)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return "onnxruntime", lambda out, inp, x: session.run([out], {inp: x})[0]
     except Exception as ort_error:
