@@ -33,7 +33,7 @@ def pick_device(device: str) -> torch.device:
 
 
 def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: str = "2",
-                eps_list: Sequence[float] = (), method: str = "lmt-pairwise", limit: int | None = None,
+                eps_list: Sequence[float] = (), method: str | None = None, limit: int | None = None,
                 batch_size: int = 256, device: str = "auto", input_scale: float | None = None,
                 mean: str | None = None, std: str | None = None, output: str | None = None,
                 plot_path: str | None = None, gate: float | None = None,
@@ -52,6 +52,8 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit,
                             input_scale=input_scale, mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
         bounds = compute_bounds(module, p, input_dim=max(1, int(torch.tensor(module.graph.sample_shape).prod())))
+        if method is None:
+            method = "lmt-pairwise" if bounds.l2.last_matrix is not None else "lmt"
         if method == "lmt-pairwise" and bounds.l2.last_matrix is None:
             raise LipverifyError("--method lmt-pairwise needs a model whose logits come from an affine layer; "
                                  "use --method lmt")

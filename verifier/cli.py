@@ -94,8 +94,9 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
 @click.option("--norm", type=NORM, default="2", show_default=True)
 @click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report certified accuracy at "
               "(repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
-@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise"]), default="lmt-pairwise", show_default=True,
-              help="lmt: Proposition 1; lmt-pairwise: Proposition 2 (with the last affine layer).")
+@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise"]), default=None,
+              help="lmt: Proposition 1; lmt-pairwise: Proposition 2 (with the last affine layer). Default: "
+                   "lmt-pairwise when the logits come from an affine layer, else lmt.")
 @click.option("--limit", type=int, default=None, help="Use the first N inputs.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -110,7 +111,7 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
 @click.option("--min-certified-accuracy", "gate", type=float, default=None,
               help="Exit 1 unless the certified accuracy at --at-eps reaches this fraction (0-1).")
 @click.option("--at-eps", "gate_eps", type=float, default=None, help="The eps the gate is checked at.")
-def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[float, ...], method: str,
+def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[float, ...], method: str | None,
             limit: int | None, batch_size: int, device: str, input_scale: float | None, mean: str | None,
             std: str | None, output: str | None, as_json: bool, report_path: str | None, plot_path: str | None,
             gate: float | None, gate_eps: float | None) -> None:
