@@ -193,8 +193,9 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
                     materialize_limit: int = MATERIALIZE_LIMIT) -> LipschitzReport:
     """Guaranteed upper bounds of the Lipschitz constant of input -> logits in ``norm`` (2 or inf)."""
     g = module.graph
-    if not g.batched:
-        raise NoRuleError("the graph mixes its batch axis; Lipschitz bounds need a graph that runs batched")
+    if not g.batched or not g.leading_batch:
+        raise NoRuleError("the graph has no batch axis in front (or mixes it into others); Lipschitz bounds "
+                          "need a model that runs whole batches")
     module64 = copy.deepcopy(module).double().eval()
     out = logits_tensor(module)
     dynamic_tensors = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
