@@ -114,10 +114,21 @@ class AveragePool(_Pool):
         return True
 
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
-        """A nonnegative linear map: Hoelder's sqrt(||A||_1 ||A||_inf) in l2, max row sum in l_inf."""
+        """A nonnegative linear map: Hoelder's sqrt(||A||_1 ||A||_inf) in l2, max row sum in l_inf. In l2, when
+        every window divides by the kernel size (no pads, or pads counted, and no ceil_mode overhang) it is a
+        convolution with the kernel 1/k: its DFT bound too (Sedghi et al. 2019), whichever is smaller."""
         shape = (1, 1, *args.in_shapes[0][2:])  # channels are independent: one channel suffices
-        return Lipschitz([nonnegative_map_norm(self.forward, shape, args.norm)], "exact" if not args.l2 else
-                         "holder")
+        holder = nonnegative_map_norm(self.forward, shape, args.norm)
+        if not args.l2:
+            return Lipschitz([holder], "exact")
+        pads, overhang = self._layout(shape[2:])
+        if any(overhang) or (any(p != (0, 0) for p in pads) and not self.count_include_pad):
+            return Lipschitz([holder], "holder")
+        from ..conv_norms import conv_l2_bound
+
+        kernel = torch.full((1, 1, *self.kernel), 1.0 / math.prod(self.kernel), dtype=torch.float64)
+        dft = conv_l2_bound(kernel, tuple(shape[2:]), self.strides, self.dilations, pads, 1)
+        return Lipschitz([min(holder, dft)], "dft" if dft < holder else "holder")
 
 
 @rule("GlobalAveragePool", since=(1,))
