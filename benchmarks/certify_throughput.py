@@ -11,17 +11,13 @@ classifiers.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from common import ROOT, best_of, zoo_dir  # noqa: E402  (puts the repo on sys.path)
 from frontends import load_onnx, read_model  # noqa: E402
 from verifier.certify import certified_radii  # noqa: E402
 from verifier.parity import reference_forward, reference_runner  # noqa: E402
@@ -32,18 +28,7 @@ CLASSIFIERS = ["mnist_fc/mnist-net_256x2.onnx", "eran/mnist_relu_9_200.onnx", "o
 
 
 def default_models() -> list[Path]:
-    shared = Path(os.environ.get("LIPVERIFY_SHARED", ROOT.parent / "shared"))
-    return sorted(ROOT.glob("models/*.onnx")) + [shared / "zoo" / c for c in CLASSIFIERS if (shared / "zoo" / c).exists()]
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return sorted(ROOT.glob("models/*.onnx")) + [zoo_dir() / c for c in CLASSIFIERS if (zoo_dir() / c).exists()]
 
 
 def main() -> None:

@@ -9,34 +9,18 @@ itself costs about what plain inference costs.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from common import ROOT, best_of, zoo_dir  # noqa: E402  (puts the repo on sys.path)
 from frontends import load_onnx, read_model  # noqa: E402
 from verifier.parity import reference_forward, reference_runner  # noqa: E402
 
 
 def default_models() -> list[Path]:
-    shared = Path(os.environ.get("LIPVERIFY_SHARED", ROOT.parent / "shared"))
-    return sorted(ROOT.glob("models/*.onnx")) + sorted((shared / "zoo").glob("*/*.onnx"))
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return sorted(ROOT.glob("models/*.onnx")) + sorted(zoo_dir().glob("*/*.onnx"))
 
 
 def main() -> None:

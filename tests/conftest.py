@@ -21,6 +21,16 @@ def zoo_models() -> list[Path]:
     return sorted((root / "zoo").glob("*/*.onnx")) if root else []
 
 
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    from verifier.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
 @pytest.fixture
 def zoo() -> Path:
     root = shared_dir()

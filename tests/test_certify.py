@@ -15,23 +15,15 @@ from frontends import load_onnx
 from frontends.data import load_dataset
 from verifier.attacks import pgd
 from verifier.certify import certified_radii
-from verifier.cli import main
 from verifier.lipschitz import graph_lipschitz
 from verifier.power_iteration import PowerIteration, estimate
 from verifier.report import batched_logits, compute_bounds
 
-from .conftest import REPO, shared_dir
+from .conftest import REPO, run_main, shared_dir
 from .onnx_graphs import torch_single_thread
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def export(net: nn.Module, example: torch.Tensor, path) -> None:

@@ -5,18 +5,10 @@ import json
 
 import pytest
 
-from verifier.cli import main
 
-from .conftest import REPO, zoo_models
+from .conftest import REPO, run_main, zoo_models
 
 BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_inspect_bundled_model_table(capsys):

@@ -40,6 +40,15 @@ def _device(model: Any, x: torch.Tensor) -> torch.device:
     return x.device
 
 
+def _prepare(model: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
+    """The model's device, and detached float inputs and long labels on it."""
+    device = _device(model, x)
+    x = x.detach().to(device)
+    if not x.is_floating_point():
+        x = x.float()
+    return device, x, y.detach().to(device=device, dtype=torch.long).reshape(-1)
+
+
 def _norm_kind(norm: Any) -> float:
     n = float(norm)
     if n not in (2.0, INF):
@@ -176,11 +185,7 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tenso
     ``argmax(model(x_adv[i])) != y[i]``. Samples already misclassified return ``x`` itself with success.
     """
     p = _norm_kind(norm)
-    device = _device(model, x)
-    x = x.detach().to(device)
-    if not x.is_floating_point():
-        x = x.float()
-    y = y.detach().to(device=device, dtype=torch.long).reshape(-1)
+    device, x, y = _prepare(model, x, y)
     b = x.shape[0]
     eps_t = _per_sample(eps, b, device, x.dtype)
     if (eps_t < 0).any() or not torch.isfinite(eps_t).all():
@@ -219,7 +224,7 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tenso
             g = max(1, min(restarts - r, max_batch // n))
             group = list(range(r, r + g))
             r += g
-            xs, ys, es = x[idx], y[idx], eps_t[idx]
+            xs, es = x[idx], eps_t[idx]
             rep = lambda t: None if t is None else t[idx].repeat(g, *([1] * (t.dim() - 1)))  # noqa: E731
             xr, yr, er, lor, hir = rep(x), rep(y), rep(eps_t), rep(lo), rep(hi)
             starts = []
@@ -390,11 +395,7 @@ def attack_radius(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 
     (``x`` itself where the radius is inf).
     """
     p = _norm_kind(norm)
-    device = _device(model, x)
-    x = x.detach().to(device)
-    if not x.is_floating_point():
-        x = x.float()
-    y = y.detach().to(device=device, dtype=torch.long).reshape(-1)
+    device, x, y = _prepare(model, x, y)
     b = x.shape[0]
     lo_b, hi_b = _bound(lower, x), _bound(upper, x)
     if cap is None:

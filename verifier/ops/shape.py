@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Lipschitz, Op, RuleArgs, Shape, ints, norm_axis, rule
+from .base import Lipschitz, Op, RuleArgs, ints, norm_axis, rule
 
 
 class Movement(Op):
