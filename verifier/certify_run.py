@@ -37,7 +37,11 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
                 batch_size: int = 256, device: str = "auto", input_scale: float | None = None,
                 mean: str | None = None, std: str | None = None, output: str | None = None,
                 plot_path: str | None = None, gate: float | None = None,
-                gate_eps: float | None = None) -> dict[str, Any]:
+                gate_eps: float | None = None, attack: bool = False, attack_steps: int = 50,
+                attack_restarts: int = 5, attack_method: str = "pgd") -> dict[str, Any]:
+    """The certify report (see the README); with ``attack``, also the attack radius per input
+    (``attack_run.attack_dataset``), the median ratio certified / attack, and ``soundness_violations``: the
+    inputs whose certified radius exceeds the distance of an adversarial example (a disproved certificate)."""
     from frontends.data import load_dataset
 
     from .inspect import import_model
@@ -75,11 +79,61 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         "lipschitz_sub": bounds.l2.lipschitz_sub if p == 2 else (bounds.linf.lipschitz_sub if bounds.linf else None),
         "seconds": timer.seconds, "device": str(dev), "logits_from": engine.name,
     }
+    if attack:
+        result.update(_compare_with_attack(module, data, engine, p, radii, correct, method=attack_method,
+                                           steps=attack_steps, restarts=attack_restarts, batch_size=batch_size))
     if gate is not None:
         from .certify import certified_accuracy
 
         value = certified_accuracy(radii, gate_eps)
         result["gate"] = {"eps": gate_eps, "required": gate, "value": value, "passed": value >= gate}
     if plot_path:
-        plot_curve({method: radii}, plot_path, norm_label(p), model_path)
+        curves = {method: radii}
+        if attack:
+            curves[f"{attack_method} attack (upper bound)"] = torch.tensor(
+                [math.inf if r is None else r for r in result["attack_radii"]], dtype=torch.float64)
+        plot_curve(curves, plot_path, norm_label(p), model_path)
     return result
+
+
+#: slack for float32 rounding of certified radii when comparing them with attack distances (float64)
+VIOLATION_RTOL = 1e-6
+
+
+def _compare_with_attack(module, data, engine: LogitEngine, p: float, radii: torch.Tensor, correct: torch.Tensor,
+                         *, method: str, steps: int, restarts: int, batch_size: int) -> dict[str, Any]:
+    """Attack every input; the attack radii beside the certified ones, their median ratio, and the violations.
+
+    A violation is an input whose certified radius exceeds (by more than float32 rounding) the distance of an
+    adversarial example that the attack found on the IR and that the logits certify used (``engine``: the
+    same IR, or onnxruntime) confirm: its prediction differs from the label. Examples the engine does not
+    confirm (the IR and onnxruntime disagree within their parity tolerance at a decision boundary) are listed
+    as ``attack_unconfirmed`` instead."""
+    from .attack_run import attack_dataset, json_radius, median_over_correct
+
+    att = attack_dataset(module, data, p, method=method, steps=steps, restarts=restarts, batch_size=batch_size,
+                         label="attacking")
+    cert = radii.double().cpu()
+    arad = att.radii
+    suspect = (cert > arad * (1 + VIOLATION_RTOL)).nonzero()[:, 0]
+    violations, unconfirmed = [], []
+    if len(suspect):
+        with torch.no_grad():
+            z = torch.cat([engine(data.to_model(chunk)) for chunk in torch.split(att.examples[suspect], batch_size)])
+        flips = z.argmax(1) != data.y[suspect]
+        violations = [int(i) for i in suspect[flips]]
+        unconfirmed = [int(i) for i in suspect[~flips]]
+    usable = correct.cpu() & torch.isfinite(arad) & (arad > 0)
+    ratios = cert[usable] / arad[usable]
+    out: dict[str, Any] = {
+        "attack_method": method, "attack_steps": steps, "attack_restarts": restarts if method == "pgd" else None,
+        "attack_radii": [json_radius(r) for r in arad],
+        "attack_median_radius": median_over_correct(arad, correct.cpu()),
+        "attack_median_ratio": float(ratios.median()) if len(ratios) else None,
+        "attack_seconds": att.seconds,
+        "soundness_violations": [{"input": i, "certified": float(cert[i]), "attack": float(arad[i])}
+                                 for i in violations],
+    }
+    if unconfirmed:
+        out["attack_unconfirmed"] = unconfirmed
+    return out

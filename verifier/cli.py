@@ -111,12 +111,21 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
 @click.option("--min-certified-accuracy", "gate", type=float, default=None,
               help="Exit 1 unless the certified accuracy at --at-eps reaches this fraction (0-1).")
 @click.option("--at-eps", "gate_eps", type=float, default=None, help="The eps the gate is checked at.")
+@click.option("--attack", "attack", is_flag=True, help="Also attack every input (PGD, as `lipverify attack`) and "
+              "report the attack radius beside the certified one and the median ratio certified / attack; exit 3 "
+              "if an attack breaks a certified radius.")
+@click.option("--attack-steps", type=click.IntRange(min=1), default=50, show_default=True,
+              help="PGD steps per probe of --attack.")
+@click.option("--attack-restarts", type=click.IntRange(min=1), default=5, show_default=True,
+              help="PGD restarts per probe of --attack.")
 def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[float, ...], method: str | None,
             limit: int | None, batch_size: int, device: str, input_scale: float | None, mean: str | None,
             std: str | None, output: str | None, as_json: bool, report_path: str | None, plot_path: str | None,
-            gate: float | None, gate_eps: float | None) -> None:
+            gate: float | None, gate_eps: float | None, attack: bool, attack_steps: int,
+            attack_restarts: int) -> None:
     """Certified radii (LMT Propositions 1 and 2) for every input of --data: a proof that no perturbation of
-    smaller norm changes MODEL's prediction. Exit 0 ok, 1 when --min-certified-accuracy is not met, 2 bad input."""
+    smaller norm changes MODEL's prediction. Exit 0 ok, 1 when --min-certified-accuracy is not met, 2 bad input,
+    3 when --attack finds an adversarial example inside a certified radius (a soundness bug)."""
     from .certify_run import run_certify
 
     if (gate is None) != (gate_eps is None):
@@ -125,17 +134,80 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
         raise click.UsageError("--batch-size must be positive")
     result = run_certify(model, data_path, split=split, norm=norm, eps_list=eps_list, method=method, limit=limit,
                          batch_size=batch_size, device=device, input_scale=input_scale, mean=mean, std=std,
-                         output=output, plot_path=plot_path, gate=gate, gate_eps=gate_eps)
-    if report_path:
-        with open(report_path, "w") as f:
-            json.dump(result, f, default=_json_default)
+                         output=output, plot_path=plot_path, gate=gate, gate_eps=gate_eps, attack=attack,
+                         attack_steps=attack_steps, attack_restarts=attack_restarts)
+    _write_report(result, report_path)
     if as_json:
         emit_json(result)
     else:
         from .report import format_certify
 
         click.echo(format_certify(result))
+    if result.get("attack_unconfirmed"):
+        idx = result["attack_unconfirmed"]
+        click.echo(f"lipverify: warning: {len(idx)} attack example(s) inside a certified radius change the IR's "
+                   f"prediction but not that of {result['logits_from']} (a float disagreement at a decision "
+                   f"boundary): inputs {', '.join(map(str, idx[:10]))}{' ...' if len(idx) > 10 else ''}", err=True)
+    violations = result.get("soundness_violations")
+    if violations:
+        first = violations[0]
+        click.echo(f"SOUNDNESS VIOLATION: {len(violations)} input(s) have an adversarial example closer than their "
+                   f"certified radius (method {result['method']}, l{result['norm']}); first: input {first['input']}, "
+                   f"certified {first['certified']:.6g} > attack {first['attack']:.6g}", err=True)
+        sys.exit(EXIT_INTERNAL)
     sys.exit(EXIT_FAILED if "gate" in result and not result["gate"]["passed"] else EXIT_OK)
+
+
+def _write_report(result: dict[str, Any], path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, default=_json_default)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", "data_path", required=True, type=str,
+              help=".npz with arrays x and y, or a folder of MNIST-format IDX files.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Which IDX split to read.")
+@click.option("--norm", type=NORM, default="2", show_default=True)
+@click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report the attack success rate and "
+              "the robust accuracy bound at (repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
+@click.option("--method", type=click.Choice(["pgd", "deepfool"]), default="pgd", show_default=True,
+              help="pgd: the smallest radius at which PGD succeeds, by bisection; deepfool: DeepFool's distance.")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True,
+              help="PGD steps per probe (DeepFool: iterations).")
+@click.option("--restarts", type=click.IntRange(min=1), default=5, show_default=True,
+              help="PGD restarts per probe (random and per-class targeted).")
+@click.option("--limit", type=int, default=None, help="Use the first N inputs.")
+@click.option("--batch-size", type=int, default=256, show_default=True,
+              help="Inputs attacked (bisected) together.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--input-scale", type=float, default=None, help="Multiply the data by this before the model.")
+@click.option("--mean", type=str, default=None, help="Subtract (scalar or comma-separated per channel).")
+@click.option("--std", type=str, default=None, help="Then divide (scalar or comma-separated per channel).")
+@click.option("--output", "output", metavar="NAME", help="Which graph output to use (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[float, ...], method: str,
+           steps: int, restarts: int, limit: int | None, batch_size: int, device: str, input_scale: float | None,
+           mean: str | None, std: str | None, output: str | None, as_json: bool, report_path: str | None) -> None:
+    """Upper bounds on the robust radius of every input of --data: the distance of the closest adversarial
+    example found (PGD with bisection, or DeepFool), in the data's own space and inside its box ([0, 1] for
+    IDX pixels). 0 for misclassified inputs; inf (JSON null) when nothing is found. Exit 0 ok, 2 bad input."""
+    from .attack_run import format_attack, run_attack
+
+    if batch_size <= 0:
+        raise click.UsageError("--batch-size must be positive")
+    result = run_attack(model, data_path, split=split, norm=norm, eps_list=eps_list, limit=limit,
+                        batch_size=batch_size, device=device, input_scale=input_scale, mean=mean, std=std,
+                        output=output, steps=steps, restarts=restarts, method=method)
+    _write_report(result, report_path)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(format_attack(result))
+    sys.exit(EXIT_OK)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Running `lipverify lipschitz` and `lipverify certify`, and formatting what they found."""
+"""Running `lipverify lipschitz`, `certify` and `attack`, and formatting what they found."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import click
 import torch
 
-from .certify import Bounds, certified_accuracy, certified_radii
+from .certify import Bounds, certified_accuracy
 from .ir import GraphModule
 from .lipschitz import LipschitzReport, graph_lipschitz, logits_tensor
 
@@ -109,9 +109,9 @@ def batched_logits(module: GraphModule, x: torch.Tensor, batch_size: int, device
 
 
 @contextlib.contextmanager
-def progress(items: list, label: str):
-    """A progress bar on stderr for long runs (more than a few batches); silent otherwise."""
-    if len(items) <= 4:
+def progress(items: list, label: str, min_items: int = 5):
+    """A progress bar on stderr for long runs (at least ``min_items`` batches); silent otherwise."""
+    if len(items) < min_items:
         yield items
         return
     with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
@@ -137,8 +137,17 @@ def format_certify(result: dict[str, Any]) -> str:
     for eps, acc in result["certified_accuracy"].items():
         lines.append(f"certified at eps {eps:<6}{100 * acc:.2f}%")
     lines.append(f"median radius         {result['median_radius']:.6g}  (correctly classified inputs)")
+    if "attack_radii" in result:
+        median = result.get("attack_median_radius")
+        lines.append(f"median attack radius  {'inf' if median is None else f'{median:.6g}'}  (upper bound on the "
+                     f"robust radius: {result.get('attack_method', 'pgd')})")
     if "attack_median_ratio" in result:
-        lines.append(f"certified / attack    {result['attack_median_ratio']:.4g}  (median)")
+        ratio = result["attack_median_ratio"]
+        lines.append(f"certified / attack    {'n/a' if ratio is None else f'{ratio:.4g}'}  (median over correctly "
+                     f"classified inputs with an attack radius)")
+    if result.get("soundness_violations"):
+        lines.append(f"SOUNDNESS VIOLATIONS  {len(result['soundness_violations'])} inputs: certified radius > "
+                     f"attack radius")
     lines.append(f"seconds               {result['seconds']:.2f}")
     if "gate" in result:
         g = result["gate"]
@@ -149,21 +158,23 @@ def format_certify(result: dict[str, Any]) -> str:
 
 
 def plot_curve(radii_by_method: dict[str, torch.Tensor], path: str, norm: str, title: str) -> None:
-    """Certified accuracy against eps, the curve every seed paper shows."""
+    """Certified accuracy against eps, the curve every seed paper shows (an attack's curve, if given, is an
+    upper bound on the robust accuracy; inf radii count as never broken)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, radii in radii_by_method.items():
-        r = torch.sort(radii).values.double()
-        top = float(r.max()) if len(r) and float(r.max()) > 0 else 1.0
-        eps = torch.linspace(0, top * 1.05, 200)
+    curves = {name: torch.as_tensor(radii).double().cpu() for name, radii in radii_by_method.items()}
+    finite = torch.cat([r[torch.isfinite(r)] for r in curves.values()] or [torch.zeros(0, dtype=torch.float64)])
+    top = float(finite.max()) if len(finite) and float(finite.max()) > 0 else 1.0
+    eps = torch.linspace(0, top * 1.05, 200)
+    for name, r in curves.items():
         acc = [(r > e).double().mean().item() if e > 0 else (r > 0).double().mean().item() for e in eps]
         ax.plot(eps.numpy(), acc, label=name)
     ax.set_xlabel(f"eps (l{norm})")
-    ax.set_ylabel("certified accuracy")
+    ax.set_ylabel("certified accuracy" if len(radii_by_method) == 1 else "accuracy")
     ax.set_ylim(0, 1)
     ax.set_title(title[:60])
     ax.legend()
