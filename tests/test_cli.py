@@ -27,7 +27,7 @@ def test_inspect_bundled_model_json(capsys):
     assert report["outputs"][0]["name"] == "logits" and report["outputs"][0]["selected"]
     assert report["op_counts"] == {"Conv": 2, "BatchNormalization": 1, "Relu": 3, "MaxPool": 1, "Flatten": 1,
                                    "Gemm": 2}
-    assert report["ops"]["Conv"] == {"forward": True, "lipschitz": True, "box": False}
+    assert report["ops"]["Conv"] == {"forward": True, "lipschitz": True, "box": True}
     assert report["unsupported_ops"] == []
     parity = report["parity"]
     assert parity["ok"] and parity["max_rel_diff"] <= 1e-4 and parity["batch_sizes"] == [1, 7]

@@ -153,9 +153,15 @@ class Op:
     def no_rule(self, why: str) -> NoRuleError:
         return NoRuleError(f"no Lipschitz rule for {self.op_type} (node '{self.name}'): {why}")
 
-    def interval(self, *boxes: Any) -> Any:
-        """Box in -> box out (interval arithmetic, BCP eq. 7-8). Not available yet for this op."""
+    def interval(self, *inputs: Any) -> Any:
+        """Box in -> box out (interval arithmetic, BCP eq. 7-8): a ``verifier.box.Box`` for each input-dependent
+        input, the constant tensor for constant inputs, None for static or absent ones; returns a Box (a tuple
+        of Boxes for several outputs) that encloses the op's output over all inputs in the boxes, in real
+        arithmetic and for the float forward (see ``verifier/box.py``)."""
         raise NoRuleError(f"no box rule for {self.op_type} (node '{self.name}')")
+
+    def no_box(self, why: str) -> NoRuleError:
+        return NoRuleError(f"no box rule for {self.op_type} (node '{self.name}'): {why}")
 
     @classmethod
     def has_rule(cls, kind: str) -> bool:

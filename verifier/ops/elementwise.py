@@ -2,13 +2,56 @@
 
 With a constant operand these are affine maps (input normalization, biases, scalings), bounded as linear maps
 by the Lipschitz issue; with two input-dependent operands Add/Sub are sums of branches and Mul/Div are products.
+Box rules: sums add radii (exact), products and quotients of two boxes take the hull of the corner values
+(exact interval arithmetic), a constant factor scales the radius by |c|; each is widened by a few ulps (of
+the boxes' dtype) for the one rounding per entry (verifier/box.py). Max/Min are monotone: max/min of lo and of hi.
 """
 from __future__ import annotations
 
 import onnx
 import torch
 
+from ..box import Box, is_box, is_integer, parts, unit_roundoff
 from .base import SAFETY, Lipschitz, Op, RuleArgs, rule
+
+
+def _box_of(xs) -> Box:
+    return next(x for x in xs if is_box(x))
+
+
+def _rel(box: Box) -> float:
+    """Slack for one rounding of each entry (plus that of the radius arithmetic), relative to the magnitudes."""
+    return 4 * unit_roundoff(box.dtype)
+
+
+def add_boxes(a, b, sign: float = 1.0) -> Box:
+    """a + sign * b for boxes or constants: centres add, radii add."""
+    like = a if is_box(a) else b
+    ca, ra = parts(a, like)
+    cb, rb = parts(b, like)
+    c = ca + cb if sign > 0 else ca - cb
+    r = torch.broadcast_to(ra + rb, c.shape)
+    return Box(c, r, is_integer(a) and is_integer(b)).widen(_rel(like))
+
+
+def _hull(values: list[torch.Tensor], like: Box, integer: bool) -> Box:
+    lo, hi = values[0], values[0]
+    for v in values[1:]:
+        lo, hi = torch.minimum(lo, v), torch.maximum(hi, v)
+    box = Box.from_bounds(lo, hi, integer, check=False)
+    return box.widen(_rel(like), torch.maximum(lo.abs(), hi.abs()))
+
+
+def _corners(x, like: Box) -> tuple[torch.Tensor, torch.Tensor]:
+    if is_box(x):
+        return x.lo, x.hi
+    c, _ = parts(x, like)
+    return c, c
+
+
+def _truncated(box: Box) -> Box:
+    """Integer division truncates toward zero: a monotone map of the real quotient."""
+    return Box.from_bounds(torch.trunc(box.lo), torch.trunc(box.hi), True, check=False)
 
 
 class _Additive(Op):
@@ -20,6 +63,9 @@ class _Additive(Op):
 
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         return Lipschitz([args.duplication(k) for k, d in enumerate(args.dynamic) if d], "exact", "sum")
+
+    def interval(self, a, b):
+        return add_boxes(a, b, -1.0 if self.op_type == "Sub" else 1.0)
 
 
 class _Scaling(Op):
@@ -37,6 +83,38 @@ class _Scaling(Op):
         c = args.values[1 - k].double().abs()
         scale = float((1.0 / c).max()) if self.divides else float(c.max())
         return Lipschitz([scale * SAFETY * args.duplication(k)], "exact")
+
+    def interval(self, a, b):
+        """Box times (over) a constant: centre through the forward, radius |c| r (r / |c|). Otherwise the hull
+        of the four corner products (quotients): a product is bilinear and a quotient monotone in each
+        operand on a box whose denominator keeps one sign, so the extremes are at corners (exact). A
+        denominator box that contains 0 has no bounded image: NoRuleError. Integer operands (Div truncates
+        toward zero, a monotone map) take the truncated bounds of the real quotient."""
+        like = _box_of((a, b))
+        integer = is_integer(a) and is_integer(b)
+        if self.divides and not is_box(b):
+            if bool((b == 0).any()):
+                raise self.no_box("division by a constant that contains 0")
+            if not integer:
+                center = self.forward(a.center, b)
+                return Box(center, torch.broadcast_to(a.radius / b.abs(), center.shape)).widen(_rel(a))
+        if not self.divides and not (is_box(a) and is_box(b)):
+            box, c = (a, b) if is_box(a) else (b, a)
+            cc, _ = parts(c, box)
+            center = self.forward(box.center, cc) if box is a else self.forward(cc, box.center)
+            radius = torch.broadcast_to(box.radius * cc.abs(), center.shape)
+            return Box(center, radius, integer).widen(_rel(box))
+        if self.divides and is_box(b):
+            lo_b, hi_b = b.lo, b.hi
+            if not bool(((lo_b > 0) | (hi_b < 0)).all()):
+                raise self.no_box("the denominator's box contains 0")
+        (a_lo, a_hi), (b_lo, b_hi) = _corners(a, like), _corners(b, like)
+        if self.divides:
+            values = [a_lo / b_lo, a_lo / b_hi, a_hi / b_lo, a_hi / b_hi]
+        else:
+            values = [a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi]
+        box = _hull(values, like, integer)
+        return _truncated(box) if self.divides and integer else box
 
 
 @rule("Add", since=(1, 6, 7, 13, 14))
@@ -90,6 +168,19 @@ class _Variadic(Op):
             out = self.combine(out, x)
         return out
 
+    def interval(self, *xs):
+        """Sum: boxes added one by one, as the forward adds. Max, Min: monotone in every input, so the max
+        (min) of the lower bounds and of the upper bounds (exact, no rounding)."""
+        like = _box_of(xs)
+        if self.combine_rule == "sum":
+            out = xs[0]
+            for x in xs[1:]:
+                out = add_boxes(out, x)
+            return out if is_box(out) else Box.point(out)
+        lows, highs = zip(*(_corners(x, like) for x in xs))
+        return Box.from_bounds(self.forward(*lows), self.forward(*highs), all(is_integer(x) for x in xs),
+                               check=False)
+
 
 @rule("Sum", since=(1, 6, 8, 13))
 class Sum(_Variadic):
@@ -117,6 +208,9 @@ class Neg(Op):
 
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         return Lipschitz([1.0], "exact")
+
+    def interval(self, x):
+        return Box(-x.center, x.radius, x.integer)
 
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -151,3 +245,24 @@ class Cast(Op):
         if self.to in _FLOAT_TYPES:
             return x if x.is_floating_point() else x.to(torch.get_default_dtype())
         return x.to(_TORCH_TYPES[self.to])
+
+    def interval(self, x):
+        """To a float type: the same box (an integer box loses its integer flag; converting integers to
+        float rounds them, hence the widening). To bool: {1} where the box excludes 0, {0} where it is the
+        point 0, else [0, 1]. To an integer type: truncation toward zero is monotone, so [trunc(lo),
+        trunc(hi)]; where that leaves the type's range (the conversion is then undefined or wraps), the
+        whole range."""
+        if self.to in _FLOAT_TYPES:
+            return Box(x.center, x.radius).widen(_rel(x)) if x.integer else x
+        lo, hi = x.lo, x.hi
+        if self.to == onnx.TensorProto.BOOL:
+            ones, zeros = torch.ones_like(lo), torch.zeros_like(lo)
+            out_lo = torch.where((lo > 0) | (hi < 0), ones, zeros)
+            out_hi = torch.where((lo == 0) & (hi == 0), zeros, ones)
+            return Box.from_bounds(out_lo, out_hi, True, check=False)
+        info = torch.iinfo(_TORCH_TYPES[self.to])
+        t_lo, t_hi = torch.trunc(lo), torch.trunc(hi)
+        outside = (t_lo < info.min) | (t_hi > info.max)
+        t_lo = torch.where(outside, torch.full_like(t_lo, float(info.min)), t_lo)
+        t_hi = torch.where(outside, torch.full_like(t_hi, float(info.max)), t_hi)
+        return Box.from_bounds(t_lo, t_hi, True, check=False)

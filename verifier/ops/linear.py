@@ -2,12 +2,17 @@
 
 Their Lipschitz constant is the operator norm of the linear part (LMT §4.1): exact singular values (float64
 SVD) for dense maps, the DFT bound of the circular extension for convolutions (``verifier.conv_norms``).
+Their box rule is the exact image of a box under an affine map (BCP eq. 7): centre through the forward, radius
+through the forward with |weights| and no bias (``verifier.box.affine``, which also covers float rounding).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
+from ..box import Box, affine, interval_matmul, is_box, unit_roundoff
 from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, rule
 from .padding import CONV, CONV_T, pad_spatial, resolve_pads, symmetric
 
@@ -36,6 +41,20 @@ def _matrix_rule(op: Op, args: RuleArgs, matrix: torch.Tensor, scale: float = 1.
     return Lipschitz([abs(scale) * value], "exact")
 
 
+def _scaled(box: Box, factor: float) -> Box:
+    """factor * box (one rounding per entry)."""
+    return Box(box.center * factor, box.radius * abs(factor)).widen(4 * unit_roundoff(box.dtype))
+
+
+def _conv_interval(op: Op, x, w, b, fan_in: int) -> Box:
+    """The affine rule for a convolution: the forward on the centre, with |W| and |b| scaled for the radius."""
+    if not is_box(x) or is_box(w) or is_box(b):
+        raise op.no_box("the kernel and bias must be constants")
+    w_abs, b_abs = w.abs(), (None if b is None else b.abs())
+    return affine(x, lambda t: op.forward(t, w, b),
+                  lambda v, s: op.forward(v, w_abs, None if b_abs is None else b_abs * s), fan_in)
+
+
 @rule("Gemm", since=(1, 7, 9, 11, 13))
 class Gemm(Op):
     """Y = alpha * A' B' + beta * C, with A' = A^T if transA, B' = B^T if transB."""
@@ -49,24 +68,65 @@ class Gemm(Op):
         self.trans_b = bool(self.attr("transB", 0))
 
     def forward(self, a, b, c=None):
+        return self._gemm(a, b, c, self.alpha, self.beta)
+
+    def _gemm(self, a, b, c, alpha: float, beta: float):
         if a.dim() == 1:  # not valid ONNX, but onnxruntime reads a 1-D A as one row (x.squeeze() before Linear)
             a = a.unsqueeze(0)
         if self.trans_a:
             a = a.transpose(0, 1)
-        if self.trans_b and self.alpha == 1.0 and a.dim() == 2 and b.dim() == 2:
-            bias = c if (c is not None and self.beta == 1.0 and c.dim() == 1 and c.shape[0] == b.shape[0]) else None
+        if self.trans_b and alpha == 1.0 and a.dim() == 2 and b.dim() == 2:
+            bias = c if (c is not None and beta == 1.0 and c.dim() == 1 and c.shape[0] == b.shape[0]) else None
             y = F.linear(a, b, bias)
             if c is not None and bias is None:
-                y = y + self.beta * c
+                y = y + beta * c
             return y
         if self.trans_b:
             b = b.transpose(0, 1)
         y = a @ b
-        if self.alpha != 1.0:
-            y = self.alpha * y
+        if alpha != 1.0:
+            y = alpha * y
         if c is not None:
-            y = y + (c if self.beta == 1.0 else self.beta * c)
+            y = y + (c if beta == 1.0 else beta * c)
         return y
+
+    def interval(self, a, b, c=None):
+        """One input-dependent operand among A and B (C constant): the affine rule. Otherwise the product
+        alpha A' B' as an interval matmul (both operands boxes) or an affine map, then + beta C."""
+        k = b.shape[1] if self.trans_b else b.shape[0]  # terms per dot product
+        fan_in = k + 3  # products, alpha, beta, the addition of C
+        if is_box(a) != is_box(b) and not is_box(c):
+            if is_box(a):
+                b_abs = b.abs()
+                return affine(a, lambda t: self._gemm(t, b, c, self.alpha, self.beta),
+                              lambda v, s: self._gemm(v, b_abs, None if c is None else c.abs() * s, abs(self.alpha),
+                                                      abs(self.beta)), fan_in)
+            a_abs = a.abs()
+            return affine(b, lambda t: self._gemm(a, t, c, self.alpha, self.beta),
+                          lambda v, s: self._gemm(a_abs, v, None if c is None else c.abs() * s, abs(self.alpha),
+                                                  abs(self.beta)), fan_in)
+        if is_box(a) and is_box(b):
+            def prepare(box: Box, trans: bool) -> Box:
+                return box.map(lambda t: t.transpose(0, 1) if trans else t)
+            a2 = a.map(lambda t: t.unsqueeze(0)) if a.dim() == 1 else a
+            product = interval_matmul(prepare(a2, self.trans_a), prepare(b, self.trans_b), fan_in)
+            if self.alpha != 1.0:
+                product = _scaled(product, self.alpha)
+        elif is_box(a) or is_box(b):
+            if is_box(a):
+                b_abs = b.abs()
+                product = affine(a, lambda t: self._gemm(t, b, None, self.alpha, 1.0),
+                                 lambda v, s: self._gemm(v, b_abs, None, abs(self.alpha), 1.0), fan_in)
+            else:
+                a_abs = a.abs()
+                product = affine(b, lambda t: self._gemm(a, t, None, self.alpha, 1.0),
+                                 lambda v, s: self._gemm(a_abs, v, None, abs(self.alpha), 1.0), fan_in)
+        else:  # only C depends on the input
+            product = Box.point(self._gemm(a, b, None, self.alpha, 1.0))
+        if c is None:
+            return product
+        cb = _scaled(c, self.beta) if is_box(c) else Box.point(self.beta * c, product.dtype)
+        return Box(product.center + cb.center, product.radius + cb.radius).widen(4 * unit_roundoff(product.dtype))
 
     def is_affine(self, dynamic):
         return sum(dynamic) == 1 and not (len(dynamic) > 2 and dynamic[2])
@@ -92,6 +152,17 @@ class MatMul(Op):
 
     def forward(self, a, b):
         return torch.matmul(a, b)
+
+    def interval(self, a, b):
+        """A constant operand: the affine rule; two boxes: the interval matmul (centre/radius)."""
+        fan_in = a.shape[-1] + 1
+        if is_box(a) and is_box(b):
+            return interval_matmul(a, b, fan_in)
+        if is_box(a):
+            w_abs = b.abs()
+            return affine(a, lambda t: torch.matmul(t, b), lambda v, s: torch.matmul(v, w_abs), fan_in)
+        w_abs = a.abs()
+        return affine(b, lambda t: torch.matmul(a, t), lambda v, s: torch.matmul(w_abs, v), fan_in)
 
     def is_affine(self, dynamic):
         return sum(dynamic) == 1
@@ -145,6 +216,10 @@ class Conv(_ConvBase):
 
     def is_affine(self, dynamic):
         return dynamic[0] and not any(dynamic[1:])
+
+    def interval(self, x, w, b=None):
+        """The affine rule: the forward on the centre, the forward with |W| and no bias on the radius."""
+        return _conv_interval(self, x, w, b, w.shape[1] * math.prod(w.shape[2:]) + 2)
 
     def geometry(self, args: RuleArgs) -> tuple[list[int], list[int], list[tuple[int, int]]]:
         """Strides, dilations and resolved (begin, end) pads on the input shape seen at import."""
@@ -207,6 +282,10 @@ class ConvTranspose(_ConvBase):
     def is_affine(self, dynamic):
         return dynamic[0] and not any(dynamic[1:])
 
+    def interval(self, x, w, b=None):
+        """The affine rule (each output sums at most C_in / group * prod(kernel) products, plus the bias)."""
+        return _conv_interval(self, x, w, b, w.shape[0] // self.group * math.prod(w.shape[2:]) + 2)
+
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         """The adjoint of a strided convolution (then cropped): the same DFT bound (Sedghi et al. 2019)."""
         from ..conv_norms import conv_transpose_l2_bound, conv_transpose_linf_bound
@@ -258,6 +337,21 @@ class BatchNormalization(Op):
             raise self.no_rule("scale and statistics must be constants")
         scale, var = args.values[1], args.values[4]
         return Lipschitz([float((scale / torch.sqrt(var + self.epsilon)).abs().max()) * SAFETY], "exact")
+
+    def interval(self, x, scale, bias, mean, var):
+        """At inference a diagonal affine map: the affine rule with |A| = |scale| / sqrt(var + eps) and, for the
+        rounding of the forward's (x - mean) * a + bias, the bias magnitude |bias| + |mean| |a|."""
+        if self.training:
+            raise self.no_box("in training mode it normalizes with batch statistics")
+        if not is_box(x) or any(is_box(t) for t in (scale, bias, mean, var)):
+            raise self.no_box("scale, bias and statistics must be constants")
+
+        def channels(p: torch.Tensor) -> torch.Tensor:  # per channel (axis 1), or per activation (spatial=0)
+            return p.reshape(1, -1, *([1] * (x.dim() - 2))) if self.spatial else p
+
+        a_abs = channels((scale / torch.sqrt(var + self.epsilon)).abs())
+        offset = channels(bias.abs()) + channels(mean.abs()) * a_abs
+        return affine(x, lambda t: self.forward(t, scale, bias, mean, var), lambda v, s: v * a_abs + offset * s, 8)
 
     def forward(self, x, scale, bias, mean, var):
         if not self.spatial:  # per activation: the parameters broadcast over the batch axis only

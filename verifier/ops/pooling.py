@@ -1,4 +1,8 @@
-"""Pooling: MaxPool (LMT Theorem 3 bounds it), AveragePool (linear), GlobalAveragePool, GlobalMaxPool."""
+"""Pooling: MaxPool (LMT Theorem 3 bounds it), AveragePool (linear), GlobalAveragePool, GlobalMaxPool.
+
+Box rules: the max pools are monotone in every input, so their box is [pool(lo), pool(hi)] (exact, and max
+rounds nothing); the average pools are nonnegative linear maps (the affine rule with |A| = A).
+"""
 from __future__ import annotations
 
 import math
@@ -6,7 +10,22 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..box import Box, affine
 from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, rule
+
+
+def monotone_interval(op: Op, x: Box, *rest) -> Box:
+    """A map nondecreasing in every input entry (max, min, max pooling): [f(lo), f(hi)], exact."""
+    if not isinstance(x, Box):
+        raise op.no_box("only the first input may depend on the model input")
+    return Box.from_bounds(op.forward(x.lo, *rest), op.forward(x.hi, *rest), x.integer, check=False)
+
+
+def average_interval(op: Op, x: Box, count: int, *rest) -> Box:
+    """A linear map with nonnegative weights, ``count`` terms per output plus a division."""
+    if not isinstance(x, Box):
+        raise op.no_box("only the first input may depend on the model input")
+    return affine(x, lambda t: op.forward(t, *rest), lambda v, s: op.forward(v, *rest), count + 2)
 
 
 def nonnegative_map_norm(fn, in_shape, norm: float) -> float:
@@ -62,6 +81,9 @@ class MaxPool(_Pool):
         x = pad_spatial(x, [(pb, pe + o) for (pb, pe), o in zip(pads, overhang)], value=-math.inf)
         return MAX_POOL[nd](x, self.kernel, self.strides, 0, self.dilations, False)
 
+    def interval(self, x):
+        return monotone_interval(self, x)
+
     def window_counts(self, in_shape) -> torch.Tensor:
         """For each input entry, the number of pooling windows that contain it."""
         nd = len(self.kernel)
@@ -113,6 +135,9 @@ class AveragePool(_Pool):
     def is_affine(self, dynamic):
         return True
 
+    def interval(self, x):
+        return average_interval(self, x, math.prod(self.kernel))
+
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         """A nonnegative linear map: Hoelder's sqrt(||A||_1 ||A||_inf) in l2, max row sum in l_inf. In l2, when
         every window divides by the kernel size (no pads, or pads counted, and no ceil_mode overhang) it is a
@@ -139,6 +164,9 @@ class GlobalAveragePool(Op):
     def is_affine(self, dynamic):
         return True
 
+    def interval(self, x):
+        return average_interval(self, x, math.prod(x.shape[2:]))
+
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         """The mean of k entries per channel: 1/sqrt(k) in l2 (exact), 1 in l_inf."""
         k = math.prod(args.in_shapes[0][2:])
@@ -149,6 +177,9 @@ class GlobalAveragePool(Op):
 class GlobalMaxPool(Op):
     def forward(self, x):
         return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
+
+    def interval(self, x):
+        return monotone_interval(self, x)
 
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         """One window per channel (LMT Theorem 3 with n = 1)."""

@@ -1,7 +1,8 @@
 """Data-movement ops: Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Pad.
 
 Each moves or copies entries without arithmetic (Pad in constant mode adds constants), so its Lipschitz
-constant is at most 1 (Pad in edge/reflect/wrap mode repeats entries: more, see the Lipschitz issue).
+constant is at most 1 (Pad in edge/reflect/wrap mode repeats entries: more, see the Lipschitz issue), and its
+box rule moves the radius like the centre (exact; constants enter with radius 0).
 Batch-1 constants in the file (``Reshape`` to ``[1, -1]``, ``Flatten`` at axis 0) are rewritten in
 ``adapt_batch`` so that the IR runs on batches.
 """
@@ -13,7 +14,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..box import Box, is_box, is_integer, parts
 from .base import Lipschitz, Op, RuleArgs, ints, norm_axis, rule
+
+
+def moved(op: Op, x, *rest):
+    """The box rule of a map that only moves, selects or copies entries of its first input: exact."""
+    if not is_box(x) or any(is_box(t) for t in rest):
+        raise op.no_box("only the first input may depend on the model input")
+    return x.map(lambda t: op.forward(t, *rest))
 
 
 class Movement(Op):
@@ -24,6 +33,9 @@ class Movement(Op):
 
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         return Lipschitz([1.0], "exact")
+
+    def interval(self, x, *rest):
+        return moved(self, x, *rest)
 
 
 @rule("Flatten", since=(1, 9, 11, 13, 21))
@@ -130,6 +142,13 @@ class Concat(Op):
         xs = [x for x in xs if x is not None]
         return torch.cat(xs, dim=norm_axis(self.axis, xs[0].dim()))
 
+    def interval(self, *xs):
+        """Centres and radii concatenated (constants with radius 0)."""
+        like = next(x for x in xs if is_box(x))
+        pairs = [parts(x, like) for x in xs if x is not None]
+        return Box(self.forward(*[c for c, _ in pairs]), self.forward(*[r for _, r in pairs]),
+                   all(is_integer(x) for x in xs if x is not None))
+
 
 @rule("Split", since=(1, 2, 11, 13, 18))
 class Split(Movement):
@@ -154,6 +173,11 @@ class Split(Movement):
             chunk = math.ceil(n / k) if self.num_outputs else n // k
             sizes = [chunk] * (k - 1) + [n - chunk * (k - 1)]
         return tuple(torch.split(x, sizes, dim=axis))
+
+    def interval(self, x, *rest):
+        if not is_box(x):
+            raise self.no_box("only the first input may depend on the model input")
+        return tuple(Box(c, r, x.integer) for c, r in zip(self.forward(x.center, *rest), self.forward(x.radius, *rest)))
 
 
 def _slice_indices(start: int, end: int, step: int, n: int) -> range:
@@ -227,6 +251,9 @@ class Gather(Op):
         self.indices = np.asarray(self.static.get(1), dtype=np.int64)
         self.axis = int(self.attr("axis", 0))
 
+    def interval(self, x, *rest):
+        return moved(self, x, *rest)
+
     def forward(self, x, *_):
         axis = norm_axis(self.axis, x.dim())
         n = x.shape[axis]
@@ -282,13 +309,24 @@ class Pad(Op):
             pairs[a] = (self.pads[i], self.pads[i + k])
         return pairs
 
+    def interval(self, x, *rest):
+        """Edge/reflect/wrap copy entries; constant mode pads the centre with the value, the radius with 0."""
+        if self.mode != "constant":
+            return moved(self, x, *rest)
+        if not is_box(x):
+            raise self.no_box("only the first input may depend on the model input")
+        return Box(self.forward(x.center), self._constant_pad(x.radius, 0.0), x.integer)
+
+    def _constant_pad(self, x, value: float):
+        flat: list[int] = []
+        for b, e in reversed(self._per_axis(x.dim())):
+            flat += [b, e]
+        return F.pad(x, flat, value=value)
+
     def forward(self, x, *_):
         pairs = self._per_axis(x.dim())
         if self.mode == "constant":
-            flat: list[int] = []
-            for b, e in reversed(pairs):
-                flat += [b, e]
-            return F.pad(x, flat, value=self.value)
+            return self._constant_pad(x, self.value)
         for axis, (b, e) in enumerate(pairs):
             if b < 0 or e < 0:  # negative pads crop first; edge/reflect/wrap then read the cropped tensor (ORT)
                 x = x.narrow(axis, max(-b, 0), x.shape[axis] - max(-b, 0) - max(-e, 0))
