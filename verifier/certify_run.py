@@ -69,7 +69,11 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         if int(data.y.max()) >= logits.shape[1]:
             raise LipverifyError(f"labels go up to {int(data.y.max())} but the model has {logits.shape[1]} classes")
         correct = logits.argmax(dim=1) == data.y
-        radii = data.radius_to_user(certified_radii(logits, data.y, bounds, p, method).float())
+        if method in ("ibp", "bcp"):
+            model_radii = _box_radii(module, data, bounds, logits, p, method, batch_size)
+        else:
+            model_radii = certified_radii(logits, data.y, bounds, p, method)
+        radii = data.radius_to_user(model_radii.float())
     result: dict[str, Any] = {
         "model": model_path, "method": method, "norm": norm_label(p), "n": len(data.y),
         "data": data.source, "space": data.space,
@@ -94,6 +98,27 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
                 [math.inf if r is None else r for r in result["attack_radii"]], dtype=torch.float64)
         plot_curve(curves, plot_path, norm_label(p), model_path)
     return result
+
+
+def _box_radii(module, data, bounds, logits: torch.Tensor, p: float, method: str, batch_size: int) -> torch.Tensor:
+    """IBP / BCP radii in model space (``verifier.bcp``), within the model-space box of the data's bounds; BCP
+    starts its bisection from the LMT Prop. 2 radius (when the model ends with an affine layer)."""
+    from .bcp import bcp_radii, ibp_radii
+
+    box = data.model_bounds()
+    lower, upper = (None, None) if box is None else box
+    import copy
+
+    x, y = data.x.cpu(), data.y.cpu()  # data.x is in model space
+    mod = copy.deepcopy(module).cpu() if module.device.type != "cpu" else module
+    if method == "ibp":
+        return ibp_radii(mod, bounds.l2, x, y, p, lower, upper, batch_size=batch_size).cpu()
+    if p != 2:
+        raise LipverifyError("--method bcp certifies l2 balls only (use --norm 2, or --method ibp for l_inf)")
+    if bounds.l2.last_matrix is None:
+        raise LipverifyError("--method bcp needs a model whose logits come from an affine layer")
+    prop2 = certified_radii(logits, data.y, bounds, 2.0, "lmt-pairwise").cpu()
+    return bcp_radii(mod, bounds.l2, x, y, lower, upper, prop2=prop2, batch_size=batch_size).cpu()
 
 
 #: slack for float32 rounding of certified radii when comparing them with attack distances (float64)
