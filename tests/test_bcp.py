@@ -157,3 +157,22 @@ def test_mnist_net_medians():
         _, success = pgd(module, ds.x[ok], ds.y[ok], radii[ok].float() * 0.999, norm=2, steps=100, restarts=10,
                          lower=lower, upper=upper)
         assert not success.any()
+
+
+def test_best_takes_the_largest_sound_radius_per_input(smooth_model, capsys):
+    path, data_path = smooth_model[0], smooth_model[1]
+    code, out, _ = run_main(capsys, "certify", str(path), "--data", str(data_path), "--method", "best", "--json",
+                            "--limit", "60")
+    assert code == 0
+    report = json.loads(out)
+    by_method = report["radii_by_method"]
+    assert set(by_method) == {"lmt", "lmt-pairwise", "ibp", "bcp"} and report["methods_skipped"] == {}
+    stacked = np.array([by_method[k] for k in by_method])
+    np.testing.assert_allclose(report["radii"], stacked.max(axis=0), rtol=1e-6)
+    for i, winner in enumerate(report["winner"]):
+        if winner is not None:
+            assert by_method[winner][i] == pytest.approx(report["radii"][i], rel=1e-6)
+    # l_inf: BCP does not apply, the others do
+    code, out, _ = run_main(capsys, "certify", str(path), "--data", str(data_path), "--method", "best", "--json",
+                            "--limit", "20", "--norm", "inf")
+    assert code == 0 and set(json.loads(out)["radii_by_method"]) == {"lmt", "lmt-pairwise", "ibp"}

@@ -69,11 +69,17 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         if int(data.y.max()) >= logits.shape[1]:
             raise LipverifyError(f"labels go up to {int(data.y.max())} but the model has {logits.shape[1]} classes")
         correct = logits.argmax(dim=1) == data.y
-        if method in ("ibp", "bcp"):
-            model_radii = _box_radii(module, data, bounds, logits, p, method, batch_size)
-        else:
-            model_radii = certified_radii(logits, data.y, bounds, p, method)
-        radii = data.radius_to_user(model_radii.float())
+        by_method: dict[str, torch.Tensor] = {}
+        skipped: dict[str, str] = {}
+        for name in (_portfolio(bounds, p) if method == "best" else [method]):
+            try:
+                by_method[name] = data.radius_to_user(_method_radii(name, module, data, bounds, logits, p,
+                                                                    batch_size).float())
+            except LipverifyError as e:
+                if method != "best":
+                    raise
+                skipped[name] = str(e)
+        radii = torch.stack(list(by_method.values())).amax(dim=0)
     result: dict[str, Any] = {
         "model": model_path, "method": method, "norm": norm_label(p), "n": len(data.y),
         "data": data.source, "space": data.space,
@@ -83,6 +89,12 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         "lipschitz_sub": bounds.l2.lipschitz_sub if p == 2 else (bounds.linf.lipschitz_sub if bounds.linf else None),
         "seconds": timer.seconds, "device": str(dev), "logits_from": engine.name,
     }
+    if method == "best":  # every method is sound, so the largest radius per input is too
+        names = list(by_method)
+        winners = torch.stack(list(by_method.values())).argmax(dim=0)
+        result["radii_by_method"] = {k: [float(r) for r in v] for k, v in by_method.items()}
+        result["winner"] = [names[int(w)] if float(radii[i]) > 0 else None for i, w in enumerate(winners)]
+        result["methods_skipped"] = skipped
     if attack:
         result.update(_compare_with_attack(module, data, engine, p, radii, correct, method=attack_method,
                                            steps=attack_steps, restarts=attack_restarts, batch_size=batch_size))
@@ -98,6 +110,19 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
                 [math.inf if r is None else r for r in result["attack_radii"]], dtype=torch.float64)
         plot_curve(curves, plot_path, norm_label(p), model_path)
     return result
+
+
+def _portfolio(bounds, p: float) -> list[str]:
+    """The methods ``--method best`` runs for this model and norm."""
+    pairwise = bounds.l2.last_matrix is not None
+    return ["lmt"] + (["lmt-pairwise"] if pairwise else []) + ["ibp"] + (["bcp"] if pairwise and p == 2 else [])
+
+
+def _method_radii(method: str, module, data, bounds, logits: torch.Tensor, p: float, batch_size: int) -> torch.Tensor:
+    """Model-space radii of one certificate method."""
+    if method in ("ibp", "bcp"):
+        return _box_radii(module, data, bounds, logits, p, method, batch_size)
+    return certified_radii(logits, data.y, bounds, p, method)
 
 
 def _box_radii(module, data, bounds, logits: torch.Tensor, p: float, method: str, batch_size: int) -> torch.Tensor:

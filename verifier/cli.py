@@ -94,9 +94,10 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
 @click.option("--norm", type=NORM, default="2", show_default=True)
 @click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report certified accuracy at "
               "(repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
-@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise", "ibp", "bcp"]), default=None,
+@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise", "ibp", "bcp", "best"]), default=None,
               help="lmt: Proposition 1; lmt-pairwise: Proposition 2 (with the last affine layer); ibp: interval "
-                   "bound propagation; bcp: box constraint propagation (l2 only). Default: "
+                   "bound propagation; bcp: box constraint propagation (l2 only); best: all that apply, the "
+                   "largest radius per input (all are sound). Default: "
                    "lmt-pairwise when the logits come from an affine layer, else lmt.")
 @click.option("--limit", type=int, default=None, help="Use the first N inputs.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
