@@ -19,7 +19,7 @@ from verifier.report import batched_logits, compute_bounds
 
 from .conftest import REPO, run_main, shared_dir
 from .onnx_graphs import torch_single_thread
-from .test_certify import export
+from .test_certify import blob_model
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
@@ -27,22 +27,11 @@ BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
 
 @pytest.fixture(scope="module")
 def smooth_model(tmp_path_factory):
-    """A small MLP trained in the test on separable blobs (the pattern of test_certify.smooth_model)."""
-    gen = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 6, generator=gen) * 3
-    y = torch.arange(300) % 3
-    x = centers[y] + 0.5 * torch.randn(300, 6, generator=gen)
+    """A ReLU/Tanh MLP trained on separable blobs (``test_certify.blob_model``); 120 of its points."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
-    opt = torch.optim.Adam(net.parameters(), lr=0.05, weight_decay=1e-3)
-    for _ in range(200):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    folder = tmp_path_factory.mktemp("smooth_bcp")
-    export(net, x[:1], folder / "mlp.onnx")
-    np.savez(folder / "data.npz", x=x.numpy(), y=y.numpy())
-    return folder / "mlp.onnx", folder / "data.npz", x[:120], y[:120]
+    path, data, x, y = blob_model(tmp_path_factory.mktemp("smooth_bcp"), net)
+    return path, data, x[:120], y[:120]
 
 
 def _cases(smooth_model):

@@ -38,24 +38,27 @@ def export(net: nn.Module, example: torch.Tensor, path) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-@pytest.fixture(scope="module")
-def smooth_model(tmp_path_factory):
-    """A small MLP trained in the test on separable blobs, weights kept small so that radii are large."""
+def blob_model(folder, net: nn.Module):
+    """``net`` (6 inputs, 3 classes) trained in the test on separable blobs with weight decay, so that certified
+    radii are large; saved as ONNX with its data. Returns (model path, data path, x, y)."""
     gen = torch.Generator().manual_seed(0)
     centers = torch.randn(3, 6, generator=gen) * 3
     y = torch.arange(300) % 3
     x = centers[y] + 0.5 * torch.randn(300, 6, generator=gen)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     opt = torch.optim.Adam(net.parameters(), lr=0.05, weight_decay=1e-3)
     for _ in range(200):
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
-    folder = tmp_path_factory.mktemp("smooth")
     export(net, x[:1], folder / "mlp.onnx")
     np.savez(folder / "data.npz", x=x.numpy(), y=y.numpy())
     return folder / "mlp.onnx", folder / "data.npz", x, y
+
+
+@pytest.fixture(scope="module")
+def smooth_model(tmp_path_factory):
+    torch.manual_seed(0)
+    return blob_model(tmp_path_factory.mktemp("smooth"), nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)))
 
 
 @pytest.mark.parametrize("method", ["lmt", "lmt-pairwise"])

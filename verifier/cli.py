@@ -65,6 +65,36 @@ def inspect(model: str, output: str | None, as_json: bool) -> None:
 NORM = click.Choice(["2", "inf"])
 
 
+def _stack(*options):
+    """Several click options as one decorator (for the options commands share)."""
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
+#: where the inputs come from (certify, attack)
+data_options = _stack(
+    click.option("--data", "data_path", required=True, type=str,
+                 help=".npz with arrays x and y, or a folder of MNIST-format IDX files."),
+    click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+                 help="Which IDX split to read."),
+    click.option("--norm", type=NORM, default="2", show_default=True),
+)
+#: how to run and report (certify, attack)
+run_options = _stack(
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    click.option("--input-scale", type=float, default=None, help="Multiply the data by this before the model."),
+    click.option("--mean", type=str, default=None, help="Subtract (scalar or comma-separated per channel)."),
+    click.option("--std", type=str, default=None, help="Then divide (scalar or comma-separated per channel)."),
+    click.option("--output", "output", metavar="NAME", help="Which graph output to use (default: the first)."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table."),
+    click.option("--report", "report_path", type=click.Path(dir_okay=False),
+                 help="Also write the JSON report here."),
+)
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--norm", type=NORM, default="2", show_default=True, help="l2 or l_inf operator norms.")
@@ -87,11 +117,7 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--data", "data_path", required=True, type=str,
-              help=".npz with arrays x and y, or a folder of MNIST-format IDX files.")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
-              help="Which IDX split to read.")
-@click.option("--norm", type=NORM, default="2", show_default=True)
+@data_options
 @click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report certified accuracy at "
               "(repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
 @click.option("--method", type=click.Choice(["lmt", "lmt-pairwise", "ibp", "bcp", "best"]), default=None,
@@ -101,13 +127,7 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
                    "lmt-pairwise when the logits come from an affine layer, else lmt.")
 @click.option("--limit", type=int, default=None, help="Use the first N inputs.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--input-scale", type=float, default=None, help="Multiply the data by this before the model.")
-@click.option("--mean", type=str, default=None, help="Subtract (scalar or comma-separated per channel).")
-@click.option("--std", type=str, default=None, help="Then divide (scalar or comma-separated per channel).")
-@click.option("--output", "output", metavar="NAME", help="Which graph output to use (default: the first).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+@run_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the certified accuracy curve "
               "(PNG).")
 @click.option("--min-certified-accuracy", "gate", type=float, default=None,
@@ -125,7 +145,7 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
             std: str | None, output: str | None, as_json: bool, report_path: str | None, plot_path: str | None,
             gate: float | None, gate_eps: float | None, attack: bool, attack_steps: int,
             attack_restarts: int) -> None:
-    """Certified radii (LMT Propositions 1 and 2) for every input of --data: a proof that no perturbation of
+    """Certified radii (LMT Propositions 1 and 2, IBP, BCP, or the best of them) for every input of --data: a proof that no perturbation of
     smaller norm changes MODEL's prediction. Exit 0 ok, 1 when --min-certified-accuracy is not met, 2 bad input,
     3 when --attack finds an adversarial example inside a certified radius (a soundness bug)."""
     from .certify_run import run_certify
@@ -168,11 +188,7 @@ def _write_report(result: dict[str, Any], path: str | None) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--data", "data_path", required=True, type=str,
-              help=".npz with arrays x and y, or a folder of MNIST-format IDX files.")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
-              help="Which IDX split to read.")
-@click.option("--norm", type=NORM, default="2", show_default=True)
+@data_options
 @click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report the attack success rate and "
               "the robust accuracy bound at (repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
 @click.option("--method", type=click.Choice(["pgd", "deepfool"]), default="pgd", show_default=True,
@@ -184,13 +200,7 @@ def _write_report(result: dict[str, Any], path: str | None) -> None:
 @click.option("--limit", type=int, default=None, help="Use the first N inputs.")
 @click.option("--batch-size", type=int, default=256, show_default=True,
               help="Inputs attacked (bisected) together.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--input-scale", type=float, default=None, help="Multiply the data by this before the model.")
-@click.option("--mean", type=str, default=None, help="Subtract (scalar or comma-separated per channel).")
-@click.option("--std", type=str, default=None, help="Then divide (scalar or comma-separated per channel).")
-@click.option("--output", "output", metavar="NAME", help="Which graph output to use (default: the first).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+@run_options
 def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[float, ...], method: str,
            steps: int, restarts: int, limit: int | None, batch_size: int, device: str, input_scale: float | None,
            mean: str | None, std: str | None, output: str | None, as_json: bool, report_path: str | None) -> None:
