@@ -25,7 +25,7 @@ from .certify import certified_accuracy
 from .errors import LipverifyError
 from .ir import GraphModule
 from .lipschitz import logits_tensor
-from .report import Timer, norm_label, norm_value, progress
+from .report import Timer, norm_label, progress
 
 METHODS = ("pgd", "deepfool")
 #: the relative tolerance of the bisection (``attack_radius``'s ``tol``)
@@ -131,20 +131,12 @@ def run_attack(model_path: str, data_path: str, *, split: str = "test", norm: st
                device: str = "auto", input_scale: float | None = None, mean: str | None = None,
                std: str | None = None, output: str | None = None, steps: int = 50, restarts: int = 5,
                method: str = "pgd", seed: int = 0) -> dict[str, Any]:
-    from frontends.data import load_dataset
+    from .certify_run import load_inputs
 
-    from .certify_run import DEFAULT_EPS, parse_values, pick_device
-    from .inspect import import_model
-
-    p = norm_value(norm)
-    eps_list = tuple(eps_list) or DEFAULT_EPS[p]
-    if any(e < 0 or not math.isfinite(e) for e in eps_list):
-        raise LipverifyError("--eps values must be finite and >= 0")
     with Timer() as timer:
-        _, module = import_model(model_path, output)
-        dev = pick_device(device)
-        data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit,
-                            input_scale=input_scale, mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
+        p, eps_list, _, module, dev, data = load_inputs(
+            model_path, data_path, norm=norm, eps_list=eps_list, split=split, limit=limit, device=device,
+            input_scale=input_scale, mean=mean, std=std, output=output)
         module = module.to(dev)
         with torch.no_grad():
             k = LogitsModule(module)(data.x[:1].to(dev)).shape[1]

@@ -32,6 +32,26 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def load_inputs(model_path: str, data_path: str, *, norm: str, eps_list: Sequence[float], split: str,
+                limit: int | None, device: str, input_scale: float | None, mean: str | None, std: str | None,
+                output: str | None):
+    """What certify and attack both start from: the norm, the eps list, the model (file and IR, on the
+    device) and the data shaped for it. Returns (p, eps_list, model, module, device, data)."""
+    from frontends.data import load_dataset
+
+    from .inspect import import_model
+
+    p = norm_value(norm)
+    eps_list = tuple(eps_list) or DEFAULT_EPS[p]
+    if any(e < 0 or not math.isfinite(e) for e in eps_list):
+        raise LipverifyError("--eps values must be finite and >= 0")
+    model, module = import_model(model_path, output)
+    dev = pick_device(device)
+    data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit, input_scale=input_scale,
+                        mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
+    return p, eps_list, model, module, dev, data
+
+
 def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: str = "2",
                 eps_list: Sequence[float] = (), method: str | None = None, limit: int | None = None,
                 batch_size: int = 256, device: str = "auto", input_scale: float | None = None,
@@ -42,19 +62,10 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
     """The certify report (see the README); with ``attack``, also the attack radius per input
     (``attack_run.attack_dataset``), the median ratio certified / attack, and ``soundness_violations``: the
     inputs whose certified radius exceeds the distance of an adversarial example (a disproved certificate)."""
-    from frontends.data import load_dataset
-
-    from .inspect import import_model
-
-    p = norm_value(norm)
-    eps_list = tuple(eps_list) or DEFAULT_EPS[p]
-    if any(e < 0 or not math.isfinite(e) for e in eps_list):
-        raise LipverifyError("--eps values must be finite and >= 0")
     with Timer() as timer:
-        model, module = import_model(model_path, output)
-        dev = pick_device(device)
-        data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit,
-                            input_scale=input_scale, mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
+        p, eps_list, model, module, dev, data = load_inputs(
+            model_path, data_path, norm=norm, eps_list=eps_list, split=split, limit=limit, device=device,
+            input_scale=input_scale, mean=mean, std=std, output=output)
         bounds = compute_bounds(module, p, input_dim=max(1, int(torch.tensor(module.graph.sample_shape).prod())))
         if method is None:
             method = "lmt-pairwise" if bounds.l2.last_matrix is not None else "lmt"

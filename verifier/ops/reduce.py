@@ -87,9 +87,11 @@ class ReduceSum(_Reduce):
         return x if dims is None else x.sum(dim=dims, keepdim=self.keepdims)
 
 
-@rule("ReduceMax", since=(1, 11, 12, 13, 18, 20))
-class ReduceMax(_Reduce):
+class _ReduceExtreme(_Reduce):
+    """ReduceMax / ReduceMin: monotone in every entry (box: the reduction of lo and of hi)."""
+
     axes_input_since = 18
+    reduce = staticmethod(torch.amax)
 
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         """Each entry belongs to one group, and a max (min) is 1-Lipschitz (LMT Theorem 3 with n = 1)."""
@@ -100,23 +102,17 @@ class ReduceMax(_Reduce):
 
     def forward(self, x, *_):
         dims = self._dims(x)
-        return x if dims is None else x.amax(dim=dims, keepdim=self.keepdims)
+        return x if dims is None else self.reduce(x, dim=dims, keepdim=self.keepdims)
+
+
+@rule("ReduceMax", since=(1, 11, 12, 13, 18, 20))
+class ReduceMax(_ReduceExtreme):
+    reduce = staticmethod(torch.amax)
 
 
 @rule("ReduceMin", since=(1, 11, 12, 13, 18, 20))
-class ReduceMin(_Reduce):
-    axes_input_since = 18
-
-    def lipschitz(self, args: RuleArgs) -> Lipschitz:
-        """Each entry belongs to one group, and a max (min) is 1-Lipschitz (LMT Theorem 3 with n = 1)."""
-        return Lipschitz([1.0], "theorem")
-
-    def interval(self, x, *rest):
-        return monotone_interval(self, x, *rest)
-
-    def forward(self, x, *_):
-        dims = self._dims(x)
-        return x if dims is None else x.amin(dim=dims, keepdim=self.keepdims)
+class ReduceMin(_ReduceExtreme):
+    reduce = staticmethod(torch.amin)
 
 
 class _SoftmaxBase(Op):
