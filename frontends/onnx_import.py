@@ -151,7 +151,8 @@ class Importer:
         for i, node in enumerate(self.nodes):
             if not any(t in dependent for t in node.input):
                 continue
-            static = node.op_type in ("Shape", "Size") or (node.op_type == "CastLike" and node.input[0] not in dependent)
+            static = node.op_type in ("Shape", "Size") or (node.op_type == "CastLike"
+                                                            and node.input[0] not in dependent)
             if static:  # their values are known at import (shapes are static per sample): folded
                 continue
             dependent.update(node.output)

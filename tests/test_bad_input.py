@@ -128,8 +128,8 @@ def test_no_inputs(tmp_path):
 
 def test_two_inputs_are_refused():
     nodes = [helper.make_node("Add", ["a", "b"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2])
-                                           for n in "ab"], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in "ab"]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     with pytest.raises(ModelImportError, match="2 inputs"):
         load_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
 

@@ -80,6 +80,34 @@ def test_bcp_radii_survive_pgd_and_beat_prop2(smooth_model):
         _check_pgd(module, x, y, radii, 2.0, lower, upper)
 
 
+def test_bcp_linf_survives_pgd_and_beats_ibp(smooth_model):
+    """l_inf BCP (§3.1): the box itself plus the l2 ball of radius sqrt(N) eps that circumscribes it."""
+    for name, module, x, y, lower, upper in _cases(smooth_model):
+        bounds = compute_bounds(module, 2.0, input_dim=1)
+        radii = bcp_radii(module, bounds.l2, x, y, lower, upper, norm=math.inf)
+        ibp = ibp_radii(module, bounds.l2, x, y, math.inf, lower, upper)
+        assert (radii >= ibp * 0.999 - 1e-9).all(), name
+        assert verify_bcp(module, bounds.l2, x, y, radii, lower, upper, norm=math.inf)[radii > 0].all()
+        _check_pgd(module, x, y, radii, math.inf, lower, upper)
+
+
+def test_bcp_on_logits_after_an_activation(tmp_path_factory):
+    """Logits that pass through a final ReLU (as in eran's mnist_relu_9_200): BCP bounds z_y - z_j by the
+    tightened logit box; its radii survive PGD and are at least IBP's."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3), nn.ReLU())
+    path, _, x, y = blob_model(tmp_path_factory.mktemp("relu_logits"), net)
+    module = load_onnx(path)
+    with torch.no_grad():
+        keep = module(x).argmax(1) == y
+    x, y = x[keep][:80], y[keep][:80]
+    report = compute_bounds(module, 2.0, input_dim=6).l2
+    assert report.last_matrix is None
+    radii = bcp_radii(module, report, x, y)
+    assert (radii >= ibp_radii(module, report, x, y, 2.0) * 0.999 - 1e-9).all()
+    _check_pgd(module, x, y, radii, 2.0, None, None)
+
+
 def test_problem_11_against_brute_force():
     """min c.d over {||d|| <= rho} and the box: the paper's iteration + duality never exceeds the minimum (a
     lower bound) and equals it: against a dense grid (2-D) and a dense search along the KKT path
@@ -120,8 +148,9 @@ def test_cli_methods(smooth_model, capsys):
         result = json.loads(out[out.index("{"):])
         assert result["method"] == method and len(result["radii"]) == 30
         assert sum(r > 0 for r in result["radii"]) > 15
-    code, _, _ = run_main(capsys, "certify", str(path), "--data", str(data), "--method", "bcp", "--norm", "inf")
-    assert code == 2
+    code, out, _ = run_main(capsys, "certify", str(path), "--data", str(data), "--method", "bcp", "--norm", "inf",
+                            "--limit", "30", "--json")
+    assert code == 0 and sum(r > 0 for r in json.loads(out)["radii"]) > 15
 
 
 def test_mnist_net_medians():
@@ -155,13 +184,13 @@ def test_best_takes_the_largest_sound_radius_per_input(smooth_model, capsys):
     assert code == 0
     report = json.loads(out)
     by_method = report["radii_by_method"]
-    assert set(by_method) == {"lmt", "lmt-pairwise", "ibp", "bcp"} and report["methods_skipped"] == {}
+    assert set(by_method) == {"lmt", "lmt-pairwise", "ibp", "bcp", "local"} and report["methods_skipped"] == {}
     stacked = np.array([by_method[k] for k in by_method])
     np.testing.assert_allclose(report["radii"], stacked.max(axis=0), rtol=1e-6)
     for i, winner in enumerate(report["winner"]):
         if winner is not None:
             assert by_method[winner][i] == pytest.approx(report["radii"][i], rel=1e-6)
-    # l_inf: BCP does not apply, the others do
+    # l_inf: every method applies too (BCP with the circumscribing l2 ball, BCP §3.1)
     code, out, _ = run_main(capsys, "certify", str(path), "--data", str(data_path), "--method", "best", "--json",
                             "--limit", "20", "--norm", "inf")
-    assert code == 0 and set(json.loads(out)["radii_by_method"]) == {"lmt", "lmt-pairwise", "ibp"}
+    assert code == 0 and set(json.loads(out)["radii_by_method"]) == {"lmt", "lmt-pairwise", "ibp", "bcp", "local"}

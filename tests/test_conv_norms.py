@@ -193,7 +193,8 @@ def test_conv_transpose_matches_torch_padding_semantics():
     gen = torch.Generator().manual_seed(2)
     w = torch.randn(3, 4, 3, 4, generator=gen, dtype=torch.float64)
     x = torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64)
-    for s, d, p, op in [((2, 3), (1, 1), (1, 2), (1, 2)), ((2, 2), (2, 1), (2, 0), (1, 1)), ((1, 1), (1, 2), (1, 1), (0, 1))]:
+    for s, d, p, op in [((2, 3), (1, 1), (1, 2), (1, 2)), ((2, 2), (2, 1), (2, 0), (1, 1)),
+                        ((1, 1), (1, 2), (1, 1), (0, 1))]:
         ours = conv_t_map(w, list(s), list(d), [(v, v) for v in p], list(op), 1)(x)
         ref = F.conv_transpose2d(x, w, None, s, p, op, 1, d)
         torch.testing.assert_close(ours, ref)

@@ -49,9 +49,8 @@ def test_castlike_of_the_input_is_unsupported():
 
 
 def test_model_local_functions_are_inlined():
-    block = helper.make_function("local", "Block", ["a", "w"], ["b"],
-                                 [helper.make_node("MatMul", ["a", "w"], ["m"]), helper.make_node("Relu", ["m"], ["b"])],
-                                 [helper.make_opsetid("", 17)])
+    body = [helper.make_node("MatMul", ["a", "w"], ["m"]), helper.make_node("Relu", ["m"], ["b"])]
+    block = helper.make_function("local", "Block", ["a", "w"], ["b"], body, [helper.make_opsetid("", 17)])
     nodes = [helper.make_node("Block", ["x", "W"], ["h"], domain="local"),
              helper.make_node("Block", ["h", "W"], ["y"], domain="local")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],

@@ -31,6 +31,9 @@ BCP (``verify_bcp``, l2)
     the intersection of its interval image with (a), and at chain outputs with (b). At the last chain input h
     the reachable set lies in the ball ||h - h(x)|| <= rho = eps L(h) AND the box, and problem (11)
     min c.(h - h(x)) over that intersection is solved for all class pairs in parallel (``_ball_box_min``).
+    l_inf balls (BCP §3.1): the input box is the l_inf ball itself and the Lipschitz ball the l2 ball of radius
+    sqrt(N) eps that circumscribes it (``ball_radius``). Models whose logits do not come from an affine layer
+    (e.g. a final ReLU) bound z_y - z_j by the tightened box of the logits, lo_y - hi_j.
 
 Radii (``ibp_radii``, ``bcp_radii``) bisect eps on all inputs at once; the lower end of the bisection is
 always an eps at which verification succeeded (or 0), so the radius returned is certified whatever the
@@ -111,12 +114,14 @@ def _per_sample(eps: Tensor, t: Tensor) -> Tensor:
     return eps.reshape(-1, *([1] * (t.dim() - 1)))
 
 
-def _walk(ctx: Context, box: Box, clean: dict[str, Tensor], eps: Tensor | None) -> Box:
-    """Boxes from the input box to ``report.last_input``; with ``eps`` (BCP), each tensor's box intersected
-    with the ball bounds (a) and, at chain outputs, (b) of the module docstring."""
+def walk(ctx: Context, box: Box, clean: dict[str, Tensor], eps: Tensor | None, target: str | None = None
+         ) -> dict[str, Any]:
+    """Boxes of every tensor from the input box to ``target`` (default ``report.last_input``); with ``eps``
+    (BCP, l2), each tensor's box intersected with the ball bounds (a) and, at chain outputs, (b) of the module
+    docstring."""
     module, report = ctx.module64, ctx.report
     g = module.graph
-    target = report.last_input
+    target = report.last_input if target is None else target
 
     def tighten(name: str, b: Any) -> Any:
         if eps is None or not isinstance(b, Box) or b.integer or name not in clean:
@@ -135,7 +140,7 @@ def _walk(ctx: Context, box: Box, clean: dict[str, Tensor], eps: Tensor | None) 
 
     env: dict[str, Any] = {g.input_name: tighten(g.input_name, box)}
     if target == g.input_name:
-        return env[target]
+        return env
     with exact_float32(), torch.no_grad():
         for node in g.nodes():
             args = [None if not t else (env[t] if t in env else module.tensor(t)) for t in node.inputs]
@@ -146,7 +151,7 @@ def _walk(ctx: Context, box: Box, clean: dict[str, Tensor], eps: Tensor | None) 
                     env[o] = tighten(o, v)
             if target in node.outputs:
                 break
-    return env[target]
+    return env
 
 
 def _ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None) -> Tensor:
@@ -195,8 +200,14 @@ def _ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None) -> Tens
     return g - slack
 
 
+def ball_radius(eps: Tensor, norm: float, n_in: int) -> Tensor:
+    """The radius of the l2 ball around the input that BCP propagates for an l_p ball of radius eps: eps for
+    p = 2, sqrt(N) eps for p = inf (the l2 ball circumscribing the box, BCP §3.1), rounded up."""
+    return eps if norm == 2 else eps * math.sqrt(n_in) * (1 + REL)
+
+
 def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: Any, bcp: bool,
-            clean: dict[str, Tensor] | None = None) -> Tensor:
+            clean: dict[str, Tensor] | None = None, norm: float = 2) -> Tensor:
     report = ctx.report
     x64 = x.to(torch.float64)
     y = y.to(torch.long)
@@ -206,23 +217,20 @@ def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: 
     z = clean[report.output].double().reshape(len(x64), -1)
     correct = z.argmax(1) == y
     box = Box.ball(x64, eps, _bound(lower), _bound(upper))
+    ball = ball_radius(eps, norm, math.prod(x64.shape[1:])) if bcp else None
     if report.last_matrix is None or report.last_input is None:
-        if bcp:
-            raise NoRuleError("BCP needs a model whose logits come from an affine layer")
-        # no affine last layer: bound z_y - z_j by the logit box
-        from .box import propagate
-
-        zb = propagate(ctx.module64, box, upto=report.output)[report.output]
+        # no affine last layer: bound z_y - z_j by the logit box (BCP's boxes, tightened by the ball, or IBP's)
+        zb = walk(ctx, box, clean, ball, target=report.output)[report.output]
         lo, hi = zb.lo.reshape(len(x64), -1), zb.hi.reshape(len(x64), -1)
         low = lo.gather(1, y[:, None]) - hi
     else:
-        hbox = _walk(ctx, box, clean, eps if bcp else None)
+        hbox = walk(ctx, box, clean, ball)[report.last_input]
         h = clean[report.last_input].double().reshape(len(x64), -1)
         lo = (hbox.lo.reshape(len(x64), -1) - h).clamp_max(0.0)[:, None, :]
         hi = (hbox.hi.reshape(len(x64), -1) - h).clamp_min(0.0)[:, None, :]
         w = report.last_matrix.to(torch.float64)
         c = w[y][:, None, :] - w[None, :, :]
-        rho = (eps * report.tensor_bounds[report.last_input])[:, None] if bcp else None
+        rho = (ball * report.tensor_bounds[report.last_input])[:, None] if bcp else None
         low = (z.gather(1, y[:, None]) - z) + _ball_box_min(c, lo, hi, rho)
     slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
     low = low - slack
@@ -248,24 +256,26 @@ def verify_ibp(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tenso
 
 
 def verify_bcp(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tensor, eps: float | Tensor,
-               lower: Any = None, upper: Any = None, ctx: Context | None = None) -> Tensor:
-    """Per input: whether BCP proves the prediction y on the l2 ball of radius eps within [lower, upper].
-    ``report`` must be the l2 report (``graph_lipschitz(module, 2)``)."""
+               lower: Any = None, upper: Any = None, ctx: Context | None = None, norm: float = 2) -> Tensor:
+    """Per input: whether BCP proves the prediction y on the l_p ball (p = ``norm``, 2 or inf) of radius eps
+    within [lower, upper]. ``report`` must be the l2 report (``graph_lipschitz(module, 2)``)."""
     if report.norm != 2:
         raise ValueError("BCP needs the l2 Lipschitz report")
+    if norm not in (2, math.inf):
+        raise ValueError("norm must be 2 or inf")
     ctx = ctx or prepare(module, report, bcp=True)
-    return _verify(ctx, x, y, torch.as_tensor(eps, dtype=torch.float64), lower, upper, bcp=True)
+    return _verify(ctx, x, y, torch.as_tensor(eps, dtype=torch.float64), lower, upper, bcp=True, norm=norm)
 
 
 def _radii(ctx: Context, x: Tensor, y: Tensor, bcp: bool, lower: Any, upper: Any, start: Tensor | None,
-           steps: int, batch_size: int) -> Tensor:
+           steps: int, batch_size: int, norm: float = 2) -> Tensor:
     out = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size].to(torch.float64), y[i:i + batch_size].to(torch.long)
         clean = _clean(ctx, xb)
 
         def ok(eps: Tensor) -> Tensor:
-            return _verify(ctx, xb, yb, eps, lower, upper, bcp, clean)
+            return _verify(ctx, xb, yb, eps, lower, upper, bcp, clean, norm)
 
         n = len(xb)
         base = torch.zeros(n, dtype=torch.float64) if start is None else start[i:i + batch_size].double().clamp_min(0)
@@ -299,11 +309,14 @@ def ibp_radii(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tensor
 
 def bcp_radii(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tensor, lower: Any = None,
               upper: Any = None, prop2: Tensor | None = None, steps: int = BISECTION_STEPS,
-              batch_size: int = 256) -> Tensor:
-    """The largest l2 eps (model space) at which ``verify_bcp`` holds, per input, by bisection from ``prop2``
-    (the LMT Prop. 2 radii, a sound lower end) when given; the result is max(bisection, prop2)."""
+              batch_size: int = 256, norm: float = 2) -> Tensor:
+    """The largest l_p eps (p = ``norm``; model space) at which ``verify_bcp`` holds, per input, by bisection
+    from ``prop2`` (the LMT Prop. 2 radii in that norm, a sound lower end) when given; the result is
+    max(bisection, prop2)."""
+    if norm not in (2, math.inf):
+        raise ValueError("norm must be 2 or inf")
     ctx = prepare(module, report, bcp=True)
-    r = _radii(ctx, x, y, True, lower, upper, prop2, steps, batch_size)
+    r = _radii(ctx, x, y, True, lower, upper, prop2, steps, batch_size, norm)
     if prop2 is not None:
         r = torch.maximum(r, prop2.double().cpu())
     return r

@@ -20,7 +20,7 @@ import torch
 from .lipschitz import LipschitzReport
 
 FLOAT_SLACK = 1e-5
-METHODS = ("lmt", "lmt-pairwise", "ibp", "bcp")  # ibp, bcp: verifier.bcp (need the model)
+METHODS = ("lmt", "lmt-pairwise", "ibp", "bcp", "local")  # ibp, bcp: verifier.bcp; local: verifier.local
 
 
 @dataclass

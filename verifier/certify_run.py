@@ -82,14 +82,17 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         correct = logits.argmax(dim=1) == data.y
         by_method: dict[str, torch.Tensor] = {}
         skipped: dict[str, str] = {}
+        found = torch.zeros(len(data.y), dtype=torch.float64)  # model space: the largest radius so far
         for name in (_portfolio(bounds, p) if method == "best" else [method]):
             try:
-                by_method[name] = data.radius_to_user(_method_radii(name, module, data, bounds, logits, p,
-                                                                    batch_size).float())
+                r = _method_radii(name, module, data, bounds, logits, p, batch_size, found)
             except LipverifyError as e:
                 if method != "best":
                     raise
                 skipped[name] = str(e)
+                continue
+            found = torch.maximum(found, r.double().cpu())
+            by_method[name] = data.radius_to_user(r.float())
         radii = torch.stack(list(by_method.values())).amax(dim=0)
     result: dict[str, Any] = {
         "model": model_path, "method": method, "norm": norm_label(p), "n": len(data.y),
@@ -126,35 +129,48 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
 def _portfolio(bounds, p: float) -> list[str]:
     """The methods ``--method best`` runs for this model and norm."""
     pairwise = bounds.l2.last_matrix is not None
-    return ["lmt"] + (["lmt-pairwise"] if pairwise else []) + ["ibp"] + (["bcp"] if pairwise and p == 2 else [])
+    return ["lmt"] + (["lmt-pairwise"] if pairwise else []) + ["ibp", "bcp", "local"]
 
 
-def _method_radii(method: str, module, data, bounds, logits: torch.Tensor, p: float, batch_size: int) -> torch.Tensor:
-    """Model-space radii of one certificate method."""
-    if method in ("ibp", "bcp"):
-        return _box_radii(module, data, bounds, logits, p, method, batch_size)
+def _method_radii(method: str, module, data, bounds, logits: torch.Tensor, p: float, batch_size: int,
+                  found: torch.Tensor) -> torch.Tensor:
+    """Model-space radii of one certificate method (``found``: the largest radii of the methods run before)."""
+    if method in ("ibp", "bcp", "local"):
+        return _box_radii(module, data, bounds, logits, p, method, batch_size, found)
     return certified_radii(logits, data.y, bounds, p, method)
 
 
-def _box_radii(module, data, bounds, logits: torch.Tensor, p: float, method: str, batch_size: int) -> torch.Tensor:
-    """IBP / BCP radii in model space (``verifier.bcp``), within the model-space box of the data's bounds; BCP
-    starts its bisection from the LMT Prop. 2 radius (when the model ends with an affine layer)."""
+def _box_radii(module, data, bounds, logits: torch.Tensor, p: float, method: str, batch_size: int,
+               found: torch.Tensor) -> torch.Tensor:
+    """IBP / BCP / local radii in model space (``verifier.bcp``, ``verifier.local``), within the model-space box
+    of the data's bounds. BCP bisects from the LMT Prop. 2 radius (when the model ends with an affine layer), a
+    sound lower end; local starts its search at the largest radius found so far (or Prop. 2's) and reports
+    only radii it proves itself."""
+    import copy
+
     from .bcp import bcp_radii, ibp_radii
+    from .errors import NoRuleError
+    from .local import check_supported, local_radii
 
     box = data.model_bounds()
     lower, upper = (None, None) if box is None else box
-    import copy
-
     x, y = data.x.cpu(), data.y.cpu()  # data.x is in model space
     mod = copy.deepcopy(module).cpu() if module.device.type != "cpu" else module
+    if not mod.graph.batched or not mod.graph.leading_batch:
+        raise LipverifyError(f"--method {method} needs a model that runs whole batches (this one runs sample by "
+                             f"sample)")
     if method == "ibp":
         return ibp_radii(mod, bounds.l2, x, y, p, lower, upper, batch_size=batch_size).cpu()
-    if p != 2:
-        raise LipverifyError("--method bcp certifies l2 balls only (use --norm 2, or --method ibp for l_inf)")
-    if bounds.l2.last_matrix is None:
-        raise LipverifyError("--method bcp needs a model whose logits come from an affine layer")
-    prop2 = certified_radii(logits, data.y, bounds, 2.0, "lmt-pairwise").cpu()
-    return bcp_radii(mod, bounds.l2, x, y, lower, upper, prop2=prop2, batch_size=batch_size).cpu()
+    prop2 = certified_radii(logits, data.y, bounds, p, "lmt-pairwise").cpu() \
+        if bounds.l2.last_matrix is not None else None
+    if method == "bcp":
+        return bcp_radii(mod, bounds.l2, x, y, lower, upper, prop2=prop2, norm=p, batch_size=batch_size).cpu()
+    try:
+        check_supported(mod, bounds.l2)
+    except NoRuleError as e:
+        raise LipverifyError(f"--method local: {e}")
+    start = found if prop2 is None else torch.maximum(found, prop2.double())
+    return local_radii(mod, bounds.l2, x, y, p, lower, upper, start=start, batch_size=batch_size).cpu()
 
 
 #: slack for float32 rounding of certified radii when comparing them with attack distances (float64)

@@ -120,9 +120,10 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
 @data_options
 @click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report certified accuracy at "
               "(repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
-@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise", "ibp", "bcp", "best"]), default=None,
+@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise", "ibp", "bcp", "local", "best"]), default=None,
               help="lmt: Proposition 1; lmt-pairwise: Proposition 2 (with the last affine layer); ibp: interval "
-                   "bound propagation; bcp: box constraint propagation (l2 only); best: all that apply, the "
+                   "bound propagation; bcp: box constraint propagation; local: local Cross-Lipschitz bounds "
+                   "(Hein & Andriushchenko Thm 2.1, gradient boxes over BCP's boxes); best: all that apply, the "
                    "largest radius per input (all are sound). Default: "
                    "lmt-pairwise when the logits come from an affine layer, else lmt.")
 @click.option("--limit", type=int, default=None, help="Use the first N inputs.")
@@ -145,9 +146,10 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
             std: str | None, output: str | None, as_json: bool, report_path: str | None, plot_path: str | None,
             gate: float | None, gate_eps: float | None, attack: bool, attack_steps: int,
             attack_restarts: int) -> None:
-    """Certified radii (LMT Propositions 1 and 2, IBP, BCP, or the best of them) for every input of --data: a proof that no perturbation of
-    smaller norm changes MODEL's prediction. Exit 0 ok, 1 when --min-certified-accuracy is not met, 2 bad input,
-    3 when --attack finds an adversarial example inside a certified radius (a soundness bug)."""
+    """Certified radii (LMT Propositions 1 and 2, IBP, BCP, local Cross-Lipschitz, or the best of them) for every
+    input of --data: a proof that no perturbation of smaller norm changes MODEL's prediction. Exit 0 ok, 1 when
+    --min-certified-accuracy is not met, 2 bad input, 3 when --attack finds an adversarial example inside a
+    certified radius (a soundness bug)."""
     from .certify_run import run_certify
 
     if (gate is None) != (gate_eps is None):

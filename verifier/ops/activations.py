@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..box import Box, is_box, round_toward, unit_roundoff
+from ..jacobian import no_gradient_rule, scaled
 from .base import SAFETY, Lipschitz, Op, RuleArgs, rule
 
 #: (x_lo, x_hi, v_lo, v_hi): where the box meets [x_lo, x_hi], the hull must also reach down to v_lo and up to
@@ -69,6 +70,43 @@ class Activation(Op):
         alpha, beta = self.slopes(args)  # SAFETY: float implementations round the slope by ~1e-8
         return Lipschitz([max(abs(alpha), abs(beta)) * SAFETY], "slope")
 
+    def slope_range(self, lo: torch.Tensor, hi: torch.Tensor, consts: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entrywise [min, max] of the derivative over [lo, hi] (Clarke's generalized derivative at kinks):
+        the local slope range that the gradient rule multiplies by. Default: the global slopes."""
+        alpha, beta = self.slopes(None)
+        return torch.full_like(lo, alpha), torch.full_like(hi, beta)
+
+    def grad_interval(self, inputs, grads):
+        """J = diag(f'(x)) with f'(x) in the slope range of the input box: the interval product (Hein &
+        Andriushchenko's Prop. 2.2 bounds sigma' by its values at the ends of such a range)."""
+        x, consts = inputs[0], tuple(inputs[1:])
+        if not is_box(x) or any(is_box(t) for t in consts):
+            raise no_gradient_rule(self)
+        s_lo, s_hi = self.slope_range(x.lo, x.hi, consts)
+        return [scaled(grads[0], s_lo, s_hi)] + [None] * len(consts)
+
+
+def _rounded(s_lo: torch.Tensor, s_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A slope range computed with a few roundings (float64 transcendental functions), widened outward."""
+    return s_lo - 1e-12 * s_lo.abs() - 1e-300, s_hi + 1e-12 * s_hi.abs() + 1e-300
+
+
+def _kink_range(lo: torch.Tensor, hi: torch.Tensor, left, right) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slope ``left`` below 0 and ``right`` above (tensors or floats): exact on boxes on one side, the hull of
+    both on boxes around 0 (on [lo, 0] the function is the left piece, on [0, hi] the right one)."""
+    left, right = torch.as_tensor(left, dtype=lo.dtype), torch.as_tensor(right, dtype=lo.dtype)
+    both_lo, both_hi = torch.minimum(left, right), torch.maximum(left, right)
+    s_lo = torch.where(lo >= 0, right, torch.where(hi <= 0, left, both_lo))
+    s_hi = torch.where(lo >= 0, right, torch.where(hi <= 0, left, both_hi))
+    return torch.broadcast_to(s_lo, lo.shape), torch.broadcast_to(s_hi, lo.shape)
+
+
+def _unimodal_range(lo: torch.Tensor, hi: torch.Tensor, derivative) -> tuple[torch.Tensor, torch.Tensor]:
+    """A derivative increasing up to 0 and decreasing after (sigmoid, tanh): its max over [lo, hi] is at the
+    point of the box nearest 0, its min at an end."""
+    peak = derivative(torch.minimum(torch.maximum(torch.zeros_like(lo), lo), hi))
+    return _rounded(torch.minimum(derivative(lo), derivative(hi)), peak)
+
 
 @rule("Relu", since=(1, 6, 13, 14))
 class Relu(Activation):
@@ -76,6 +114,9 @@ class Relu(Activation):
 
     def forward(self, x):
         return torch.relu(x)
+
+    def slope_range(self, lo, hi, consts):
+        return _kink_range(lo, hi, 0.0, 1.0)
 
 
 @rule("LeakyRelu", since=(1, 6, 16))
@@ -93,6 +134,9 @@ class LeakyRelu(Activation):
 
     def forward(self, x):
         return F.leaky_relu(x, self.alpha)
+
+    def slope_range(self, lo, hi, consts):
+        return _kink_range(lo, hi, self.alpha, 1.0)
 
 
 @rule("PRelu", since=(1, 6, 7, 9, 16))
@@ -114,6 +158,9 @@ class PRelu(Activation):
     def forward(self, x, slope):
         return torch.where(x >= 0, x, slope * x)
 
+    def slope_range(self, lo, hi, consts):
+        return _kink_range(lo, hi, consts[0].to(lo.dtype), 1.0)
+
 
 @rule("Sigmoid", since=(1, 6, 13))
 class Sigmoid(Activation):
@@ -122,11 +169,17 @@ class Sigmoid(Activation):
     def forward(self, x):
         return torch.sigmoid(x)
 
+    def slope_range(self, lo, hi, consts):
+        return _unimodal_range(lo, hi, lambda t: torch.sigmoid(t) * torch.sigmoid(-t))
+
 
 @rule("Tanh", since=(1, 6, 13))
 class Tanh(Activation):
     def forward(self, x):
         return torch.tanh(x)
+
+    def slope_range(self, lo, hi, consts):
+        return _unimodal_range(lo, hi, lambda t: 1 - torch.tanh(t) ** 2)
 
 
 @rule("HardSwish", since=(14, 22))
@@ -177,6 +230,11 @@ class Softplus(Activation):
                                f"(not Lipschitz)")
         return (0.0, 1.0)
 
+    def slope_range(self, lo, hi, consts):
+        """softplus' = sigmoid, increasing (the paper's Prop. 2.2 activation)."""
+        self.slopes()  # refuses the thresholded form
+        return _rounded(torch.sigmoid(lo), torch.sigmoid(hi))
+
 
 @rule("Elu", since=(1, 6))
 class Elu(Activation):
@@ -191,6 +249,15 @@ class Elu(Activation):
 
     def forward(self, x):
         return F.elu(x, self.alpha)
+
+    def slope_range(self, lo, hi, consts):
+        """1 above 0, alpha e^x below: increasing when 0 <= alpha <= 1, so its range is its values at the ends."""
+        if not 0.0 <= self.alpha <= 1.0:
+            return super().slope_range(lo, hi, consts)
+
+        def derivative(t):
+            return torch.where(t > 0, torch.ones_like(t), self.alpha * torch.exp(torch.clamp_max(t, 0.0)))
+        return _rounded(derivative(lo), derivative(hi))
 
 
 @rule("Selu", since=(1, 6))

@@ -160,6 +160,23 @@ class Op:
         arithmetic and for the float forward (see ``verifier/box.py``)."""
         raise NoRuleError(f"no box rule for {self.op_type} (node '{self.name}')")
 
+    def linear_in_inputs(self, dynamic: list[bool]) -> bool:
+        """Whether the op is affine in all its input-dependent inputs together (an affine op of one input, or a
+        sum or concatenation of branches): then its Jacobians are constant and ``grad_interval`` is exact."""
+        return self.is_affine(dynamic)
+
+    def grad_interval(self, inputs: list[Any], grads: list[Any]) -> list[Any]:
+        """Gradient box rule (``verifier/jacobian.py``): ``inputs`` as for ``interval`` (forward boxes of batch
+        B), ``grads`` a Box of output gradients (batch B * P) per output, or None; returns per input a Box
+        enclosing J^T g for every Jacobian J the op has on the input boxes and every g in the gradient boxes
+        (None for constant inputs). This default serves ops affine in their input-dependent inputs."""
+        from ..box import is_box
+        from ..jacobian import affine_transpose, no_gradient_rule
+
+        if not self.linear_in_inputs([is_box(x) for x in inputs]):
+            raise no_gradient_rule(self)
+        return affine_transpose(self, inputs, grads)
+
     def no_box(self, why: str) -> NoRuleError:
         return NoRuleError(f"no box rule for {self.op_type} (node '{self.name}'): {why}")
 

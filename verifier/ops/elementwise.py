@@ -61,6 +61,9 @@ class _Additive(Op):
     def is_affine(self, dynamic):
         return sum(dynamic) == 1
 
+    def linear_in_inputs(self, dynamic):
+        return True
+
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         return Lipschitz([args.duplication(k) for k, d in enumerate(args.dynamic) if d], "exact", "sum")
 
@@ -155,6 +158,9 @@ class _Variadic(Op):
 
     def is_affine(self, dynamic):
         return self.combine_rule == "sum" and sum(dynamic) == 1
+
+    def linear_in_inputs(self, dynamic):
+        return self.combine_rule == "sum"
 
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         return Lipschitz([args.duplication(k) for k, d in enumerate(args.dynamic) if d], "exact",

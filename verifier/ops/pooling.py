@@ -10,8 +10,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..box import Box, affine
+from ..box import Box, affine, is_box
+from ..jacobian import no_gradient_rule
 from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, rule
+from .padding import CONV, MAX_POOL, pad_spatial, resolve_pads
 
 
 def monotone_interval(op: Op, x: Box, *rest) -> Box:
@@ -28,6 +30,37 @@ def average_interval(op: Op, x: Box, count: int, *rest) -> Box:
     return affine(x, lambda t: op.forward(t, *rest), lambda v, s: op.forward(v, *rest), count + 2)
 
 
+def window_max_transpose(lo: torch.Tensor, hi: torch.Tensor, g_c: torch.Tensor, g_r: torch.Tensor, kernel: list[int],
+                         strides: list[int], dilations: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The transposed Jacobian box of a 2-D window max: ``lo``/``hi`` (B, C, H, W) the padded input box (-inf
+    padding), ``g_c``/``g_r`` (B * P, C, L) the output gradient box per window; returns (centre, radius) of the
+    input gradient, shape (B * P, C, H * W). See ``MaxPool.grad_interval``."""
+    from ..jacobian import GAMMA
+
+    b, ch, h, w = lo.shape
+
+    def unfold(t: torch.Tensor) -> torch.Tensor:  # (B, 1, C, k, L): broadcasts against the B * P gradients
+        cols = F.unfold(t.reshape(b * ch, 1, h, w).nan_to_num(neginf=-1e308), kernel, dilations, 0, strides)
+        return cols.reshape(b, 1, ch, cols.shape[1], cols.shape[2])
+
+    lo_w, hi_w = unfold(lo), unfold(hi)
+    candidate = hi_w >= lo_w.amax(dim=3, keepdim=True)
+    unique = candidate.sum(dim=3, keepdim=True) == 1
+    g_c, g_r = g_c.reshape(b, -1, ch, 1, g_c.shape[-1]), g_r.reshape(b, -1, ch, 1, g_r.shape[-1])
+    g_lo, g_hi = g_c - g_r, g_c + g_r
+    zero = torch.zeros_like(g_lo)
+    c_lo = torch.where(candidate, torch.where(unique, g_lo, torch.minimum(g_lo, zero)), zero)
+    c_hi = torch.where(candidate, torch.where(unique, g_hi, torch.maximum(g_hi, zero)), zero)
+    k, n_win = c_lo.shape[3], c_lo.shape[4]
+
+    def fold(t: torch.Tensor) -> torch.Tensor:
+        out = F.fold(t.reshape(-1, k, n_win), (h, w), kernel, dilations, 0, strides)
+        return out.reshape(-1, ch, h * w)
+
+    center, radius = fold((c_lo + c_hi) / 2), fold((c_hi - c_lo) / 2)
+    return center, radius * (1 + GAMMA) + GAMMA * center.abs() + 1e-300
+
+
 def nonnegative_map_norm(fn, in_shape, norm: float) -> float:
     """Norm of a linear map with nonnegative entries, from two passes over all-ones vectors: ||A||_inf =
     max(A 1), ||A||_1 = max(A^T 1), and ||A||_2 <= sqrt(||A||_1 ||A||_inf) (Hoelder)."""
@@ -37,7 +70,6 @@ def nonnegative_map_norm(fn, in_shape, norm: float) -> float:
         (col,) = torch.autograd.grad(y.sum(), x)
     row_max, col_max = float(y.max()), float(col.max())
     return (row_max if norm != 2 else math.sqrt(row_max * col_max)) * SAFETY
-from .padding import CONV, MAX_POOL, pad_spatial, resolve_pads
 
 
 class _Pool(Op):
@@ -83,6 +115,30 @@ class MaxPool(_Pool):
 
     def interval(self, x):
         return monotone_interval(self, x)
+
+    def grad_interval(self, inputs, grads):
+        """Each window passes its output gradient to one of its maxima (a convex combination of them at ties):
+        to the entries i with hi_i >= max_k lo_k over the window, the only ones that can be a maximum of a point
+        in the box. A window with one such entry passes g exactly, otherwise each candidate gets [min(g, 0),
+        max(g, 0)]. Windows overlap: their contributions add (``F.fold``). 1-D and 2-D pools."""
+        x, g = inputs[0], grads[0]
+        nd = len(self.kernel)
+        if not is_box(x) or nd > 2:
+            raise no_gradient_rule(self)
+        pads, overhang = self._layout(x.shape[2:])
+        full = [(pb, pe + o) for (pb, pe), o in zip(pads, overhang)]
+        lo, hi = (pad_spatial(t, full, value=-math.inf) for t in (x.lo, x.hi))
+        kernel, strides, dilations = list(self.kernel), list(self.strides), list(self.dilations)
+        if nd == 1:
+            lo, hi = lo.unsqueeze(2), hi.unsqueeze(2)
+            kernel, strides, dilations = [1, *kernel], [1, *strides], [1, *dilations]
+        g_c, g_r = g.center.reshape(g.shape[0], g.shape[1], -1), g.radius.reshape(g.shape[0], g.shape[1], -1)
+        c, r = window_max_transpose(lo, hi, g_c, g_r, kernel, strides, dilations)
+        index = tuple(slice(pb, pb + n) for (pb, _), n in zip(pads, x.shape[2:]))
+        c, r = c.reshape(len(c), c.shape[1], *lo.shape[2:]), r.reshape(len(r), r.shape[1], *lo.shape[2:])
+        if nd == 1:
+            c, r = c.squeeze(2), r.squeeze(2)
+        return [Box(c[(Ellipsis, *index)], r[(Ellipsis, *index)])]
 
     def window_counts(self, in_shape) -> torch.Tensor:
         """For each input entry, the number of pooling windows that contain it."""
@@ -180,6 +236,18 @@ class GlobalMaxPool(Op):
 
     def interval(self, x):
         return monotone_interval(self, x)
+
+    def grad_interval(self, inputs, grads):
+        """One window per channel (see ``MaxPool.grad_interval``)."""
+        x, g = inputs[0], grads[0]
+        if not is_box(x):
+            raise no_gradient_rule(self)
+        b, ch = x.shape[0], x.shape[1]
+        lo, hi = x.lo.reshape(b, ch, 1, -1), x.hi.reshape(b, ch, 1, -1)
+        n = lo.shape[-1]
+        c, r = window_max_transpose(lo, hi, g.center.reshape(len(g), ch, 1), g.radius.reshape(len(g), ch, 1),
+                                    [1, n], [1, 1], [1, 1])
+        return [Box(c.reshape(len(g), *x.shape[1:]), r.reshape(len(g), *x.shape[1:]))]
 
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         """One window per channel (LMT Theorem 3 with n = 1)."""

@@ -132,6 +132,9 @@ class Concat(Op):
     def is_affine(self, dynamic):
         return sum(dynamic) == 1
 
+    def linear_in_inputs(self, dynamic):
+        return True
+
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         return Lipschitz([1.0 for d in args.dynamic if d], "exact", "stack")
 
