@@ -1,4 +1,4 @@
-"""Loading evaluation data for a model: ``.npz`` files and MNIST-format IDX folders.
+"""Loading evaluation data for a model: ``.npz`` files, MNIST-format IDX folders and VNN-LIB properties.
 
 ``load_dataset(path, sample_shape, ...)`` returns a ``Dataset`` whose ``x`` has the model's input layout
 ``(N, *sample_shape)`` and lies in the *model's* input space, together with the map from the user's space (the
@@ -177,7 +177,8 @@ def load_dataset(
 
     ``path``: an ``.npz`` file with arrays ``x`` (samples, first axis = samples) and ``y`` (integer labels of
     shape (N,), or one-hot / scores of shape (N, K), read by argmax), used as given; or a folder of
-    MNIST-format IDX files (``split`` 'test' or 'train'), whose pixels are scaled to [0, 1].
+    MNIST-format IDX files (``split`` 'test' or 'train'), whose pixels are scaled to [0, 1]; or a ``.vnnlib``
+    property file or a folder of them (``frontends.vnnlib``: each box's centre and protected class).
     Samples are brought to ``sample_shape``: unchanged when equal; transposed when the file is channel-last
     (H, W, C) and the model channel-first (C, H, W) or the reverse and that permutation is unambiguous;
     otherwise reshaped by element count (which must match). ``limit``: the first ``limit`` samples.
@@ -193,7 +194,13 @@ def load_dataset(
         raise LipverifyError(f"split must be 'test' or 'train', got {split!r}")
 
     path = Path(path)
-    if path.is_dir():
+    if path.suffix == ".vnnlib" or (path.is_dir() and any(path.glob("*.vnnlib"))):
+        from .vnnlib import load_vnnlib
+
+        x, y, source = load_vnnlib(path)
+        base_space = "the model's input space (VNN-LIB box centres)"
+        bounds = None
+    elif path.is_dir():
         x, y = load_idx_split(path, split)
         source = f"{path} (MNIST-format IDX, {split} split)"
         base_space = "pixels scaled to [0, 1]"
@@ -204,8 +211,8 @@ def load_dataset(
         base_space = "the given .npz values"
         bounds = None
     else:
-        raise LipverifyError(f"{path}: no such file or folder (expected an .npz with arrays x and y, or a folder "
-                             "of MNIST-format IDX files)")
+        raise LipverifyError(f"{path}: no such file or folder (expected an .npz with arrays x and y, a folder of "
+                             "MNIST-format IDX files, or VNN-LIB properties)")
 
     total = len(x)
     if limit is not None:

@@ -106,7 +106,7 @@ def _clean(ctx: Context, x: Tensor) -> dict[str, Tensor]:
 
 def _ball_box(center: Tensor, radius: Tensor) -> Box:
     """The box center +- radius, the radius widened for the float64 rounding of the centre."""
-    r = radius * (1 + REL) + REL * (center.abs() + 1e-300)
+    r = radius * (1 + REL) + REL * center.abs() + 2.0 ** -900
     return Box(center, r)
 
 
@@ -206,6 +206,20 @@ def ball_radius(eps: Tensor, norm: float, n_in: int) -> Tensor:
     return eps if norm == 2 else eps * math.sqrt(n_in) * (1 + REL)
 
 
+def _box_min_pairs(w: Tensor, y: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``_ball_box_min`` without a ball for c = w_y - w_j, by matrix products instead of a (B, K, n) tensor:
+    min over the box of c.d = c.m - |c|.r with m, r the box's centre and radius (B, n), and |w_y - w_j| for the
+    K^2 pairs computed once; the same REL slack for the rounding of the sums."""
+    k = w.shape[0]
+    pairs = (w[:, None, :] - w[None, :, :]).abs().reshape(k * k, -1)  # row y * K + j: |w_y - w_j|
+    m, r = (lo + hi) / 2, (hi - lo) / 2
+    cm = m @ w.T  # (B, K): w_j . m
+    rows = y[:, None] * k + torch.arange(k)[None, :]
+    spread = (r @ pairs.T).gather(1, rows)
+    slack = ((lo.abs() + hi.abs()) @ pairs.T).gather(1, rows)
+    return (cm.gather(1, y[:, None]) - cm) - spread - REL * slack
+
+
 def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: Any, bcp: bool,
             clean: dict[str, Tensor] | None = None, norm: float = 2) -> Tensor:
     report = ctx.report
@@ -226,12 +240,20 @@ def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: 
     else:
         hbox = walk(ctx, box, clean, ball)[report.last_input]
         h = clean[report.last_input].double().reshape(len(x64), -1)
-        lo = (hbox.lo.reshape(len(x64), -1) - h).clamp_max(0.0)[:, None, :]
-        hi = (hbox.hi.reshape(len(x64), -1) - h).clamp_min(0.0)[:, None, :]
+        lo = (hbox.lo.reshape(len(x64), -1) - h).clamp_max(0.0)
+        hi = (hbox.hi.reshape(len(x64), -1) - h).clamp_min(0.0)
         w = report.last_matrix.to(torch.float64)
-        c = w[y][:, None, :] - w[None, :, :]
-        rho = (ball * report.tensor_bounds[report.last_input])[:, None] if bcp else None
-        low = (z.gather(1, y[:, None]) - z) + _ball_box_min(c, lo, hi, rho)
+        low = (z.gather(1, y[:, None]) - z) + _box_min_pairs(w, y, lo, hi)
+        slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+        open_rows = ((low - slack).scatter(1, y[:, None], math.inf) <= 0).any(dim=1).nonzero()[:, 0]
+        if bcp and len(open_rows):  # problem (11) where the box alone does not prove the input
+            yr = y[open_rows]
+            c = w[yr][:, None, :] - w[None, :, :]
+            rho = (ball[open_rows] * report.tensor_bounds[report.last_input])[:, None]
+            zr = z[open_rows]
+            ball_low = (zr.gather(1, yr[:, None]) - zr) + _ball_box_min(c, lo[open_rows, None, :],
+                                                                        hi[open_rows, None, :], rho)
+            low[open_rows] = torch.maximum(low[open_rows], ball_low)
     slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
     low = low - slack
     low.scatter_(1, y[:, None], math.inf)

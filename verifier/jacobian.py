@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 #: relative rounding allowance per float64 sum of nonnegative terms (gamma_n for n < 1e6 is < 1.2e-10)
 GAMMA = 1e-9
+#: absolute allowance for underflow (``verifier.box.tiny`` of float64)
+TINY = 2.0 ** -900
 
 
 def scaled(g: Box, s_lo: Tensor, s_hi: Tensor) -> Box:
@@ -57,7 +59,7 @@ def scaled(g: Box, s_lo: Tensor, s_hi: Tensor) -> Box:
         corners = torch.stack(torch.broadcast_tensors(s_lo * g_lo, s_lo * g_hi, s_hi * g_lo, s_hi * g_hi))
         lo, hi = corners.amin(0), corners.amax(0)
     center = (lo + hi) / 2
-    radius = (hi - lo) / 2 + GAMMA * (hi.abs() + lo.abs()) + 1e-300
+    radius = (hi - lo) / 2 + GAMMA * (hi.abs() + lo.abs()) + TINY
     return Box(center.reshape(shape), radius.reshape(shape))
 
 

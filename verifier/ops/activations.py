@@ -88,7 +88,7 @@ class Activation(Op):
 
 def _rounded(s_lo: torch.Tensor, s_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A slope range computed with a few roundings (float64 transcendental functions), widened outward."""
-    return s_lo - 1e-12 * s_lo.abs() - 1e-300, s_hi + 1e-12 * s_hi.abs() + 1e-300
+    return s_lo - 1e-12 * s_lo.abs() - 2.0 ** -900, s_hi + 1e-12 * s_hi.abs() + 2.0 ** -900
 
 
 def _kink_range(lo: torch.Tensor, hi: torch.Tensor, left, right) -> tuple[torch.Tensor, torch.Tensor]:

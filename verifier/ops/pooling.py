@@ -35,7 +35,7 @@ def window_max_transpose(lo: torch.Tensor, hi: torch.Tensor, g_c: torch.Tensor, 
     """The transposed Jacobian box of a 2-D window max: ``lo``/``hi`` (B, C, H, W) the padded input box (-inf
     padding), ``g_c``/``g_r`` (B * P, C, L) the output gradient box per window; returns (centre, radius) of the
     input gradient, shape (B * P, C, H * W). See ``MaxPool.grad_interval``."""
-    from ..jacobian import GAMMA
+    from ..jacobian import GAMMA, TINY
 
     b, ch, h, w = lo.shape
 
@@ -58,7 +58,7 @@ def window_max_transpose(lo: torch.Tensor, hi: torch.Tensor, g_c: torch.Tensor, 
         return out.reshape(-1, ch, h * w)
 
     center, radius = fold((c_lo + c_hi) / 2), fold((c_hi - c_lo) / 2)
-    return center, radius * (1 + GAMMA) + GAMMA * center.abs() + 1e-300
+    return center, radius * (1 + GAMMA) + GAMMA * center.abs() + TINY
 
 
 def nonnegative_map_norm(fn, in_shape, norm: float) -> float:
