@@ -153,17 +153,23 @@ def test_cli_methods(smooth_model, capsys):
     assert code == 0 and sum(r > 0 for r in json.loads(out)["radii"]) > 15
 
 
-def test_mnist_net_medians():
+def mnist_net(limit: int):
+    """mnist-net_256x2 and the first ``limit`` MNIST test images: (module, data, bounds, logits, correct, lower,
+    upper); skips when ../shared is absent."""
     root = shared_dir()
     if root is None or not (root / "zoo" / "mnist_fc").is_dir() or not (root / "data" / "mnist").is_dir():
         pytest.skip("../shared/zoo/mnist_fc or ../shared/data/mnist absent (set LIPVERIFY_SHARED)")
     module = load_onnx(root / "zoo" / "mnist_fc" / "mnist-net_256x2.onnx")
-    ds = load_dataset(root / "data" / "mnist", module.graph.sample_shape, limit=20)
+    ds = load_dataset(root / "data" / "mnist", module.graph.sample_shape, limit=limit)
     bounds = compute_bounds(module, 2.0, input_dim=784)
-    logits = batched_logits(module, ds.x, 20, torch.device("cpu"))
-    correct = logits.argmax(1) == ds.y
-    prop2 = certified_radii(logits, ds.y, bounds, 2.0, "lmt-pairwise").double()
+    logits = batched_logits(module, ds.x, limit, torch.device("cpu"))
     lower, upper = ds.model_bounds()
+    return module, ds, bounds, logits, logits.argmax(1) == ds.y, lower, upper
+
+
+def test_mnist_net_medians():
+    module, ds, bounds, logits, correct, lower, upper = mnist_net(20)
+    prop2 = certified_radii(logits, ds.y, bounds, 2.0, "lmt-pairwise").double()
     ibp = ibp_radii(module, bounds.l2, ds.x, ds.y, 2.0, lower, upper)
     bcp = bcp_radii(module, bounds.l2, ds.x, ds.y, lower, upper, prop2=prop2)
     med = {k: float(v[correct].median()) for k, v in (("lmt-pairwise", prop2), ("ibp", ibp), ("bcp", bcp))}

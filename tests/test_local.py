@@ -12,15 +12,14 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
-from frontends.data import load_dataset
 from verifier.attacks import pgd
 from verifier.certify import certified_radii
 from verifier.local import local_bounds, local_radii, prepare_local, prop22_bounds
-from verifier.report import batched_logits, compute_bounds
+from verifier.report import compute_bounds
 
-from .conftest import run_main, shared_dir
+from .conftest import run_main
 from .onnx_graphs import torch_single_thread
-from .test_bcp import _cases, smooth_model  # noqa: F401 (fixture)
+from .test_bcp import _cases, mnist_net, smooth_model  # noqa: F401 (fixture)
 from .test_certify import blob_model
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
@@ -175,15 +174,7 @@ def test_softplus_radii_survive_pgd(softplus_model):
 def test_mnist_net_median_radius_and_pgd():
     """The issue's target: mnist-net_256x2, first 100 MNIST test images, l2: median >= 0.13 (the issue measured
     0.139 for a local interval-Jacobian bound), and strong PGD finds nothing inside any certified radius."""
-    root = shared_dir()
-    if root is None or not (root / "zoo" / "mnist_fc").is_dir() or not (root / "data" / "mnist").is_dir():
-        pytest.skip("../shared/zoo/mnist_fc or ../shared/data/mnist absent (set LIPVERIFY_SHARED)")
-    module = load_onnx(root / "zoo" / "mnist_fc" / "mnist-net_256x2.onnx")
-    ds = load_dataset(root / "data" / "mnist", module.graph.sample_shape, limit=100)
-    bounds = compute_bounds(module, 2.0, input_dim=784)
-    logits = batched_logits(module, ds.x, 100, torch.device("cpu"))
-    correct = logits.argmax(1) == ds.y
-    lower, upper = ds.model_bounds()
+    module, ds, bounds, _, correct, lower, upper = mnist_net(100)
     radii = local_radii(module, bounds.l2, ds.x, ds.y, 2.0, lower, upper)
     median = float(radii[correct].median())
     print("mnist-net_256x2 local median l2 radius, 100 images:", median)
