@@ -23,6 +23,7 @@ from .test_certify import blob_model
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
+ALL_METHODS = {"lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local"}  # what --method best runs on an MLP
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_best_takes_the_largest_sound_radius_per_input(smooth_model, capsys):
     assert code == 0
     report = json.loads(out)
     by_method = report["radii_by_method"]
-    assert set(by_method) == {"lmt", "lmt-pairwise", "ibp", "bcp", "local"} and report["methods_skipped"] == {}
+    assert set(by_method) == ALL_METHODS and report["methods_skipped"] == {}
     stacked = np.array([by_method[k] for k in by_method])
     np.testing.assert_allclose(report["radii"], stacked.max(axis=0), rtol=1e-6)
     for i, winner in enumerate(report["winner"]):
@@ -199,4 +200,4 @@ def test_best_takes_the_largest_sound_radius_per_input(smooth_model, capsys):
     # l_inf: every method applies too (BCP with the circumscribing l2 ball, BCP §3.1)
     code, out, _ = run_main(capsys, "certify", str(path), "--data", str(data_path), "--method", "best", "--json",
                             "--limit", "20", "--norm", "inf")
-    assert code == 0 and set(json.loads(out)["radii_by_method"]) == {"lmt", "lmt-pairwise", "ibp", "bcp", "local"}
+    assert code == 0 and set(json.loads(out)["radii_by_method"]) == ALL_METHODS

@@ -19,7 +19,7 @@ from verifier.report import compute_bounds
 
 from .conftest import run_main
 from .onnx_graphs import torch_single_thread
-from .test_bcp import _cases, mnist_net, smooth_model  # noqa: F401 (fixture)
+from .test_bcp import ALL_METHODS, _cases, mnist_net, smooth_model  # noqa: F401 (fixture)
 from .test_certify import blob_model
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
@@ -197,7 +197,7 @@ def test_cli_local_and_best(smooth_model, capsys):  # noqa: F811
                                 norm, "--limit", "30", "--json")
         best = json.loads(out)
         assert code == 0 and best["methods_skipped"] == {}
-        assert set(best["radii_by_method"]) == {"lmt", "lmt-pairwise", "ibp", "bcp", "local"}
+        assert set(best["radii_by_method"]) == ALL_METHODS
         # local's own radii, not the portfolio's: they match the standalone run (same search start aside)
         assert np.all(np.array(best["radii"]) >= np.array(result["radii"]) * (1 - 1e-6))
 

@@ -20,7 +20,7 @@ import torch
 from .lipschitz import LipschitzReport
 
 FLOAT_SLACK = 1e-5
-METHODS = ("lmt", "lmt-pairwise", "ibp", "bcp", "local")  # ibp, bcp: verifier.bcp; local: verifier.local
+METHODS = ("lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local")  # liplt, ibp, bcp, local need the model
 
 
 @dataclass
@@ -85,6 +85,17 @@ def prop2_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: flo
         r = radius(l2_pairs, report.lipschitz_sub * math.sqrt(bounds.input_dim))
         if bounds.linf is not None and bounds.linf.lipschitz_sub is not None:
             r = torch.maximum(r, radius(_pair_norms(bounds.linf.last_matrix, 1), bounds.linf.lipschitz_sub))
+    return torch.where(correct, r, torch.zeros_like(r))
+
+
+def pairwise_radii(logits: torch.Tensor, y: torch.Tensor, pair_bounds: torch.Tensor) -> torch.Tensor:
+    """CRM eq. 5: min_{j != y} (z_y - z_j) / L_yj with ``pair_bounds`` (K, K) bounds of the Lipschitz constants
+    of x -> z_i - z_j (LipLT's, ``verifier.liplt``)."""
+    diff, correct = _margins(logits, y)
+    denominators = pair_bounds.double()[y]
+    ratio = torch.where(denominators > 0, diff.clamp_min(0.0) / denominators,
+                        torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff)))
+    r = ratio.min(dim=1).values
     return torch.where(correct, r, torch.zeros_like(r))
 
 

@@ -129,7 +129,7 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
 def _portfolio(bounds, p: float) -> list[str]:
     """The methods ``--method best`` runs for this model and norm."""
     pairwise = bounds.l2.last_matrix is not None
-    return ["lmt"] + (["lmt-pairwise"] if pairwise else []) + ["ibp", "bcp", "local"]
+    return ["lmt"] + (["lmt-pairwise"] if pairwise else []) + ["liplt", "ibp", "bcp", "local"]
 
 
 def _method_radii(method: str, module, data, bounds, logits: torch.Tensor, p: float, batch_size: int,
@@ -137,7 +137,26 @@ def _method_radii(method: str, module, data, bounds, logits: torch.Tensor, p: fl
     """Model-space radii of one certificate method (``found``: the largest radii of the methods run before)."""
     if method in ("ibp", "bcp", "local"):
         return _box_radii(module, data, bounds, logits, p, method, batch_size, found)
+    if method == "liplt":
+        return _liplt_radii(module, data, bounds, logits, p)
     return certified_radii(logits, data.y, bounds, p, method)
+
+
+def _liplt_radii(module, data, bounds, logits: torch.Tensor, p: float) -> torch.Tensor:
+    """CRM eq. 5 with LipLT's pairwise bounds (``verifier.liplt``; the naive ones where smaller)."""
+    import copy
+
+    from .certify import pairwise_radii
+    from .errors import NoRuleError
+    from .liplt import liplt
+
+    mod = copy.deepcopy(module).cpu() if module.device.type != "cpu" else module
+    report = bounds.l2 if p == 2 else bounds.linf
+    try:
+        pairs = liplt(mod, p, naive=report).pairwise  # the naive bounds where LipLT cannot map the graph
+    except NoRuleError as e:
+        raise LipverifyError(f"--method liplt: {e}")
+    return pairwise_radii(logits.cpu(), data.y.cpu(), pairs)
 
 
 def _box_radii(module, data, bounds, logits: torch.Tensor, p: float, method: str, batch_size: int,

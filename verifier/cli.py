@@ -100,19 +100,31 @@ run_options = _stack(
 @click.option("--norm", type=NORM, default="2", show_default=True, help="l2 or l_inf operator norms.")
 @click.option("--output", "output", metavar="NAME", help="Which graph output to use (default: the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
+@click.option("--method", type=click.Choice(["naive", "liplt"]), default="naive", show_default=True,
+              help="naive: per-node bounds composed over the graph (LMT); liplt: also the loop-transformed bounds "
+                   "(CRM §3, Theorem 3.3) beside the naive ones, with their ratio.")
+@click.option("--pairwise", is_flag=True, help="With --method liplt: the L_ij table of every class pair.")
+def lipschitz(model: str, norm: str, output: str | None, as_json: bool, method: str, pairwise: bool) -> None:
     """Guaranteed upper bounds of MODEL's Lipschitz constant (LMT §4-5): the global bound (input -> logits),
-    L_sub before the last affine layer, and each node's bound with the method used."""
+    L_sub before the last affine layer, and each node's bound with the method used; with --method liplt, LipLT's
+    global, per-class and pairwise bounds beside the naive ones."""
     from .inspect import import_model
     from .lipschitz import graph_lipschitz
-    from .report import format_lipschitz, norm_value
+    from .report import format_lipschitz, format_liplt, norm_value
 
     _, module = import_model(model, output)
     report = graph_lipschitz(module, norm_value(norm))
+    improved = None
+    if method == "liplt":
+        from .liplt import liplt
+
+        improved = liplt(module, norm_value(norm), naive=report)
     if as_json:
-        emit_json({"model": model, **report.to_json()})
+        emit_json({"model": model, **report.to_json(), **({"liplt": improved.to_json()} if improved else {})})
     else:
         click.echo(format_lipschitz(report, model))
+        if improved is not None:
+            click.echo(format_liplt(improved, pairwise))
 
 
 @cli.command()
@@ -120,8 +132,10 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool) -> None:
 @data_options
 @click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report certified accuracy at "
               "(repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
-@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise", "ibp", "bcp", "local", "best"]), default=None,
-              help="lmt: Proposition 1; lmt-pairwise: Proposition 2 (with the last affine layer); ibp: interval "
+@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local", "best"]),
+              default=None,
+              help="lmt: Proposition 1; lmt-pairwise: Proposition 2 (with the last affine layer); liplt: "
+                   "min_j (z_y - z_j) / L_yj with LipLT's pairwise bounds (CRM eq. 5); ibp: interval "
                    "bound propagation; bcp: box constraint propagation; local: local Cross-Lipschitz bounds "
                    "(Hein & Andriushchenko Thm 2.1, gradient boxes over BCP's boxes); best: all that apply, the "
                    "largest radius per input (all are sound). Default: "

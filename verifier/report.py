@@ -127,6 +127,35 @@ def summarize(radii: torch.Tensor, correct: torch.Tensor, eps_list: Sequence[flo
     }
 
 
+def format_liplt(report: Any, pairwise: bool = False) -> str:
+    """LipLT beside the naive bounds, in the layout of CRM's Table 2 (means over the unique class pairs)."""
+    k = report.pairwise.shape[0]
+    iu = torch.triu_indices(k, k, 1)
+
+    def mean_pairs(t: torch.Tensor | None) -> float:
+        return float(t[iu[0], iu[1]].mean()) if t is not None and k > 1 else math.nan
+
+    def mean_sums(t: torch.Tensor | None) -> float:
+        return float((t[iu[0]] + t[iu[1]]).mean()) if t is not None and k > 1 else math.nan
+
+    rows = [("naive", mean_pairs(report.naive_pairwise), mean_sums(report.naive_per_class),
+             math.sqrt(2) * report.naive_lipschitz),
+            ("LipLT", mean_pairs(report.raw_pairwise), mean_sums(report.raw_per_class),
+             math.sqrt(2) * report.raw_lipschitz)]
+    if report.fallback:
+        return f"LipLT: {report.fallback}; the naive bounds stand (L = {report.lipschitz:.6g})"
+    lines = [f"LipLT (CRM §3), {len(report.units)} activation layers, matrix norms: "
+             + ", ".join(f"{v} {k}" for k, v in report.norms.items()),
+             f"{'':<8}{'L_ij':>12}{'L_i + L_j':>12}{'sqrt(2) L':>12}   (means over class pairs)"]
+    lines += [f"{name:<8}{a:>12.5g}{b:>12.5g}{c:>12.5g}" for name, a, b, c in rows]
+    ratio = [x / y if y > 0 else math.nan for x, y in zip(rows[0][1:], rows[1][1:])]
+    lines.append(f"{'ratio':<8}" + "".join(f"{r:>12.3g}" for r in ratio) + "   (naive / LipLT)")
+    if pairwise:
+        lines.append("L_ij (used: min of LipLT and naive), row i, column j:")
+        lines += ["  " + " ".join(f"{float(v):>9.4g}" for v in row) for row in report.pairwise]
+    return "\n".join(lines)
+
+
 def format_certify(result: dict[str, Any]) -> str:
     lines = [f"model      {result['model']}",
              f"method     {result['method']}  (l{result['norm']}; L = {result['lipschitz']:.6g}"

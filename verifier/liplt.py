@@ -1,0 +1,295 @@
+"""LipLT: loop-transformed Lipschitz bounds (Fazlyab et al. 2023, CRM §3, Lemma 3.1 and Theorem 3.3), pairwise.
+
+Loop transformation. Every slope-restricted activation phi_j (slope in [alpha_j, beta_j], from the op's rule) is
+written phi_j(y) = s_j y + psi_j(y) with s_j = (alpha_j + beta_j) / 2, where psi_j is d_j = (beta_j - alpha_j) / 2
+Lipschitz (CRM eq. 14). Replacing every activation of the IR by "s_j y + u_j" with a free input u_j gives a
+*linear* graph (all other ops must be affine in their input-dependent inputs). By linearity, every
+pre-activation y_k and the logits z are
+
+    y_k = A_k x_0 + sum_{j < k} B_kj psi_j(y_j) (+ constants),        (Lemma 3.1, eq. 18, for any DAG)
+
+with A_k = dy_k/dx_0 and B_kj = dy_k/du_j of the linear graph. For plain chains (H_k = 0, G_k = I) this is
+eq. 18 itself (A_k = W_k H^_{k-1} ... H^_0 with H^_i = s_i W_i); residual blocks x_{k+1} = H_k x_k + G_k phi(W_k x_k)
+and Concat are the same statement on their DAG, so no block pattern needs to be matched. Then (Theorem 3.3)
+
+    m_k = ||A_k|| + sum_{j < k} d_j ||B_kj|| m_j            (a Lipschitz bound of x_0 -> y_k, eq. 19)
+    L   = ||A_z|| + sum_j d_j ||B_zj|| m_j                  (x_0 -> z)
+    L_ij = ||(e_i - e_j)^T A_z|| + sum_j d_j ||(e_i - e_j)^T B_zj|| m_j   (x_0 -> z_i - z_j; L_i with e_i)
+
+Soundness: the rows (e_i - e_j)^T A_z, (e_i - e_j)^T B_zj are vectors (back-propagation of e_i through the linear
+graph, in float64), so their norms are exact (the dual norm: l2 -> l2, l_inf -> l1). The matrix norms ||A_k||,
+||B_kj|| are exact (float64 SVD of the materialized Jacobian, times SAFETY) when the Jacobian has at most
+``MATERIALIZE_LIMIT`` entries; otherwise the product of the ops' sound rules along the linear graph (LMT
+composition, ``_composed``). No power iteration. Every final bound is also capped by the naive one
+(``verifier.lipschitz``: L, and LMT Prop. 2's L_sub ||w_i - w_j|| for pairs), both being sound.
+
+Graphs it cannot map (an op that is neither affine nor an elementwise slope-restricted activation: MaxPool,
+Softmax inside the graph, products of two input-dependent tensors...) raise NoRuleError naming the node; callers
+fall back to the naive bound.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .conv_norms import l2_norm_exact, linf_norm_exact
+from .errors import NoRuleError
+from .ir import GraphModule, Node
+from .lipschitz import (MATERIALIZE_LIMIT, LipschitzReport, _nodes_up_to, _rule_args, graph_lipschitz,
+                        logits_tensor)
+from .ops.activations import Activation
+from .ops.base import SAFETY
+
+#: relative slack on the exact vector norms (float64 back-propagation)
+VECTOR_SLACK = 1e-9
+
+
+@dataclass
+class Unit:
+    """One activation node: its input y_j (pre-activation), output, slopes and the loop-transformation's d_j."""
+
+    node: Node
+    alpha: float
+    beta: float
+
+    @property
+    def center(self) -> float:
+        return (self.alpha + self.beta) / 2
+
+    @property
+    def spread(self) -> float:
+        return (self.beta - self.alpha) / 2
+
+
+@dataclass
+class LipLTReport:
+    norm: float
+    lipschitz: float  # x_0 -> z, min(LipLT, naive)
+    pairwise: Tensor  # (K, K) L_ij, min(LipLT, naive); 0 on the diagonal
+    per_class: Tensor  # (K,) L_i
+    raw_lipschitz: float  # LipLT alone
+    raw_pairwise: Tensor
+    raw_per_class: Tensor
+    naive_lipschitz: float
+    naive_pairwise: Tensor | None  # L_sub ||w_i - w_j|| (LMT Prop. 2), when the logits come from an affine layer
+    naive_per_class: Tensor | None
+    units: list[str]
+    m: list[float]  # eq. 19 per unit
+    norms: dict[str, int] = field(default_factory=dict)  # how the matrix norms were obtained: counts
+    fallback: str | None = None  # why LipLT could not map the graph (the naive bounds are reported instead)
+
+    def to_json(self) -> dict[str, Any]:
+        def mat(t: Tensor | None) -> list | None:
+            return None if t is None else [[float(v) for v in row] for row in t]
+
+        return {"norm": "inf" if self.norm == math.inf else int(self.norm), "lipschitz": self.lipschitz,
+                "raw_lipschitz": self.raw_lipschitz, "naive_lipschitz": self.naive_lipschitz,
+                "pairwise": mat(self.pairwise), "naive_pairwise": mat(self.naive_pairwise),
+                "per_class": [float(v) for v in self.per_class], "units": self.units, "m": self.m,
+                "norms": self.norms, "fallback": self.fallback}
+
+
+def loop_units(module: GraphModule, out: str) -> list[Unit]:
+    """The activation nodes up to ``out``, in topological order; NoRuleError for a node LipLT cannot map."""
+    g = module.graph
+    dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+    units = []
+    for node in _nodes_up_to(module, out):
+        dyn = [bool(t) and t in dynamic for t in node.inputs]
+        if not any(dyn):
+            continue
+        if isinstance(node.op, Activation):
+            if any(dyn[1:]):
+                raise NoRuleError(f"LipLT cannot map {node.op_type} (node '{node.name}'): a second input-dependent "
+                                  "input")
+            args = _rule_args(module, node, dynamic, 2.0)
+            alpha, beta = node.op.slopes(args)
+            units.append(Unit(node, float(alpha), float(beta)))
+        elif not node.op.linear_in_inputs(dyn):
+            raise NoRuleError(f"LipLT cannot map {node.op_type} (node '{node.name}'): neither affine nor an "
+                              "elementwise slope-restricted activation")
+    return units
+
+
+def _linear_graph(module64: GraphModule, units: list[Unit], out: str):
+    """The loop-transformed linear graph as a function (x_0, [u_j]) -> ([y_j], z)."""
+    nodes = _nodes_up_to(module64, out)
+    index = {u.node.name: j for j, u in enumerate(units)}
+    g = module64.graph
+
+    def run(x: Tensor, us: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        env: dict[str, Tensor] = {g.input_name: x}
+        ys: list[Tensor] = [None] * len(units)  # type: ignore[list-item]
+        for node in nodes:
+            if node.name in index:
+                j = index[node.name]
+                ys[j] = env[node.inputs[0]]
+                env[node.outputs[0]] = units[j].center * ys[j] + us[j]
+                continue
+            ins = [None if not t else (env[t] if t in env else module64.tensor(t)) for t in node.inputs]
+            res = node.op.forward(*ins)
+            for o, v in zip(node.outputs, res if isinstance(res, tuple) else (res,)):
+                if o:
+                    env[o] = v
+        return ys, env[out]
+
+    return run
+
+
+def _jacobian_rows(run, x: Tensor, us: list[Tensor], target: int | None, n_rows: int, sources: list[int],
+                   chunk: int = 256) -> list[Tensor | None]:
+    """Rows of d(target)/d(source) for each source (-1: x_0, j: u_j) as matrices (n_rows, n_source), by batched
+    back-propagation of identity rows; None where the target does not depend on the source."""
+    leaves = [x] + us
+    out: list[list[Tensor] | None] = [[] for _ in sources]
+    with torch.enable_grad():
+        ys, z = run(x, us)
+        t = (z if target is None else ys[target]).reshape(-1)
+        eye = torch.eye(n_rows, dtype=torch.float64)
+        for start in range(0, n_rows, chunk):
+            grads = torch.autograd.grad(t, [leaves[s + 1] for s in sources], eye[start:start + chunk],
+                                        retain_graph=True, is_grads_batched=True, allow_unused=True)
+            for k, gk in enumerate(grads):
+                if gk is None or out[k] is None:
+                    out[k] = None
+                else:
+                    out[k].append(gk.reshape(len(gk), -1))
+    return [None if rows is None else torch.cat(rows) for rows in out]
+
+
+def _matrix_norm(m: Tensor, norm: float) -> float:
+    return l2_norm_exact(m) if norm == 2 else linf_norm_exact(m) * SAFETY
+
+
+def _composed(module64: GraphModule, units: list[Unit], source: int, target: str, norm: float,
+              rules: dict[str, Any], args: dict[str, Any]) -> float:
+    """A sound bound of the linear graph's map source -> target (source -1: x_0, j: u_j) as the product of the
+    ops' rules (LMT composition; unit i contributes s_i from its input)."""
+    g = module64.graph
+    index = {u.node.name: j for j, u in enumerate(units)}
+    bounds: dict[str, float] = {}
+    if source < 0:
+        bounds[g.input_name] = 1.0
+    for node in _nodes_up_to(module64, target):
+        if node.name in index:
+            j = index[node.name]
+            value = abs(units[j].center) * bounds.get(node.inputs[0], 0.0) + (1.0 if j == source else 0.0)
+            bounds[node.outputs[0]] = value
+            continue
+        rule, a = rules[node.name], args[node.name]
+        ins = [t for t, d in zip(node.inputs, a.dynamic) if d]
+        terms = [f * bounds.get(t, 0.0) for f, t in zip(rule.factors, ins)]
+        if rule.combine == "stack":
+            value = math.sqrt(sum(v * v for v in terms)) if norm == 2 else max(terms, default=0.0)
+        else:
+            value = sum(terms)
+        for o in node.outputs:
+            if o:
+                bounds[o] = value
+    return bounds.get(target, 0.0)
+
+
+def _naive_pairs(naive: LipschitzReport, norm: float) -> tuple[Tensor | None, Tensor | None]:
+    """LMT Prop. 2's pairwise and per-class bounds L_sub ||w_i - w_j||, L_sub ||w_i|| (dual norms), or None."""
+    if naive.last_matrix is None or naive.lipschitz_sub is None:
+        return None, None
+    from .certify import _pair_norms
+
+    w = naive.last_matrix.double()
+    pairs = _pair_norms(w, 2 if norm == 2 else math.inf) * naive.lipschitz_sub
+    classes = (w.norm(dim=1) if norm == 2 else w.abs().sum(dim=1)) * naive.lipschitz_sub * (1 + 1e-9)
+    return pairs, classes
+
+
+def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None = None) -> LipLTReport:
+    """LipLT bounds of x_0 -> z (the logits): global, per class and per class pair (module docstring)."""
+    g = module.graph
+    if not g.batched or not g.leading_batch:
+        raise NoRuleError("LipLT needs a model that runs whole batches")
+    out = logits_tensor(module)
+    module64 = copy.deepcopy(module).double().eval()
+    naive = naive or graph_lipschitz(module, norm)
+    naive_pair, naive_class = _naive_pairs(naive, norm)
+    try:
+        units = loop_units(module64, out)
+    except NoRuleError as e:  # fall back to the naive bounds, saying why
+        k = math.prod(g.shapes[out][1:])
+        pairs = naive_pair if naive_pair is not None else torch.full((k, k), math.sqrt(2) * naive.lipschitz,
+                                                                     dtype=torch.float64).fill_diagonal_(0.0)
+        classes = naive_class if naive_class is not None else torch.full((k,), naive.lipschitz, dtype=torch.float64)
+        return LipLTReport(norm, naive.lipschitz, pairs, classes, naive.lipschitz, pairs, classes, naive.lipschitz,
+                           naive_pair, naive_class, [], [], {}, fallback=str(e))
+    run = _linear_graph(module64, units, out)
+    dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+    nodes = _nodes_up_to(module64, out)
+    args = {n.name: _rule_args(module64, n, dynamic, norm) for n in nodes if n.name not in
+            {u.node.name for u in units}}
+    rules: dict[str, Any] | None = None
+
+    x = torch.zeros((1, *g.sample_shape), dtype=torch.float64, requires_grad=True)
+    us = [torch.zeros((1, *g.shapes[u.node.outputs[0]][1:]), dtype=torch.float64, requires_grad=True) for u in units]
+    n_in = x.numel()
+    sizes = [u.numel() for u in us]
+    counts = {"materialized": 0, "composed": 0}
+
+    def norm_of(rows: Tensor | None, n_rows: int, n_src: int, source: int, target: str) -> float:
+        nonlocal rules
+        if rows is not None:
+            counts["materialized"] += 1
+            return _matrix_norm(rows, norm)
+        if rules is None:
+            with torch.no_grad():
+                rules = {n.name: n.op.lipschitz(args[n.name]) for n in nodes if n.name in args}
+        counts["composed"] += 1
+        return _composed(module64, units, source, target, norm, rules, args)
+
+    m: list[float] = []
+    for k, unit in enumerate(units):
+        n_k = math.prod(g.shapes[unit.node.inputs[0]][1:])
+        sources = [-1] + list(range(k))
+        small = [s for s in sources if n_k * (n_in if s < 0 else sizes[s]) <= MATERIALIZE_LIMIT]
+        rows = dict(zip(small, _jacobian_rows(run, x, us, k, n_k, small))) if small else {}
+        total = 0.0
+        for s in sources:
+            n_src = n_in if s < 0 else sizes[s]
+            if s in rows and rows[s] is None:
+                continue  # y_k does not depend on u_s
+            value = norm_of(rows.get(s), n_k, n_src, s, unit.node.inputs[0])
+            total += value if s < 0 else units[s].spread * value * m[s]
+        m.append(total)
+
+    k_out = math.prod(g.shapes[out][1:])
+    sources = [-1] + list(range(len(units)))
+    rows_z = _jacobian_rows(run, x, us, None, k_out, sources)  # (K, n_src) each: always small
+    dual = 2 if norm == 2 else 1
+    eye = torch.eye(k_out, dtype=torch.float64)
+    pair = (eye[:, None, :] - eye[None, :, :]).reshape(k_out * k_out, k_out)  # row i * K + j: e_i - e_j
+
+    def vector_norms(r: Tensor, seeds: Tensor) -> Tensor:
+        v = seeds @ r
+        slack = VECTOR_SLACK * (seeds.abs() @ r.abs()).norm(p=dual, dim=1)
+        return v.norm(p=dual, dim=1) * (1 + VECTOR_SLACK) + slack
+
+    raw_pair = torch.zeros(k_out * k_out, dtype=torch.float64)
+    raw_class = torch.zeros(k_out, dtype=torch.float64)
+    raw_global = 0.0
+    for s, r in zip(sources, rows_z):
+        if r is None:
+            continue
+        weight = 1.0 if s < 0 else units[s].spread * m[s]
+        raw_pair += weight * vector_norms(r, pair)
+        raw_class += weight * vector_norms(r, eye)
+        raw_global += weight * _matrix_norm(r, norm)
+    raw_pair = raw_pair.reshape(k_out, k_out)
+    raw_pair.fill_diagonal_(0.0)
+
+    pairwise, per_class = raw_pair.clone(), raw_class.clone()
+    if naive_pair is not None:
+        pairwise, per_class = torch.minimum(pairwise, naive_pair), torch.minimum(per_class, naive_class)
+    return LipLTReport(norm, min(raw_global, naive.lipschitz), pairwise, per_class, raw_global, raw_pair,
+                       raw_class, naive.lipschitz, naive_pair, naive_class, [u.node.name for u in units], m, counts)
