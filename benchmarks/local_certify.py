@@ -1,6 +1,6 @@
 """Local certificates: seconds and median certified radius of each method on the zoo's image classifiers.
 
-    .venv/bin/python benchmarks/local_certify.py [--limit 100] [--norm 2] [--methods lmt-pairwise,ibp,bcp,local,best]
+    .venv/bin/python benchmarks/local_certify.py [--limit 100] [--norm 2] [--methods lmt-pairwise,liplt,ibp,bcp,local,best]
         [--attack] [MODEL.onnx=DATA ...]
 
 For each model and method: wall seconds of `lipverify certify` (model import, bounds, logits and radii; the
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("pairs", nargs="*", help="MODEL.onnx=DATA (default: the zoo's image classifiers)")
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--norm", default="2", choices=["2", "inf"])
-    parser.add_argument("--methods", default="lmt-pairwise,ibp,bcp,local,best")
+    parser.add_argument("--methods", default="lmt-pairwise,liplt,ibp,bcp,local,best")
     parser.add_argument("--attack", action="store_true", help="also attack (PGD) for the best method")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
