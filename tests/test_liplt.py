@@ -194,3 +194,18 @@ def test_zoo_liplt_below_naive_above_gradients():
         print(path, "mean L_ij naive / LipLT:",
               float((report.naive_pairwise[off] / report.raw_pairwise[off]).mean()),
               "LipLT / largest sampled gradient:", float((report.raw_pairwise[off] / found[off]).mean()))
+
+
+def test_l2_refinement_only_tightens(tmp_path, monkeypatch):
+    """Theorem 3.2 with AOL's T, per term of eq. 19: never above the plain recursion (SN), strictly below on a
+    net where it applies, and still above every slope pattern (the brute-force test above runs with it on)."""
+    import verifier.liplt as mod
+
+    module, _ = _module(tmp_path, "tanh-sigmoid", seed=4)
+    refined = liplt(module, 2.0)
+    monkeypatch.setattr(mod, "REFINE_LIMIT", 0)
+    monkeypatch.setattr(mod, "REFINE_PAIRS_MAX_UNITS", 0)
+    plain = liplt(module, 2.0)
+    assert bool((refined.raw_pairwise <= plain.raw_pairwise * (1 + 1e-12)).all())
+    assert float(refined.raw_pairwise.sum()) < float(plain.raw_pairwise.sum())
+    assert refined.m[-1] <= plain.m[-1] * (1 + 1e-12)

@@ -20,7 +20,8 @@ Soundness: the rows (e_i - e_j)^T A_z, (e_i - e_j)^T B_zj are vectors (back-prop
 graph, in float64), so their norms are exact (the dual norm: l2 -> l2, l_inf -> l1). The matrix norms ||A_k||,
 ||B_kj|| are exact (float64 SVD of the materialized Jacobian, times SAFETY) when the Jacobian has at most
 ``MATERIALIZE_LIMIT`` entries; otherwise the product of the ops' sound rules along the linear graph (LMT
-composition, ``_composed``). No power iteration. Every final bound is also capped by the naive one
+composition, ``_composed``). No power iteration. In l2, each term d_j ||B|| m_j may be replaced by Theorem 3.2's
+refinement with AOL's diagonal T (``_Refiner``), where the Jacobians it needs were materialized. Every final bound is also capped by the naive one
 (``verifier.lipschitz``: L, and LMT Prop. 2's L_sub ||w_i - w_j|| for pairs), both being sound.
 
 Graphs it cannot map (an op that is neither affine nor an elementwise slope-restricted activation: MaxPool,
@@ -47,6 +48,60 @@ from .ops.base import SAFETY
 
 #: relative slack on the exact vector norms (float64 back-propagation)
 VECTOR_SLACK = 1e-9
+#: the l2 refinement keeps materialized Jacobians up to this many entries in all
+REFINE_LIMIT = 2 ** 25
+#: it refines the pairwise rows (one SVD per pair and layer) when no activation layer has more units than this
+REFINE_PAIRS_MAX_UNITS = 1024
+
+
+class _Refiner:
+    """CRM Theorem 3.2's l2 refinement with AOL's diagonal T, applied to each term of eq. 19.
+
+    For a term ||B dpsi_j|| (B = B_kj, or the row (e_i - e_j)^T B_zj) and any diagonal T with B^T B <= T:
+    ||B dpsi_j||^2 <= sum_r T_rr dpsi_j,r^2 <= d_j^2 ||T^(1/2) dy_j||^2, because psi_j acts entrywise with slope
+    in [-d_j, d_j]. And x -> T^(1/2) y_j is bounded like y_j itself (eq. 19 with the rows scaled):
+    M_j(T) = ||T^(1/2) A_j|| + sum_i d_i ||T^(1/2) B_ji|| m_i. So the term is at most d_j min(||B|| m_j, M_j(T));
+    T = ||B||^2 I (SN) gives the first, AOL's T_rr = sum_l |B^T B|_rl (diagonally dominant, hence >= B^T B; for a
+    row b: |b_r| ||b||_1) the second. T is rounded up for the float64 sums that form it."""
+
+    def __init__(self, spreads: list[float]):
+        self.spread = spreads
+        self.a: dict[int, Tensor] = {}
+        self.b: dict[int, dict[int, Tensor | None]] = {}
+        self.entries = 0
+
+    def keep(self, j: int, rows: dict[int, Tensor | None], sources: list[int]) -> None:
+        """Keep unit j's Jacobians when all were materialized and the budget allows."""
+        if any(s not in rows for s in sources):
+            return
+        size = sum(r.numel() for r in rows.values() if r is not None)
+        if self.entries + size > REFINE_LIMIT:
+            return
+        self.entries += size
+        self.a[j] = rows[-1]
+        self.b[j] = {s: r for s, r in rows.items() if s >= 0}
+
+    def weighted(self, j: int, sq: Tensor, m: list[float]) -> float:
+        """M_j(T) with T^(1/2) = diag(sq); inf when unit j's Jacobians were not kept."""
+        if j not in self.a:
+            return math.inf
+        value = l2_norm_exact(sq[:, None] * self.a[j])
+        for i, r in self.b[j].items():
+            if r is not None:
+                value += self.spread[i] * l2_norm_exact(sq[:, None] * r) * m[i]
+        return value
+
+    @staticmethod
+    def aol(b: Tensor) -> Tensor:
+        """sqrt of AOL's T for a matrix B (rows: outputs): T_rr = sum_l |B^T B|_rl, rounded up."""
+        gram = b.T @ b
+        bound = b.abs().T @ (b.abs() @ torch.ones(b.shape[1], dtype=b.dtype))
+        return ((gram.abs().sum(dim=1) + 1e-12 * bound) * (1 + 1e-12)).sqrt()
+
+    @staticmethod
+    def aol_row(b: Tensor) -> Tensor:
+        """sqrt of AOL's T for a row vector b: |b_r| ||b||_1, rounded up."""
+        return (b.abs() * b.abs().sum() * (1 + 1e-12)).sqrt()
 
 
 @dataclass
@@ -206,6 +261,35 @@ def _naive_pairs(naive: LipschitzReport, norm: float) -> tuple[Tensor | None, Te
     return pairs, classes
 
 
+def _refine_rows(refiner: _Refiner, units: list[Unit], m: list[float], sources: list[int], rows_z: list,
+                 pair: Tensor, eye: Tensor, raw_pair: Tensor, raw_class: Tensor) -> tuple[Tensor, Tensor]:
+    """The pairwise and per-class bounds with each unit's term min(SN, AOL) (``_Refiner``): recomputed from the
+    exact rows, pairs with i < j only (L_ij = L_ji)."""
+    k = eye.shape[0]
+
+    def bound(seed: Tensor) -> float:
+        total = 0.0
+        for s, r in zip(sources, rows_z):
+            if r is None:
+                continue
+            b = seed @ r
+            exact = float(b.norm()) * (1 + VECTOR_SLACK) + VECTOR_SLACK * float((seed.abs() @ r.abs()).norm())
+            if s < 0:
+                total += exact
+                continue
+            sn = units[s].spread * exact * m[s]
+            total += min(sn, units[s].spread * refiner.weighted(s, _Refiner.aol_row(b), m))
+        return total
+
+    pair_out, class_out = raw_pair.clone().reshape(k, k), raw_class.clone()
+    for i in range(k):
+        class_out[i] = min(float(class_out[i]), bound(eye[i]))
+        for j in range(i + 1, k):
+            value = min(float(pair_out[i, j]), bound(pair[i * k + j]))
+            pair_out[i, j] = pair_out[j, i] = value
+    return pair_out.reshape(-1), class_out
+
+
 def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None = None) -> LipLTReport:
     """LipLT bounds of x_0 -> z (the logits): global, per class and per class pair (module docstring)."""
     g = module.graph
@@ -248,6 +332,7 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
         counts["composed"] += 1
         return _composed(module64, units, source, target, norm, rules, args)
 
+    refiner = _Refiner([u.spread for u in units]) if norm == 2 else None
     m: list[float] = []
     for k, unit in enumerate(units):
         n_k = math.prod(g.shapes[unit.node.inputs[0]][1:])
@@ -260,8 +345,18 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
             if s in rows and rows[s] is None:
                 continue  # y_k does not depend on u_s
             value = norm_of(rows.get(s), n_k, n_src, s, unit.node.inputs[0])
-            total += value if s < 0 else units[s].spread * value * m[s]
+            if s < 0:
+                total += value
+                continue
+            term = units[s].spread * value * m[s]
+            if refiner is not None and rows.get(s) is not None and s in refiner.a:
+                refined = units[s].spread * refiner.weighted(s, _Refiner.aol(rows[s]), m)
+                counts["refined (AOL)"] = counts.get("refined (AOL)", 0) + int(refined < term)
+                term = min(term, refined)
+            total += term
         m.append(total)
+        if refiner is not None:
+            refiner.keep(k, rows, sources)
 
     k_out = math.prod(g.shapes[out][1:])
     sources = [-1] + list(range(len(units)))
@@ -285,6 +380,8 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
         raw_pair += weight * vector_norms(r, pair)
         raw_class += weight * vector_norms(r, eye)
         raw_global += weight * _matrix_norm(r, norm)
+    if refiner is not None and max(sizes, default=0) <= REFINE_PAIRS_MAX_UNITS:
+        raw_pair, raw_class = _refine_rows(refiner, units, m, sources, rows_z, pair, eye, raw_pair, raw_class)
     raw_pair = raw_pair.reshape(k_out, k_out)
     raw_pair.fill_diagonal_(0.0)
 

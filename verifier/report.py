@@ -144,7 +144,7 @@ def format_liplt(report: Any, pairwise: bool = False) -> str:
              math.sqrt(2) * report.raw_lipschitz)]
     if report.fallback:
         return f"LipLT: {report.fallback}; the naive bounds stand (L = {report.lipschitz:.6g})"
-    lines = [f"LipLT (CRM §3), {len(report.units)} activation layers, matrix norms: "
+    lines = [f"LipLT (CRM §3), {len(report.units)} activation layers; matrix norms and terms: "
              + ", ".join(f"{v} {k}" for k, v in report.norms.items()),
              f"{'':<8}{'L_ij':>12}{'L_i + L_j':>12}{'sqrt(2) L':>12}   (means over class pairs)"]
     lines += [f"{name:<8}{a:>12.5g}{b:>12.5g}{c:>12.5g}" for name, a, b, c in rows]
