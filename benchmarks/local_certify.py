@@ -1,7 +1,7 @@
 """Local certificates: seconds and median certified radius of each method on the zoo's image classifiers.
 
-    .venv/bin/python benchmarks/local_certify.py [--limit 100] [--norm 2] [--methods lmt-pairwise,liplt,ibp,bcp,local,best]
-        [--attack] [MODEL.onnx=DATA ...]
+    .venv/bin/python benchmarks/local_certify.py [--limit 100] [--norm 2] [--attack] [MODEL.onnx=DATA ...]
+        [--methods lmt-pairwise,liplt,ibp,bcp,local,best]
 
 For each model and method: wall seconds of `lipverify certify` (model import, bounds, logits and radii; the
 bisections run on all inputs at once), inputs per second, and the median certified radius over correctly

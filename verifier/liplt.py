@@ -21,8 +21,9 @@ graph, in float64), so their norms are exact (the dual norm: l2 -> l2, l_inf -> 
 ||B_kj|| are exact (float64 SVD of the materialized Jacobian, times SAFETY) when the Jacobian has at most
 ``MATERIALIZE_LIMIT`` entries; otherwise the product of the ops' sound rules along the linear graph (LMT
 composition, ``_composed``). No power iteration. In l2, each term d_j ||B|| m_j may be replaced by Theorem 3.2's
-refinement with AOL's diagonal T (``_Refiner``), where the Jacobians it needs were materialized. Every final bound is also capped by the naive one
-(``verifier.lipschitz``: L, and LMT Prop. 2's L_sub ||w_i - w_j|| for pairs), both being sound.
+refinement with AOL's diagonal T (``_Refiner``), where the Jacobians it needs were materialized. Every final
+bound is also capped by the naive one (``verifier.lipschitz``: L, and LMT Prop. 2's L_sub ||w_i - w_j|| for
+pairs), both being sound.
 
 Graphs it cannot map (an op that is neither affine nor an elementwise slope-restricted activation: MaxPool,
 Softmax inside the graph, products of two input-dependent tensors...) raise NoRuleError naming the node; callers
