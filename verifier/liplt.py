@@ -86,6 +86,7 @@ class _Refiner:
         """M_j(T) with T^(1/2) = diag(sq); inf when unit j's Jacobians were not kept."""
         if j not in self.a:
             return math.inf
+        sq = sq.to(self.a[j].device)
         value = l2_norm_exact(sq[:, None] * self.a[j])
         for i, r in self.b[j].items():
             if r is not None:
@@ -206,7 +207,7 @@ def _jacobian_rows(run, x: Tensor, us: list[Tensor], target: int | None, n_rows:
     with torch.enable_grad():
         ys, z = run(x, us)
         t = (z if target is None else ys[target]).reshape(-1)
-        eye = torch.eye(n_rows, dtype=torch.float64)
+        eye = torch.eye(n_rows, dtype=torch.float64, device=t.device)
         for start in range(0, n_rows, chunk):
             grads = torch.autograd.grad(t, [leaves[s + 1] for s in sources], eye[start:start + chunk],
                                         retain_graph=True, is_grads_batched=True, allow_unused=True)
@@ -316,8 +317,10 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
             {u.node.name for u in units}}
     rules: dict[str, Any] | None = None
 
-    x = torch.zeros((1, *g.sample_shape), dtype=torch.float64, requires_grad=True)
-    us = [torch.zeros((1, *g.shapes[u.node.outputs[0]][1:]), dtype=torch.float64, requires_grad=True) for u in units]
+    dev = module64.device  # the Jacobians and SVDs run where the module is (a GPU when given one)
+    x = torch.zeros((1, *g.sample_shape), dtype=torch.float64, device=dev, requires_grad=True)
+    us = [torch.zeros((1, *g.shapes[u.node.outputs[0]][1:]), dtype=torch.float64, device=dev, requires_grad=True)
+          for u in units]
     n_in = x.numel()
     sizes = [u.numel() for u in us]
     counts = {"materialized": 0, "composed": 0}
@@ -361,7 +364,7 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
 
     k_out = math.prod(g.shapes[out][1:])
     sources = [-1] + list(range(len(units)))
-    rows_z = _jacobian_rows(run, x, us, None, k_out, sources)  # (K, n_src) each: always small
+    rows_z = [None if r is None else r.cpu() for r in _jacobian_rows(run, x, us, None, k_out, sources)]  # (K, n)
     dual = 2 if norm == 2 else 1
     eye = torch.eye(k_out, dtype=torch.float64)
     pair = (eye[:, None, :] - eye[None, :, :]).reshape(k_out * k_out, k_out)  # row i * K + j: e_i - e_j
