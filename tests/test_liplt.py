@@ -36,11 +36,23 @@ class Residual(nn.Module):
         return self.out(a)
 
 
+class Branches(nn.Module):
+    """Two activation branches concatenated (a Concat DAG), then a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(6, 4), nn.Linear(6, 3), nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.out(torch.cat([torch.relu(self.a(x)), torch.tanh(self.b(x))], dim=1))
+
+
 NETS = {
     "relu-mlp": lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)),
     "tanh-sigmoid": lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4), nn.Sigmoid(), nn.Linear(4, 3)),
     "leaky": lambda: nn.Sequential(nn.Linear(6, 6), nn.LeakyReLU(0.2), nn.Linear(6, 3)),
     "residual": Residual,
+    "concat": Branches,
 }
 
 
