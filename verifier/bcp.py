@@ -232,6 +232,7 @@ def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: 
     correct = z.argmax(1) == y
     box = Box.ball(x64, eps, _bound(lower), _bound(upper))
     ball = ball_radius(eps, norm, math.prod(x64.shape[1:])) if bcp else None
+    slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
     if report.last_matrix is None or report.last_input is None:
         # no affine last layer: bound z_y - z_j by the logit box (BCP's boxes, tightened by the ball, or IBP's)
         zb = walk(ctx, box, clean, ball, target=report.output)[report.output]
@@ -244,7 +245,6 @@ def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: 
         hi = (hbox.hi.reshape(len(x64), -1) - h).clamp_min(0.0)
         w = report.last_matrix.to(torch.float64)
         low = (z.gather(1, y[:, None]) - z) + _box_min_pairs(w, y, lo, hi)
-        slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
         open_rows = ((low - slack).scatter(1, y[:, None], math.inf) <= 0).any(dim=1).nonzero()[:, 0]
         if bcp and len(open_rows):  # problem (11) where the box alone does not prove the input
             yr = y[open_rows]
@@ -254,7 +254,6 @@ def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: 
             ball_low = (zr.gather(1, yr[:, None]) - zr) + _ball_box_min(c, lo[open_rows, None, :],
                                                                         hi[open_rows, None, :], rho)
             low[open_rows] = torch.maximum(low[open_rows], ball_low)
-    slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
     low = low - slack
     low.scatter_(1, y[:, None], math.inf)
     return correct & (low > 0).all(dim=1)
