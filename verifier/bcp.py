@@ -245,15 +245,14 @@ def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: 
         hi = (hbox.hi.reshape(len(x64), -1) - h).clamp_min(0.0)
         w = report.last_matrix.to(torch.float64)
         low = (z.gather(1, y[:, None]) - z) + _box_min_pairs(w, y, lo, hi)
-        open_rows = ((low - slack).scatter(1, y[:, None], math.inf) <= 0).any(dim=1).nonzero()[:, 0]
-        if bcp and len(open_rows):  # problem (11) where the box alone does not prove the input
-            yr = y[open_rows]
-            c = w[yr][:, None, :] - w[None, :, :]
-            rho = (ball[open_rows] * report.tensor_bounds[report.last_input])[:, None]
-            zr = z[open_rows]
-            ball_low = (zr.gather(1, yr[:, None]) - zr) + _ball_box_min(c, lo[open_rows, None, :],
-                                                                        hi[open_rows, None, :], rho)
-            low[open_rows] = torch.maximum(low[open_rows], ball_low)
+        rows, cols = ((low - slack).scatter(1, y[:, None], math.inf) <= 0).nonzero(as_tuple=True)
+        if bcp and len(rows):  # problem (11) for the (input, class) pairs the box alone does not prove
+            yr = y[rows]
+            c = (w[yr] - w[cols])[:, None, :]
+            rho = (ball[rows] * report.tensor_bounds[report.last_input])[:, None]
+            ball_low = (z[rows, yr] - z[rows, cols]) + _ball_box_min(c, lo[rows, None, :], hi[rows, None, :],
+                                                                      rho)[:, 0]
+            low[rows, cols] = torch.maximum(low[rows, cols], ball_low)
     low = low - slack
     low.scatter_(1, y[:, None], math.inf)
     return correct & (low > 0).all(dim=1)
