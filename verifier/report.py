@@ -138,15 +138,17 @@ def format_liplt(report: Any, pairwise: bool = False) -> str:
     def mean_sums(t: torch.Tensor | None) -> float:
         return float((t[iu[0]] + t[iu[1]]).mean()) if t is not None and k > 1 else math.nan
 
+    # a pair bound from the global one: sqrt(2) L in l2 (LMT Prop. 1), 2 L in l_inf (|z_i - z_j| <= 2 ||dz||_inf)
+    factor, label = (math.sqrt(2), "sqrt(2) L") if report.norm == 2 else (2.0, "2 L")
     rows = [("naive", mean_pairs(report.naive_pairwise), mean_sums(report.naive_per_class),
-             math.sqrt(2) * report.naive_lipschitz),
+             factor * report.naive_lipschitz),
             ("LipLT", mean_pairs(report.raw_pairwise), mean_sums(report.raw_per_class),
-             math.sqrt(2) * report.raw_lipschitz)]
+             factor * report.raw_lipschitz)]
     if report.fallback:
         return f"LipLT: {report.fallback}; the naive bounds stand (L = {report.lipschitz:.6g})"
     lines = [f"LipLT (CRM §3), {len(report.units)} activation layers; matrix norms and terms: "
              + ", ".join(f"{v} {k}" for k, v in report.norms.items()),
-             f"{'':<8}{'L_ij':>12}{'L_i + L_j':>12}{'sqrt(2) L':>12}   (means over class pairs)"]
+             f"{'':<8}{'L_ij':>12}{'L_i + L_j':>12}{label:>12}   (means over class pairs)"]
     lines += [f"{name:<8}{a:>12.5g}{b:>12.5g}{c:>12.5g}" for name, a, b, c in rows]
     ratio = [x / y if y > 0 else math.nan for x, y in zip(rows[0][1:], rows[1][1:])]
     lines.append(f"{'ratio':<8}" + "".join(f"{r:>12.3g}" for r in ratio) + "   (naive / LipLT)")
