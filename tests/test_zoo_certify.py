@@ -57,7 +57,7 @@ def test_best_certificate_with_attack_and_every_method_survives_pgd(model, data,
     assert report["methods_skipped"] == {}, report["methods_skipped"]
     assert set(report["radii_by_method"]) >= {"lmt", "ibp", "bcp", "local"}
     radii = torch.tensor(report["radii"], dtype=torch.float64)
-    attack = [r for r in report["attack_radii"]]
+    attack = report["attack_radii"]
     assert len(attack) == len(radii) == min(LIMIT, report["n"])
 
     _, module = import_model(str(model_path), None)

@@ -59,7 +59,8 @@ class OneHidden:
 
     pre: str
     activation: Activation
-    gram: Tensor  # (U, U)
+    gram: Tensor  # (U, U): U U^T
+    u_abs: Tensor  # (U, d): |U|, for the rounding of the Gram matrix
 
 
 @dataclass
@@ -101,7 +102,7 @@ def _one_hidden(ctx: Context) -> OneHidden | None:
     with torch.no_grad():
         _, u = chain_matrix(ctx.module64, [g.node(n) for n in first.nodes], dynamic)
     u = u.double()
-    return OneHidden(first.output, producer.op, u @ u.T)
+    return OneHidden(first.output, producer.op, u @ u.T, u.abs())
 
 
 def prop22_bounds(ctx: LocalContext, env: dict[str, Any], y: Tensor) -> Tensor | None:
@@ -129,7 +130,10 @@ def prop22_bounds(ctx: LocalContext, env: dict[str, Any], y: Tensor) -> Tensor |
             a, b = s_hi[rows], s_lo[rows]
             up = ((a @ pos) * a).sum(1)
             down = ((b @ neg) * b).sum(1)
-            value = (up + down).clamp_min(0.0) + 1e-9 * (up - down)  # + the float64 sums' rounding
+            # rounding: of the Gram entries (<= gamma_d (|U||U|^T)_rm, d the input size, so <= gamma_d
+            # || |U|^T (|d| a) ||^2 in all, as a >= b >= 0) and of the double sums (<= 1e-9 of their magnitudes)
+            gram_error = (((d.abs()[None, :] * a) @ one.u_abs) ** 2).sum(1) * (one.u_abs.shape[1] + 2) * 2.0 ** -52
+            value = (up + down).clamp_min(0.0) + 1e-9 * (up - down) + gram_error
             bound = value.sqrt() * (1 + REL)
             other = torch.where(y[rows] == i, j, i)
             out[rows, other] = bound
