@@ -65,38 +65,34 @@ def _pair_norms(matrix: torch.Tensor, p: float) -> torch.Tensor:
     return (w[:, None, :] - w[None, :, :]).abs().sum(-1) * (1.0 + 1e-12)
 
 
+def margin_ratios(diff: torch.Tensor, denominators: torch.Tensor) -> torch.Tensor:
+    """diff / denominators entrywise for margins ``diff`` (z_y - z_j, inf at j = y) and Lipschitz bounds of
+    z_y - z_j: a nonpositive margin gives 0, a positive one over a zero bound inf."""
+    return torch.where(denominators > 0, diff.clamp_min(0.0) / denominators.clamp_min(1e-300),
+                       torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff)))
+
+
+def pairwise_radii(logits: torch.Tensor, y: torch.Tensor, pair_bounds: torch.Tensor) -> torch.Tensor:
+    """min_{j != y} (z_y - z_j) / L_yj with ``pair_bounds`` (K, K) bounds of the Lipschitz constants of
+    x -> z_i - z_j: LMT Prop. 2's L_sub ||w_i - w_j|| or LipLT's (CRM eq. 5, ``verifier.liplt``)."""
+    diff, correct = _margins(logits, y)
+    r = margin_ratios(diff, pair_bounds.double()[y]).min(dim=1).values
+    return torch.where(correct, r, torch.zeros_like(r))
+
+
 def prop2_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: float) -> torch.Tensor:
     """LMT Proposition 2: min_j (z_y - z_j) / (L_sub ||w_y - w_j||)."""
     report = bounds.l2
     if report.last_matrix is None or report.lipschitz_sub is None:
         raise ValueError("the model does not end with an affine layer: Proposition 2 does not apply")
-    diff, correct = _margins(logits, y)
-
-    def radius(pair_norms: torch.Tensor, l_sub: float) -> torch.Tensor:
-        denominators = pair_norms[y] * l_sub  # (N, K): row y of the pairwise table
-        ratio = torch.where(denominators > 0, diff.clamp_min(0.0) / denominators,
-                            torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff)))
-        return ratio.min(dim=1).values
-
     l2_pairs = _pair_norms(report.last_matrix, 2)
     if norm == 2:
-        r = radius(l2_pairs, report.lipschitz_sub)
-    else:
-        r = radius(l2_pairs, report.lipschitz_sub * math.sqrt(bounds.input_dim))
-        if bounds.linf is not None and bounds.linf.lipschitz_sub is not None:
-            r = torch.maximum(r, radius(_pair_norms(bounds.linf.last_matrix, 1), bounds.linf.lipschitz_sub))
-    return torch.where(correct, r, torch.zeros_like(r))
-
-
-def pairwise_radii(logits: torch.Tensor, y: torch.Tensor, pair_bounds: torch.Tensor) -> torch.Tensor:
-    """CRM eq. 5: min_{j != y} (z_y - z_j) / L_yj with ``pair_bounds`` (K, K) bounds of the Lipschitz constants
-    of x -> z_i - z_j (LipLT's, ``verifier.liplt``)."""
-    diff, correct = _margins(logits, y)
-    denominators = pair_bounds.double()[y]
-    ratio = torch.where(denominators > 0, diff.clamp_min(0.0) / denominators,
-                        torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff)))
-    r = ratio.min(dim=1).values
-    return torch.where(correct, r, torch.zeros_like(r))
+        return pairwise_radii(logits, y, l2_pairs * report.lipschitz_sub)
+    r = pairwise_radii(logits, y, l2_pairs * (report.lipschitz_sub * math.sqrt(bounds.input_dim)))
+    if bounds.linf is not None and bounds.linf.lipschitz_sub is not None:
+        r = torch.maximum(r, pairwise_radii(logits, y, _pair_norms(bounds.linf.last_matrix, 1)
+                                            * bounds.linf.lipschitz_sub))
+    return r
 
 
 def certified_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: float, method: str) -> torch.Tensor:

@@ -142,15 +142,20 @@ def _method_radii(method: str, module, data, bounds, logits: torch.Tensor, p: fl
     return certified_radii(logits, data.y, bounds, p, method)
 
 
-def _liplt_radii(module, data, bounds, logits: torch.Tensor, p: float) -> torch.Tensor:
-    """CRM eq. 5 with LipLT's pairwise bounds (``verifier.liplt``; the naive ones where smaller)."""
+def _on_cpu(module):
+    """The module itself on the CPU, else a CPU copy: the local and LipLT bounds run in float64 on the CPU."""
     import copy
 
+    return copy.deepcopy(module).cpu() if module.device.type != "cpu" else module
+
+
+def _liplt_radii(module, data, bounds, logits: torch.Tensor, p: float) -> torch.Tensor:
+    """CRM eq. 5 with LipLT's pairwise bounds (``verifier.liplt``; the naive ones where smaller)."""
     from .certify import pairwise_radii
     from .errors import NoRuleError
     from .liplt import liplt
 
-    mod = copy.deepcopy(module).cpu() if module.device.type != "cpu" else module
+    mod = _on_cpu(module)
     report = bounds.l2 if p == 2 else bounds.linf
     try:
         pairs = liplt(mod, p, naive=report).pairwise  # the naive bounds where LipLT cannot map the graph
@@ -165,8 +170,6 @@ def _box_radii(module, data, bounds, logits: torch.Tensor, p: float, method: str
     of the data's bounds. BCP bisects from the LMT Prop. 2 radius (when the model ends with an affine layer), a
     sound lower end; local starts its search at the largest radius found so far (or Prop. 2's) and reports
     only radii it proves itself."""
-    import copy
-
     from .bcp import bcp_radii, ibp_radii
     from .errors import NoRuleError
     from .local import check_supported, local_radii
@@ -174,7 +177,7 @@ def _box_radii(module, data, bounds, logits: torch.Tensor, p: float, method: str
     box = data.model_bounds()
     lower, upper = (None, None) if box is None else box
     x, y = data.x.cpu(), data.y.cpu()  # data.x is in model space
-    mod = copy.deepcopy(module).cpu() if module.device.type != "cpu" else module
+    mod = _on_cpu(module)
     if not mod.graph.batched or not mod.graph.leading_batch:
         raise LipverifyError(f"--method {method} needs a model that runs whole batches (this one runs sample by "
                              f"sample)")

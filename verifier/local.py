@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .bcp import REL, Context, _bound, _clean, ball_radius, prepare, walk
 from .box import Box
-from .certify import FLOAT_SLACK, _pair_norms
+from .certify import _margins, _pair_norms, margin_ratios
 from .errors import NoRuleError
 from .ir import GraphModule
 from .jacobian import dual_norm_bound, gradient_box
@@ -169,20 +169,11 @@ def local_bounds(ctx: LocalContext, x: Tensor, y: Tensor, eps: Tensor, lower: An
     return bounds
 
 
-def _margins(ctx: LocalContext, clean: dict[str, Tensor], y: Tensor) -> tuple[Tensor, Tensor]:
-    z = clean[ctx.bcp.report.output].double().reshape(len(y), -1)
-    slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
-    m = z.gather(1, y[:, None]) - z - slack
-    return m, z.argmax(1) == y
-
-
 def _rho(ctx: LocalContext, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: Any,
          clean: dict[str, Tensor], margins: Tensor) -> Tensor:
-    """Theorem 2.1's min(R, min_j m_j / L_j(R)) per input, 0 where a margin is not positive."""
-    bounds = local_bounds(ctx, x, y, eps, lower, upper, clean)
-    ratio = torch.where(bounds > 0, margins.clamp_min(0.0) / bounds.clamp_min(1e-300),
-                        torch.where(margins > 0, torch.full_like(margins, math.inf), torch.zeros_like(margins)))
-    ratio.scatter_(1, y[:, None], math.inf)
+    """Theorem 2.1's min(R, min_j m_j / L_j(R)) per input (``margins``: ``certify._margins``, inf at j = y), 0
+    where a margin is not positive."""
+    ratio = margin_ratios(margins, local_bounds(ctx, x, y, eps, lower, upper, clean))
     return torch.minimum(eps, ratio.min(dim=1).values * (1 - REL))
 
 
@@ -206,7 +197,7 @@ def local_radii(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tens
     for i in range(0, len(x), n):
         xb, yb = x[i:i + n].to(torch.float64), y[i:i + n].to(torch.long)
         clean = _clean(ctx.bcp, xb)
-        margins, correct = _margins(ctx, clean, yb)
+        margins, correct = _margins(clean[report.output], yb)
 
         def rho(eps: Tensor) -> Tensor:
             return _rho(ctx, xb, yb, eps, lower, upper, clean, margins)
