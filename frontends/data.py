@@ -88,23 +88,24 @@ class Dataset:
         """Per-entry offset -mean / std, float64 of shape ``sample_shape`` (model = user * scale + shift)."""
         return (-self.mean / self.std).expand(self.sample_shape).clone()
 
+    def _like(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` as floats (its own float dtype, else float32) with mean and std in that dtype and device."""
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        return x.to(dtype), self.mean.to(device=x.device, dtype=dtype), self.std.to(device=x.device, dtype=dtype)
+
     def to_model(self, user_x: torch.Tensor) -> torch.Tensor:
         """``(user_x * input_scale - mean) / std`` for a batch ``(B, *sample_shape)`` (keeps dtype and device)."""
         if self.identity:
             return user_x
-        dtype = user_x.dtype if user_x.is_floating_point() else torch.float32
-        mean = self.mean.to(device=user_x.device, dtype=dtype)
-        std = self.std.to(device=user_x.device, dtype=dtype)
-        return (user_x.to(dtype) * self.input_scale - mean) / std
+        x, mean, std = self._like(user_x)
+        return (x * self.input_scale - mean) / std
 
     def to_user(self, model_x: torch.Tensor) -> torch.Tensor:
         """The inverse map: ``(model_x * std + mean) / input_scale``."""
         if self.identity:
             return model_x
-        dtype = model_x.dtype if model_x.is_floating_point() else torch.float32
-        mean = self.mean.to(device=model_x.device, dtype=dtype)
-        std = self.std.to(device=model_x.device, dtype=dtype)
-        return (model_x.to(dtype) * std + mean) / self.input_scale
+        x, mean, std = self._like(model_x)
+        return (x * std + mean) / self.input_scale
 
     def user_model(self, model: Any) -> nn.Module:
         """``model`` composed with ``to_model``: a module that takes user-space batches (for attacks)."""
