@@ -41,6 +41,7 @@ monotonicity of verification in eps. BCP's radius is max(bisection, LMT Prop. 2)
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -114,11 +115,12 @@ def _per_sample(eps: Tensor, t: Tensor) -> Tensor:
     return eps.reshape(-1, *([1] * (t.dim() - 1)))
 
 
-def walk(ctx: Context, box: Box, clean: dict[str, Tensor], eps: Tensor | None, target: str | None = None
-         ) -> dict[str, Any]:
+def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, target: str | None = None,
+         grad: bool = False) -> dict[str, Any]:
     """Boxes of every tensor from the input box to ``target`` (default ``report.last_input``); with ``eps``
     (BCP, l2), each tensor's box intersected with the ball bounds (a) and, at chain outputs, (b) of the module
-    docstring."""
+    docstring. ``grad``: keep the autograd graph (BCP training, ``training.bcp_bound``, passes a context of
+    differentiable estimates instead of sound bounds)."""
     module, report = ctx.module64, ctx.report
     g = module.graph
     target = report.last_input if target is None else target
@@ -141,7 +143,7 @@ def walk(ctx: Context, box: Box, clean: dict[str, Tensor], eps: Tensor | None, t
     env: dict[str, Any] = {g.input_name: tighten(g.input_name, box)}
     if target == g.input_name:
         return env
-    with exact_float32(), torch.no_grad():
+    with exact_float32(), (contextlib.nullcontext() if grad else torch.no_grad()):
         for node in g.nodes():
             args = [None if not t else (env[t] if t in env else module.tensor(t)) for t in node.inputs]
             out = node.op.interval(*args)
@@ -154,7 +156,7 @@ def walk(ctx: Context, box: Box, clean: dict[str, Tensor], eps: Tensor | None, t
     return env
 
 
-def _ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None) -> Tensor:
+def _ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None, rounds: int | None = None) -> Tensor:
     """A lower bound of min c.d over {lo <= d <= hi} (and ||d||_2 <= rho when given), for every row of c.
 
     Shapes: c (B, K, n), lo/hi (B, 1, n) with lo <= 0 <= hi (d = h - h(x); the clean point is feasible), rho
@@ -168,7 +170,8 @@ def _ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None) -> Tens
     on the sphere, and repeat until no free coordinate leaves the box: at most n rounds, as I only grows.
     Soundness does not rest on that iteration: for any mu >= 0, weak Lagrangian duality gives, for every
     feasible d, c.d >= c.d + mu (||d||^2 - rho^2) >= min over the box of the same = G(mu), a separable
-    problem solved by d_i = clip(-c_i / (2 mu), lo_i, hi_i) (a convex parabola on an interval). We return
+    problem solved by d_i = clip(-c_i / (2 mu), lo_i, hi_i) (a convex parabola on an interval). ``rounds``
+    caps the iteration (training): the result stays a lower bound, only possibly a looser one. We return
     max(G(1 / (2 t)), G(0)) with the t of the iteration; when the iteration is exact (Proposition 2) the KKT
     conditions hold with mu = 1 / (2 t) and G(mu) equals the minimum (strong duality), so nothing is lost.
     """
@@ -178,26 +181,35 @@ def _ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None) -> Tens
     if rho is None:
         return g0 - REL * (c.abs() * (lo.abs() + hi.abs())).sum(-1)
     rho2 = (rho * rho)
-    clipped = torch.zeros_like(c, dtype=torch.bool)
-    t = torch.zeros(c.shape[:-1], dtype=c.dtype, device=c.device)
-    for _ in range(c.shape[-1] + 1):
-        dI2 = torch.where(clipped, corner * corner, torch.zeros_like(c)).sum(-1)
-        cF = torch.where(clipped, torch.zeros_like(c), c).norm(dim=-1)
-        s2 = (rho2 - dI2).clamp_min(0.0)
-        t = torch.where(cF > 0, s2.sqrt() / cF.clamp_min(1e-300), torch.full_like(cF, math.inf))
-        d = -t[..., None] * c
-        new = ~clipped & (c != 0) & ((d < lo) | (d > hi))
-        if not bool(new.any()):
-            break
-        clipped |= new
+    t = _iteration_t(c.detach(), lo.detach(), hi.detach(), corner.detach(), rho2.detach(), rounds)
     finite = torch.isfinite(t) & (t > 0)
-    mu = torch.where(finite, 0.5 / t.clamp_min(1e-300), torch.zeros_like(t))
+    mu = torch.where(finite, 0.5 / t.clamp_min(torch.finfo(t.dtype).tiny), torch.zeros_like(t))
     safe_mu = torch.where(finite, mu, torch.ones_like(mu))
     d = torch.minimum(torch.maximum(-c / (2 * safe_mu[..., None]), lo), hi)
     g_mu = (c * d + safe_mu[..., None] * d * d).sum(-1) - safe_mu * rho2
     g = torch.where(finite, torch.maximum(g_mu, g0), g0)
     slack = REL * ((c.abs() * (lo.abs() + hi.abs())).sum(-1) + safe_mu * rho2 * finite)
     return g - slack
+
+
+def _iteration_t(c: Tensor, lo: Tensor, hi: Tensor, corner: Tensor, rho2: Tensor, rounds: int | None) -> Tensor:
+    """Proposition 2's iteration (see ``_ball_box_min``): the scale t of the free coordinates, per row. It only
+    picks the dual variable mu = 1 / (2 t), so it runs without autograd (training differentiates G(mu))."""
+    with torch.no_grad():
+        clipped = torch.zeros_like(c, dtype=torch.bool)
+        t = torch.zeros(c.shape[:-1], dtype=c.dtype, device=c.device)
+        for _ in range(c.shape[-1] + 1 if rounds is None else rounds):
+            dI2 = torch.where(clipped, corner * corner, torch.zeros_like(c)).sum(-1)
+            cF = torch.where(clipped, torch.zeros_like(c), c).norm(dim=-1)
+            s2 = (rho2 - dI2).clamp_min(0.0)
+            t = torch.where(cF > 0, s2.sqrt() / cF.clamp_min(torch.finfo(c.dtype).tiny),
+                            torch.full_like(cF, math.inf))
+            d = -t[..., None] * c
+            new = ~clipped & (c != 0) & ((d < lo) | (d > hi))
+            if not bool(new.any()):
+                break
+            clipped |= new
+    return t
 
 
 def ball_radius(eps: Tensor, norm: float, n_in: int) -> Tensor:

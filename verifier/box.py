@@ -87,10 +87,28 @@ def _toward(t: Tensor, direction: float) -> Tensor:
     return torch.nextafter(t, torch.full_like(t, direction))
 
 
+#: False only inside ``training_arithmetic()``
+_OUTWARD = [True]
+
+
+@contextlib.contextmanager
+def training_arithmetic() -> Iterator[None]:
+    """For training losses only (``training.bcp_bound``): lo/hi and intersections without outward rounding
+    and without the emptiness check, about 3x faster. Boxes computed inside are NOT sound for floating point;
+    certificates never run inside this context."""
+    _OUTWARD.append(False)
+    try:
+        yield
+    finally:
+        _OUTWARD.pop()
+
+
 def _add_rounded(a: Tensor, b: Tensor, up: bool) -> Tensor:
     """a + b rounded up (or down): the float sum, one ulp further where it is inexact on the wrong side. The
     rounding error is exact by TwoSum (Knuth): s + err == a + b exactly in round-to-nearest."""
     s = a + b
+    if not _OUTWARD[-1]:
+        return s
     bb = s - a
     err = (a - (s - bb)) + (b - bb)
     return torch.where(err > 0, _toward(s, math.inf), s) if up else torch.where(err < 0, _toward(s, -math.inf), s)
@@ -230,6 +248,8 @@ class Box:
         intersection means that one of them is unsound: ``EmptyIntersectionError``."""
         lo = torch.maximum(self.lo, other.lo)
         hi = torch.minimum(self.hi, other.hi)
+        if not _OUTWARD[-1]:
+            return Box((lo + hi) / 2, ((hi - lo) / 2).clamp_min(0.0), self.integer and other.integer)
         bad = ~(lo <= hi)
         if bool(bad.any()):
             gap = float((lo - hi)[bad].max()) if bool((lo > hi).any()) else float("nan")

@@ -238,6 +238,72 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
     sys.exit(EXIT_OK)
 
 
+@cli.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=str))
+@click.option("--arch", help="Build this architecture instead of reading MODEL: 2C2F, 4C3F, 6C2F (the seeds' mCnF) "
+              "or mlp-H1-H2-...")
+@click.option("--width", type=float, default=1.0, show_default=True, help="With --arch: scale every width.")
+@click.option("--data", "data_path", type=str, default=None, help="Training data (.npz or IDX folder; its train "
+              "split). Default: Fashion-MNIST from ../shared/data or /usr/share/datasets.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Which IDX split to train on (the last --val samples are held out).")
+@click.option("--method", type=click.Choice(["standard", "lmt", "crm", "bcp", "cross-lipschitz"]),
+              default="standard", show_default=True)
+@click.option("--eps", type=float, default=1.0, show_default=True, help="Target l2 radius (the data's space).")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--ramp", type=float, default=0.4, show_default=True, help="Fraction of the steps over which eps "
+              "goes 0 -> target and lambda 0 -> 1.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val", type=int, default=5000, show_default=True, help="Samples held out (the last ones).")
+@click.option("--limit", type=int, default=None, help="Use the first N training samples.")
+@click.option("--lmt-c", type=float, default=None, help="LMT's c (default: --eps).")
+@click.option("--lmt-prop1", is_flag=True, help="LMT with sqrt(2) c L (Prop. 1) instead of Prop. 2's pairs.")
+@click.option("--lmt-plus", is_flag=True, help="LMT++: the margin only where the prediction is correct.")
+@click.option("--crm-lambda", type=float, default=1.0, show_default=True)
+@click.option("--crm-t", type=float, default=None, help="CRM's soft-min temperature (default 4 / eps).")
+@click.option("--cross-lambda", type=float, default=1.0, show_default=True, help="Cross-Lipschitz weight.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Save after every epoch here.")
+@click.option("--resume", is_flag=True, help="Continue from --checkpoint.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--input-scale", type=float, default=None, help="Multiply the data by this before the model.")
+@click.option("--mean", type=str, default=None, help="Subtract (scalar or comma-separated per channel).")
+@click.option("--std", type=str, default=None, help="Then divide (scalar or comma-separated per channel).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the trained ONNX.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
+def train(model: str | None, arch: str | None, width: float, data_path: str | None, split: str, method: str,
+          eps: float,
+          epochs: int, batch_size: int, lr: float, optimizer: str, lr_schedule: str, ramp: float, seed: int,
+          val: int, limit: int | None, lmt_c: float | None, lmt_prop1: bool, lmt_plus: bool, crm_lambda: float,
+          crm_t: float | None, cross_lambda: float, checkpoint: str | None, resume: bool, device: str,
+          input_scale: float | None, mean: str | None, std: str | None, out: str, as_json: bool) -> None:
+    """Retrain MODEL (or a new --arch) with a robust method (LMT, CRM, BCP, Cross-Lipschitz) or plain
+    cross-entropy, and write the same ONNX graph with the new weights to --out. Exit 0 ok, 1 when the export
+    does not match onnxruntime, 2 bad input."""
+    from training.losses import Options
+    from training.loop import TrainConfig
+    from training.run import format_train, run_train
+
+    if resume and not checkpoint:
+        raise click.UsageError("--resume needs --checkpoint")
+    options = Options(lmt_c=lmt_c, lmt_pairwise=not lmt_prop1, lmt_plus=lmt_plus, crm_lambda=crm_lambda,
+                      crm_t=crm_t, cross_lambda=cross_lambda)
+    config = TrainConfig(method=method, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                         lr_schedule=lr_schedule, ramp=ramp, seed=seed, options=options)
+    result = run_train(model, arch=arch, width=width, data_path=data_path, split=split, val=val, limit=limit, out=out,
+                       config=config, device=device, input_scale=input_scale, mean=mean, std=std,
+                       checkpoint=checkpoint, resume=resume, progress=not as_json)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(format_train(result))
+    ok = result["export"]["parity"] and result["export"]["same_nodes"]
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every error is one line on stderr with its exit code."""
     warnings.filterwarnings("ignore")

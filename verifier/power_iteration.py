@@ -28,6 +28,10 @@ class PowerIteration:
         self.dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
         args = self._args()
         self.chains = _chains(module, args, self.output)
+        #: the affine chain that produces the logits (LMT Prop. 2's last layer), if any
+        self.last_chain = next((c for c in self.chains if c[-1].outputs[0] == self.output), None)
+        #: after each call: the estimate of input -> every tensor (differentiable torch scalars or floats)
+        self.bounds: dict[str, object] = {}
         gen = torch.Generator().manual_seed(seed)
         self.vectors: list[torch.Tensor] = []
         for chain in self.chains:
@@ -70,6 +74,7 @@ class PowerIteration:
             for n, mode in saved:
                 n.op.training = mode
         bounds = compose(module.graph.input_name, self.nodes, args, rules, chain_values, in_chain, 2.0)
+        self.bounds = bounds
         value = bounds[self.output]
         return value if torch.is_tensor(value) else torch.tensor(float(value), device=device)
 

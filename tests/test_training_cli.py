@@ -1,0 +1,109 @@
+"""`lipverify train`: the command end to end, its errors, and retraining a third-party zoo graph."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from .conftest import REPO, run_main, shared_dir
+from frontends.onnx_import import load_onnx
+from verifier.certify import certified_radii
+from verifier.report import compute_bounds
+
+
+def _images(tmp_path, n=300, seed=0):
+    """An .npz of 28x28 images in [0, 1] with labels that a small net can learn (class = brightest quadrant)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 4
+    x = rng.random((n, 1, 28, 28)).astype(np.float32) * 0.3
+    for i, c in enumerate(y):
+        r, k = divmod(int(c), 2)
+        x[i, 0, r * 14:(r + 1) * 14, k * 14:(k + 1) * 14] += 0.7
+    path = tmp_path / "quadrants.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def test_train_arch_exports_a_checked_model(capsys, tmp_path):
+    data = _images(tmp_path)
+    out = tmp_path / "m.onnx"
+    code, stdout, stderr = run_main(capsys, "train", "--arch", "2C2F", "--width", "0.25", "--data", str(data),
+                                    "--method", "lmt", "--eps", "0.3", "--epochs", "2", "--val", "60",
+                                    "--lr", "3e-3", "--out", str(out), "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["export"] == {**report["export"], "same_nodes": True, "parity": True}
+    model = onnx.load(out)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Relu", "Conv", "Relu", "Flatten", "Gemm", "Relu",
+                                                      "Gemm"]
+    assert len(report["history"]) == 2 and 0 <= report["certified_accuracy"] <= 1
+    code, stdout, _ = run_main(capsys, "certify", str(out), "--data", str(data), "--limit", "20", "--json")
+    assert code == 0 and json.loads(stdout)["n"] == 20
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give either MODEL.onnx or --arch"),
+    (["--arch", "9Q"], "unknown architecture '9Q'"),
+    (["--arch", "2C2F", "--eps", "-1"], "--eps must be finite"),
+    (["--arch", "2C2F", "--val", "0"], "--val must be between"),
+])
+def test_train_bad_input_is_one_line(capsys, tmp_path, args, message):
+    data = _images(tmp_path, n=40)
+    code, stdout, stderr = run_main(capsys, "train", *args, "--data", str(data), "--out", str(tmp_path / "o.onnx"))
+    assert code == 2
+    assert message in stderr and len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+
+
+def test_train_wrong_data_shape_says_what_was_expected(capsys, tmp_path):
+    path = tmp_path / "flat.npz"
+    np.savez(path, x=np.zeros((10, 5), np.float32), y=np.zeros(10, np.int64))
+    code, _, stderr = run_main(capsys, "train", "--arch", "2C2F", "--data", str(path), "--out",
+                               str(tmp_path / "o.onnx"))
+    assert code == 2 and "(B, 1, 28, 28)" in stderr or "1, 28, 28" in stderr
+
+
+def test_bundled_sample_and_models_are_small_and_run():
+    sample = REPO / "data" / "fashion-mnist-1k"
+    assert sum(f.stat().st_size for f in sample.iterdir()) <= 1_000_000
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())
+    import onnxruntime as ort
+
+    for entry in manifest["models"]:
+        path = REPO / "models" / entry["file"]
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {session.get_inputs()[0].name: np.zeros((2, 1, 28, 28), np.float32)})[0]
+        assert out.shape == (2, 10)
+
+
+def test_retrained_zoo_graph_keeps_its_nodes_and_certifies_more(tmp_path):
+    """mnist_fc retrained with LMT on MNIST test images 0-3999, certified on 4000-4199 before and after."""
+    root = shared_dir()
+    if root is None or not (root / "zoo" / "mnist_fc").is_dir() or not (root / "data" / "mnist").is_dir():
+        pytest.skip("needs ../shared/zoo/mnist_fc and ../shared/data/mnist (set LIPVERIFY_SHARED)")
+    from frontends.data import load_dataset
+    from training.loop import TrainConfig
+    from training.run import run_train
+
+    model = root / "zoo" / "mnist_fc" / "mnist-net_256x2.onnx"
+    out = tmp_path / "retrained.onnx"
+    report = run_train(str(model), data_path=str(root / "data" / "mnist"), split="test", limit=4200, val=200,
+                       out=str(out), config=TrainConfig(method="lmt", eps=0.5, epochs=3, lr=3e-3, eval_size=200),
+                       progress=False)
+    assert report["export"]["same_nodes"] and report["export"]["parity"]
+    data = load_dataset(root / "data" / "mnist", (1, 28, 28), split="test", limit=4200)
+    x, y = data.x[4000:], data.y[4000:]
+
+    def median_radius(path):
+        module = load_onnx(path)
+        bounds = compute_bounds(module, 2.0, input_dim=784)
+        with torch.no_grad():
+            z = module(x.reshape(len(x), *module.graph.sample_shape))
+        return float(certified_radii(z, y, bounds, 2.0, "lmt-pairwise").median())
+
+    before, after = median_radius(model), median_radius(out)
+    assert after > 10 * before and math.isfinite(after), (before, after)

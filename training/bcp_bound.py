@@ -1,0 +1,56 @@
+"""BCP's training bound (Lee et al. 2020, §3-4): the worst-translated logit over the box-and-ball outer bound.
+
+The same walk as the certificate (``verifier.bcp.walk``: interval images intersected with the Lipschitz ball
+of every tensor and, at affine-chain outputs, the row-norm bound of eq. 6), but with differentiable estimates
+(``training.estimates.GraphEstimate``: power iteration) in place of the sound bounds, and the autograd graph
+kept. The last layer is problem (11), min over the box and the ball of (w_y - w_m).(h - h(x)), by the paper's
+iteration (capped at ``ROUNDS``; by weak duality the value stays a lower bound), and eq. (2):
+
+    t_m = (z_y - z_m) - min (zeta_y - zeta_m),     worst-translated logit  z_(m) = z_y - min (zeta_y - zeta_m).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from verifier.bcp import _ball_box_min, walk
+from verifier.box import Box, training_arithmetic
+from verifier.errors import NoRuleError
+
+from .estimates import GraphEstimate, inference
+
+#: rounds of problem (11)'s iteration during training
+ROUNDS = 8
+
+
+def worst_translated_logits(est: GraphEstimate, x: Tensor, y: Tensor, eps: float, lower: Any = None,
+                            upper: Any = None) -> Tensor:
+    """The worst-translated logits (B, K) of eq. (2) for the l2 ball of radius ``eps`` (model space) around
+    ``x`` within [lower, upper]; entry y is z_y(x). Differentiable in the module's weights."""
+    module = est.module
+    if est.last_input is None:
+        raise NoRuleError("BCP training needs a model whose logits come from an affine layer")
+    est()  # refresh the power-iteration estimates at every tensor
+    report = SimpleNamespace(tensor_bounds=est.bounds, last_input=est.last_input, output=est.output)
+    ctx = SimpleNamespace(module64=module, report=report, row_norms=est.row_norms(), chain_input=est.chain_input)
+    nodes = list(module.graph.nodes())
+    b = len(x)
+    # boxes need batch normalization as at inference (LMT §4.1 bounds it that way too); no outward rounding
+    with inference(nodes), training_arithmetic():
+        clean = module.run(x, keep=set(est.bounds) | {est.output})
+        eps_t = torch.full((b,), float(eps), device=x.device, dtype=x.dtype)
+        box = Box.ball(x, eps_t, lower, upper)
+        hbox = walk(ctx, box, clean, eps_t, grad=True)[est.last_input]
+    h = clean[est.last_input].reshape(b, -1)
+    z = clean[est.output].reshape(b, -1)
+    lo = (hbox.lo.reshape(b, -1) - h).clamp_max(0.0)
+    hi = (hbox.hi.reshape(b, -1) - h).clamp_min(0.0)
+    w = est.last_rows()
+    c = w[y][:, None, :] - w[None, :, :]  # (B, K, n): w_y - w_m
+    rho = (eps * est.bounds[est.last_input]).reshape(1, 1).expand(b, 1)
+    low = (z.gather(1, y[:, None]) - z) + _ball_box_min(c, lo[:, None, :], hi[:, None, :], rho, rounds=ROUNDS)
+    worst = z.gather(1, y[:, None]) - low
+    return worst.scatter(1, y[:, None], z.gather(1, y[:, None]))

@@ -1,0 +1,212 @@
+"""Differentiable Lipschitz estimates for training: what the robust losses need, recomputed every step.
+
+Everything here is an *estimate* (power iteration converges from below): fine for a training loss, never used
+for certificates (those come from ``verifier``, which re-bounds the trained weights soundly).
+
+- ``GraphEstimate``: LMT Algorithm 2 over the whole graph (``verifier.power_iteration``: one power step per
+  call on every affine chain, persistent vectors, batch normalization bounded as at inference, LMT §4.1), plus
+  LMT Prop. 2's pieces: L_sub (input -> the last affine layer's input) and that layer's rows w_k, and for BCP
+  the estimate at every tensor and the row norms ||A_i|| of every other affine chain (BCP eq. 6).
+- ``LipLTEstimate``: CRM §3's loop-transformed recursion (Theorem 3.3, eq. 19) with every matrix norm ||A_k||,
+  ||B_kj|| estimated by one power step per call, and the pairwise L_ij from the exact rows (e_i - e_j)^T A_z,
+  (e_i - e_j)^T B_zj (double back-propagation, so L_ij is differentiable in the weights), as CRM trains.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from verifier.box import Box
+from verifier.ir import GraphModule, Node
+from verifier.lipschitz import _nodes_up_to, chain_function, logits_tensor
+from verifier.liplt import _linear_graph, loop_units
+from verifier.power_iteration import PowerIteration
+
+#: ops whose row norms are computed exactly by running them on ones with squared weights (no bias)
+_SQUARED_ROW_OPS = ("Gemm", "MatMul", "Conv")
+#: ops that only move entries: each output entry is one input entry, so the rows are unit vectors
+LAYOUT_OPS = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+
+
+@contextlib.contextmanager
+def inference(nodes: list[Node]) -> Iterator[None]:
+    """Run ``nodes`` as at inference (batch normalization with its running statistics), then restore."""
+    saved = [(n, n.op.training) for n in nodes]
+    for n, _ in saved:
+        n.op.training = False
+    try:
+        yield
+    finally:
+        for n, mode in saved:
+            n.op.training = mode
+
+
+def _rows(run, in_shape: tuple[int, ...], k: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The rows (K, n) of a linear map ``run`` (K outputs), differentiable in its weights: K copies of the zero
+    input, each back-propagating its own output (double back-propagation, ``create_graph``)."""
+    x = torch.zeros((k, *in_shape), device=device, dtype=dtype, requires_grad=True)
+    with torch.enable_grad():
+        z = run(x).reshape(k, k)
+        (g,) = torch.autograd.grad((z * torch.eye(k, device=device, dtype=dtype)).sum(), x, create_graph=True)
+    return g.reshape(k, -1)
+
+
+def pair_distances(rows: Tensor) -> Tensor:
+    """||r_i - r_j||_2 for every pair of rows (K, K), differentiable (0 on the diagonal)."""
+    sq = (rows * rows).sum(1)
+    d2 = sq[:, None] + sq[None, :] - 2 * rows @ rows.T
+    return d2.clamp_min(1e-12).sqrt() * (1 - torch.eye(len(rows), device=rows.device, dtype=rows.dtype))
+
+
+class GraphEstimate:
+    """Call once per step: ``L = est()``; then ``est.bounds``, ``est.l_sub``, ``est.last_rows()``."""
+
+    def __init__(self, module: GraphModule, seed: int = 0):
+        self.module = module
+        self.all_nodes = list(module.graph.nodes())
+        with inference(self.all_nodes):
+            self.pi = PowerIteration(module, seed)
+        self.output = self.pi.output
+        g = module.graph
+        last = self.pi.last_chain
+        self.last_input = None if last is None else next(t for t in last[0].inputs if t in self.pi.dynamic)
+        self.k = math.prod(g.shapes[self.output][1:])
+        self.chain_input = {c[-1].outputs[0]: next(t for t in c[0].inputs if t in self.pi.dynamic)
+                            for c in self.pi.chains if c is not last}
+
+    def __call__(self) -> Tensor:
+        with inference(self.all_nodes):
+            return self.pi()
+
+    @property
+    def bounds(self) -> dict[str, Tensor]:
+        return self.pi.bounds
+
+    @property
+    def l_sub(self) -> Tensor | None:
+        return None if self.last_input is None else self.bounds[self.last_input]
+
+    def last_rows(self) -> Tensor | None:
+        """The last affine layer's rows w_k (K, n) (LMT Prop. 2), differentiable; None without one."""
+        chain = self.pi.last_chain
+        if chain is None:
+            return None
+        m = self.module
+        first, run = chain_function(m, chain, self.pi.dynamic)
+        with inference(chain):
+            return _rows(run, tuple(m.graph.shapes[first][1:]), self.k, m.device, m.float_dtype)
+
+    def row_norms(self) -> dict[str, Tensor]:
+        """chain output -> ||A_i||_2 per output entry (sample shape) for every affine chain but the last (BCP
+        eq. 6), differentiable. The first node's rows come from its squared weights when it is a Gemm, MatMul or
+        Conv (exact, borders included: padding contributes zeros), else from its l1 row norms |A| 1 (>= l2);
+        each further node of the chain maps them by |A| (||(BA)_i|| <= sum_k |B_ik| ||A_k||)."""
+        m, g = self.module, self.module.graph
+        out: dict[str, Tensor] = {}
+        for chain in self.pi.chains:
+            if chain is self.pi.last_chain:
+                continue
+            first = self.chain_input[chain[-1].outputs[0]]
+            with inference(chain):
+                r = None  # None: the rows so far are those of a pure data movement (norm 1 each)
+                prev_out = first
+                for node in chain:
+                    ins = [None if not t else (t if t in self.pi.dynamic else m.tensor(t)) for t in node.inputs]
+                    in_shape = (1, *g.shapes[prev_out][1:])
+                    if r is None and node.op_type in LAYOUT_OPS:
+                        prev_out = node.outputs[0]
+                        continue
+                    if r is None and node.op_type in _SQUARED_ROW_OPS and ins[0] == prev_out and \
+                            isinstance(ins[1], Tensor):
+                        ones = torch.ones(in_shape, device=m.device, dtype=m.float_dtype)
+                        args = [ones, ins[1] * ins[1]] + [None] * (len(ins) - 2)
+                        r = (node.op.forward(*args).clamp_min(0) * abs(getattr(node.op, "alpha", 1.0))).sqrt()
+                    else:
+                        prev = torch.ones(in_shape, device=m.device, dtype=m.float_dtype) if r is None else r
+                        args = [Box(torch.zeros_like(prev), prev) if t == prev_out else v
+                                for t, v in zip(node.inputs, ins)]
+                        res = node.op.interval(*args)
+                        r = (res[0] if isinstance(res, tuple) else res).radius
+                    prev_out = node.outputs[0]
+                if r is None:
+                    r = torch.ones((1, *g.shapes[prev_out][1:]), device=m.device, dtype=m.float_dtype)
+            out[chain[-1].outputs[0]] = r[0]
+        return out
+
+
+class LipLTEstimate:
+    """CRM's training-time LipLT (Theorem 3.3 with power-iteration norms); ``est()`` -> L_ij (K, K).
+
+    Every map M = A_k (x_0 -> y_k) or B_kj (u_j -> y_k) of the loop-transformed linear graph
+    (``verifier.liplt``) keeps a persistent vector v; each call runs the linear graph once on a batch holding
+    every v in its own sample (plus a zero sample that removes the constants), so that sigma = ||M v|| for all
+    maps comes from one forward pass, and one backward pass gives M^T M v for the next call. Raises
+    ``NoRuleError`` for graphs LipLT cannot map (MaxPool, ...)."""
+
+    def __init__(self, module: GraphModule, seed: int = 0):
+        self.module = module
+        g = module.graph
+        self.out = logits_tensor(module)
+        with inference(list(g.nodes())):
+            self.units = loop_units(module, self.out)
+        self.nodes = _nodes_up_to(module, self.out)
+        self.run = _linear_graph(module, self.units, self.out)
+        self.k = math.prod(g.shapes[self.out][1:])
+        self.x_shape = tuple(g.sample_shape)
+        self.u_shapes = [tuple(g.shapes[u.node.outputs[0]][1:]) for u in self.units]
+        self.maps = [(k, s) for k in range(len(self.units)) for s in range(-1, k)]  # y_k <- source s
+        gen = torch.Generator().manual_seed(seed)
+        self.vectors = []
+        for _, s in self.maps:
+            v = torch.randn(self.x_shape if s < 0 else self.u_shapes[s], generator=gen)
+            self.vectors.append(v / v.norm())
+
+    def _inputs(self, n: int, requires_grad: bool) -> tuple[Tensor, list[Tensor]]:
+        m = self.module
+        kw = dict(device=m.device, dtype=m.float_dtype)
+        x = torch.zeros((n, *self.x_shape), **kw)
+        us = [torch.zeros((n, *s), **kw) for s in self.u_shapes]
+        return x, us
+
+    def norms(self) -> list[Tensor]:
+        """sigma of every map (one power step), differentiable in the weights."""
+        x, us = self._inputs(len(self.maps) + 1, True)
+        for b, ((_, s), v) in enumerate(zip(self.maps, self.vectors), start=1):
+            target = x if s < 0 else us[s]
+            target[b] = v.to(target)
+        leaves = [x.requires_grad_(True)] + [u.requires_grad_(True) for u in us]
+        with torch.enable_grad(), inference(self.nodes):
+            ys, _ = self.run(leaves[0], leaves[1:])
+            images = [(ys[k][b] - ys[k][0]) for b, (k, _) in enumerate(self.maps, start=1)]
+            total = sum((im * im.detach()).sum() for im in images)
+            grads = torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True)
+        for b, (_, s) in enumerate(self.maps, start=1):
+            gr = grads[0 if s < 0 else s + 1]
+            w = gr[b].detach() if gr is not None else self.vectors[b - 1].to(x)
+            self.vectors[b - 1] = (w / w.norm().clamp_min(1e-12)).cpu()
+        return [im.norm() for im in images]
+
+    def __call__(self) -> Tensor:
+        sigma = dict(zip(self.maps, self.norms()))
+        m: list[Tensor] = []
+        for k in range(len(self.units)):
+            total = sigma[(k, -1)]
+            for s in range(k):
+                total = total + self.units[s].spread * sigma[(k, s)] * m[s]
+            m.append(total)
+        x, us = self._inputs(self.k, True)
+        leaves = [x.requires_grad_(True)] + [u.requires_grad_(True) for u in us]
+        eye = torch.eye(self.k, device=x.device, dtype=x.dtype)
+        with torch.enable_grad(), inference(self.nodes):
+            _, z = self.run(leaves[0], leaves[1:])
+            grads = torch.autograd.grad((z.reshape(self.k, self.k) * eye).sum(), leaves, create_graph=True,
+                                        allow_unused=True)
+        pairs = pair_distances(grads[0].reshape(self.k, -1))
+        for s, gr in enumerate(grads[1:]):
+            if gr is not None and self.units[s].spread > 0:
+                pairs = pairs + self.units[s].spread * m[s] * pair_distances(gr.reshape(self.k, -1))
+        return pairs
