@@ -27,9 +27,10 @@ ROUNDS = 8
 
 
 def worst_translated_logits(est: GraphEstimate, x: Tensor, y: Tensor, eps: float, lower: Any = None,
-                            upper: Any = None) -> Tensor:
+                            upper: Any = None) -> tuple[Tensor, Tensor]:
     """The worst-translated logits (B, K) of eq. (2) for the l2 ball of radius ``eps`` (model space) around
-    ``x`` within [lower, upper]; entry y is z_y(x). Differentiable in the module's weights."""
+    ``x`` within [lower, upper] (entry y is z_y(x)), and the clean logits z(x) (batch norm as at inference).
+    Both differentiable in the module's weights."""
     module = est.module
     if est.last_input is None:
         raise NoRuleError("BCP training needs a model whose logits come from an affine layer")
@@ -53,4 +54,4 @@ def worst_translated_logits(est: GraphEstimate, x: Tensor, y: Tensor, eps: float
     rho = (eps * est.bounds[est.last_input]).reshape(1, 1).expand(b, 1)
     low = (z.gather(1, y[:, None]) - z) + _ball_box_min(c, lo[:, None, :], hi[:, None, :], rho, rounds=ROUNDS)
     worst = z.gather(1, y[:, None]) - low
-    return worst.scatter(1, y[:, None], z.gather(1, y[:, None]))
+    return worst.scatter(1, y[:, None], z.gather(1, y[:, None])), z

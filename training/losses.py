@@ -71,6 +71,7 @@ class Loss:
             raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
         self.module, self.method, self.options = module, method, options or Options()
         self.graph_est = GraphEstimate(module, seed) if method in ("lmt", "bcp") else None
+        self.batch_norm = any(n.op_type == "BatchNormalization" for n in module.graph.nodes())
         self.liplt_est = None
         #: why a method runs with a weaker estimate than its paper's (shown by ``lipverify train``)
         self.note: str | None = None
@@ -139,12 +140,13 @@ class Loss:
 
     def bcp(self, x: Tensor, y: Tensor, step: Step) -> tuple[Tensor, Tensor]:
         """BCP eq. 13: (1 - lambda) CE(z, y) + lambda CE(worst-translated logit, y)."""
-        z = _logits(self.module, x)
-        ce = F.cross_entropy(z, y)
         if step.eps <= 0 or step.lam <= 0:
-            return ce, z
-        worst = worst_translated_logits(self.graph_est, x, y, step.eps, step.lower, step.upper)
-        return (1 - step.lam) * ce + step.lam * F.cross_entropy(worst, y), z
+            z = _logits(self.module, x)
+            return F.cross_entropy(z, y), z
+        worst, clean = worst_translated_logits(self.graph_est, x, y, step.eps, step.lower, step.upper)
+        # the clean logits of the bound's walk are the training forward's unless batch norm normalizes differently
+        z = clean if not self.batch_norm else _logits(self.module, x)
+        return (1 - step.lam) * F.cross_entropy(z, y) + step.lam * F.cross_entropy(worst, y), z
 
     def cross_lipschitz(self, x: Tensor, y: Tensor, step: Step) -> tuple[Tensor, Tensor]:
         """Hein eq. 7: CE + lambda Omega, with sum_{l,m} ||g_l - g_m||^2 = 2K sum_l ||g_l||^2 - 2 ||sum_l g_l||^2."""
