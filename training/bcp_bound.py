@@ -44,7 +44,7 @@ def worst_translated_logits(est: GraphEstimate, x: Tensor, y: Tensor, eps: float
         clean = module.run(x, keep=set(est.bounds) | {est.output})
         eps_t = torch.full((b,), float(eps), device=x.device, dtype=x.dtype)
         box = Box.ball(x, eps_t, lower, upper)
-        hbox = walk(ctx, box, clean, eps_t, grad=True)[est.last_input]
+        hbox = walk(ctx, box, clean, eps_t, grad=True, chains_only=True)[est.last_input]
     h = clean[est.last_input].reshape(b, -1)
     z = clean[est.output].reshape(b, -1)
     lo = (hbox.lo.reshape(b, -1) - h).clamp_max(0.0)

@@ -116,11 +116,12 @@ def _per_sample(eps: Tensor, t: Tensor) -> Tensor:
 
 
 def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, target: str | None = None,
-         grad: bool = False) -> dict[str, Any]:
+         grad: bool = False, chains_only: bool = False) -> dict[str, Any]:
     """Boxes of every tensor from the input box to ``target`` (default ``report.last_input``); with ``eps``
     (BCP, l2), each tensor's box intersected with the ball bounds (a) and, at chain outputs, (b) of the module
     docstring. ``grad``: keep the autograd graph (BCP training, ``training.bcp_bound``, passes a context of
-    differentiable estimates instead of sound bounds)."""
+    differentiable estimates instead of sound bounds); ``chains_only``: intersect only at chain outputs, with
+    (b), as the paper's training does per layer (cheaper, never looser at those tensors)."""
     module, report = ctx.module64, ctx.report
     g = module.graph
     target = report.last_input if target is None else target
@@ -134,7 +135,7 @@ def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, targe
         e = _per_sample(eps, c)
         if name in ctx.row_norms:  # (b): eq. 6
             radius = e * report.tensor_bounds[ctx.chain_input[name]] * ctx.row_norms[name]
-        elif name in report.tensor_bounds:  # (a)
+        elif name in report.tensor_bounds and not chains_only:  # (a)
             radius = (e * report.tensor_bounds[name]).expand_as(c)
         else:
             return b

@@ -154,6 +154,8 @@ class Box:
         if check and not bool((lo <= hi).all()):
             raise ValueError("empty box: lo > hi (or NaN) somewhere")
         c = (lo + hi) / 2
+        if not _OUTWARD[-1]:
+            return cls(c, (hi - lo) / 2, integer)
         r = torch.maximum(_add_rounded(hi, -c, up=True), _add_rounded(c, -lo, up=True))
         return cls(c, r, integer)
 
