@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from verifier.errors import LipverifyError
 from verifier.ir import GraphModule
 
 from .evaluate import evaluate
@@ -117,8 +118,6 @@ def train(module: GraphModule, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tenso
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         if state["config"]["method"] != config.method or state["config"]["seed"] != config.seed:
-            from verifier.errors import LipverifyError
-
             raise LipverifyError(f"{checkpoint}: a checkpoint of another run (method {state['config']['method']}, "
                                  f"seed {state['config']['seed']})")
         module.load_state_dict(state["module"])

@@ -61,7 +61,9 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
         raise LipverifyError("--epochs and --batch-size must be positive")
     source = _source(model_path, arch, width, input_shape, classes)
     _, module = import_model(source)
-    data_path = data_path or (str(find_fashion_mnist()) if find_fashion_mnist() else None)
+    if data_path is None:
+        found = find_fashion_mnist()
+        data_path = str(found) if found else None
     if data_path is None:
         raise LipverifyError("no --data given and no Fashion-MNIST folder found (looked in "
                              f"{', '.join(FASHION_MNIST)})")

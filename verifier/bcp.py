@@ -121,7 +121,7 @@ def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, targe
     (BCP, l2), each tensor's box intersected with the ball bounds (a) and, at chain outputs, (b) of the module
     docstring. ``grad``: keep the autograd graph (BCP training, ``training.bcp_bound``, passes a context of
     differentiable estimates instead of sound bounds); ``chains_only``: intersect only at chain outputs, with
-    (b), as the paper's training does per layer (cheaper, never looser at those tensors)."""
+    (b), the per-layer bound of the paper's training (cheaper; the boxes may be looser)."""
     module, report = ctx.module64, ctx.report
     g = module.graph
     target = report.last_input if target is None else target

@@ -94,8 +94,8 @@ _OUTWARD = [True]
 @contextlib.contextmanager
 def training_arithmetic() -> Iterator[None]:
     """For training losses only (``training.bcp_bound``): lo/hi, affine images and intersections without
-    outward rounding or slack, and without the emptiness check, about 3x faster. Boxes computed inside are NOT sound for floating point;
-    certificates never run inside this context."""
+    outward rounding or slack, and without the emptiness check, several times faster. Boxes computed inside
+    are NOT sound for floating point; certificates never run inside this context."""
     _OUTWARD.append(False)
     try:
         yield

@@ -243,6 +243,8 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
 @click.option("--arch", help="Build this architecture instead of reading MODEL: 2C2F, 4C3F, 6C2F (the seeds' mCnF) "
               "or mlp-H1-H2-...")
 @click.option("--width", type=float, default=1.0, show_default=True, help="With --arch: scale every width.")
+@click.option("--input-shape", default="1,28,28", show_default=True, help="With --arch: the sample shape (C,H,W).")
+@click.option("--classes", type=int, default=10, show_default=True, help="With --arch: the number of classes.")
 @click.option("--data", "data_path", type=str, default=None, help="Training data (.npz or IDX folder; its train "
               "split). Default: Fashion-MNIST from ../shared/data or /usr/share/datasets.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
@@ -274,8 +276,8 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
 @click.option("--std", type=str, default=None, help="Then divide (scalar or comma-separated per channel).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the trained ONNX.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
-def train(model: str | None, arch: str | None, width: float, data_path: str | None, split: str, method: str,
-          eps: float,
+def train(model: str | None, arch: str | None, width: float, input_shape: str, classes: int, data_path: str | None,
+          split: str, method: str, eps: float,
           epochs: int, batch_size: int, lr: float, optimizer: str, lr_schedule: str, ramp: float, seed: int,
           val: int, limit: int | None, lmt_c: float | None, lmt_prop1: bool, lmt_plus: bool, crm_lambda: float,
           crm_t: float | None, cross_lambda: float, checkpoint: str | None, resume: bool, device: str,
@@ -293,7 +295,12 @@ def train(model: str | None, arch: str | None, width: float, data_path: str | No
                       crm_t=crm_t, cross_lambda=cross_lambda)
     config = TrainConfig(method=method, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          lr_schedule=lr_schedule, ramp=ramp, seed=seed, options=options)
-    result = run_train(model, arch=arch, width=width, data_path=data_path, split=split, val=val, limit=limit, out=out,
+    try:
+        shape = tuple(int(d) for d in input_shape.split(","))
+    except ValueError:
+        raise click.UsageError(f"--input-shape takes comma-separated integers, got '{input_shape}'")
+    result = run_train(model, arch=arch, width=width, input_shape=shape, classes=classes, data_path=data_path,
+                       split=split, val=val, limit=limit, out=out,
                        config=config, device=device, input_scale=input_scale, mean=mean, std=std,
                        checkpoint=checkpoint, resume=resume, progress=not as_json)
     if as_json:
