@@ -3,18 +3,15 @@
     .venv/bin/python models/build.py [--data FOLDER] [--epochs N] [--seed S]
 
 The data folder defaults to ../shared/data/fashion-mnist, then Debian's /usr/share/datasets/fashion-mnist.
-This is the seed of the model zoo; robust training (issue 6) will add one model per method through
-``lipverify train``.
+The robust-training zoo (one model per method, ``lipverify train``) is made by ``models/make_zoo.py``.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -24,8 +21,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from frontends.idx import load_idx_split  # noqa: E402
-
-DATA_CANDIDATES = [HERE.parent.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
+from training.arch import to_onnx  # noqa: E402
+from training.run import find_fashion_mnist  # noqa: E402
 
 
 def small_cnn() -> nn.Module:
@@ -38,15 +35,7 @@ def small_cnn() -> nn.Module:
 
 
 def export(model: nn.Module, path: Path) -> None:
-    model.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), buffer, dynamo=False, opset_version=13,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
-                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
-    path.write_bytes(buffer.getvalue())
+    path.write_bytes(to_onnx(model, (1, 28, 28), input_name="image").SerializeToString())
 
 
 def main() -> None:
@@ -55,7 +44,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    data = args.data or next((d for d in DATA_CANDIDATES if d.is_dir()), None)
+    data = args.data or find_fashion_mnist()
     if data is None:
         sys.exit("models/build.py: no Fashion-MNIST folder found; pass --data")
     torch.manual_seed(args.seed)

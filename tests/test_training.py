@@ -242,3 +242,16 @@ def test_evaluate_reports_sound_certificates(trained):
     radii = torch.maximum(prop2.double(), bcp_radii(module, bounds.l2, xv[:100], yv[:100], prop2=prop2))
     assert metrics["certified_accuracy"] <= float((radii >= 0.5).float().mean()) + 1e-9
     assert math.isclose(metrics["clean_accuracy"], float((z.argmax(1) == yv[:100]).float().mean()))
+
+
+def test_training_arithmetic_is_scoped():
+    """Certificates never see the unrounded box arithmetic of training, even after an error inside it."""
+    from verifier import box
+
+    with pytest.raises(RuntimeError):
+        with box.training_arithmetic():
+            assert box._OUTWARD[-1] is False
+            raise RuntimeError("inside")
+    assert box._OUTWARD == [True]
+    up = box._add_rounded(torch.tensor([1.0]), torch.tensor([1e-9]), up=True)
+    assert float(up) > 1.0  # outward rounding is back

@@ -73,15 +73,18 @@ def build(name: str, input_shape: tuple[int, ...] = (1, 28, 28), classes: int = 
     return nn.Sequential(*layers)
 
 
-def to_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = 13) -> onnx.ModelProto:
-    """``module`` exported by torch's ONNX exporter, batch axis symbolic (input 'input', output 'logits')."""
+def to_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = 13,
+            input_name: str = "input") -> onnx.ModelProto:
+    """``module`` (in eval mode) exported by torch's ONNX exporter, batch axis symbolic, output 'logits';
+    BatchNormalization stays a node (PRESERVE) so that its statistics remain trainable and exportable."""
     module.eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.zeros(1, *input_shape),), buffer, dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=True)
+                          input_names=[input_name], output_names=["logits"],
+                          dynamic_axes={input_name: {0: "N"}, "logits": {0: "N"}}, do_constant_folding=True,
+                          training=torch.onnx.TrainingMode.PRESERVE)
     model = onnx.load_from_string(buffer.getvalue())
     model.producer_name = "lipverify"
     return model

@@ -19,8 +19,9 @@ from torch import Tensor
 from verifier.bcp import _ball_box_min, walk
 from verifier.box import Box, training_arithmetic
 from verifier.errors import NoRuleError
+from verifier.ir import inference_mode
 
-from .estimates import GraphEstimate, inference
+from .estimates import GraphEstimate
 
 #: rounds of problem (11)'s iteration during training
 ROUNDS = 8
@@ -40,7 +41,7 @@ def worst_translated_logits(est: GraphEstimate, x: Tensor, y: Tensor, eps: float
     nodes = list(module.graph.nodes())
     b = len(x)
     # boxes need batch normalization as at inference (LMT §4.1 bounds it that way too); no outward rounding
-    with inference(nodes), training_arithmetic():
+    with inference_mode(nodes), training_arithmetic():
         clean = module.run(x, keep=set(est.bounds) | {est.output})
         eps_t = torch.full((b,), float(eps), device=x.device, dtype=x.dtype)
         box = Box.ball(x, eps_t, lower, upper)

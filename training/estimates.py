@@ -13,15 +13,13 @@ for certificates (those come from ``verifier``, which re-bounds the trained weig
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from verifier.box import Box
-from verifier.ir import GraphModule, Node
+from verifier.ir import GraphModule, inference_mode
 from verifier.lipschitz import _nodes_up_to, chain_function, logits_tensor
 from verifier.liplt import _linear_graph, loop_units
 from verifier.power_iteration import PowerIteration
@@ -32,27 +30,16 @@ _SQUARED_ROW_OPS = ("Gemm", "MatMul", "Conv")
 LAYOUT_OPS = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity")
 
 
-@contextlib.contextmanager
-def inference(nodes: list[Node]) -> Iterator[None]:
-    """Run ``nodes`` as at inference (batch normalization with its running statistics), then restore."""
-    saved = [(n, n.op.training) for n in nodes]
-    for n, _ in saved:
-        n.op.training = False
-    try:
-        yield
-    finally:
-        for n, mode in saved:
-            n.op.training = mode
-
-
-def _rows(run, in_shape: tuple[int, ...], k: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """The rows (K, n) of a linear map ``run`` (K outputs), differentiable in its weights: K copies of the zero
-    input, each back-propagating its own output (double back-propagation, ``create_graph``)."""
-    x = torch.zeros((k, *in_shape), device=device, dtype=dtype, requires_grad=True)
+def _rows(run, leaves: list[Tensor], k: int) -> list[Tensor | None]:
+    """The rows (K, n_leaf) of a linear map ``run(*leaves)`` with K outputs, per leaf (None where the output does
+    not depend on it), differentiable in the weights: each leaf holds K zero samples, and sample i
+    back-propagates output i (double back-propagation, ``create_graph``)."""
+    leaves = [leaf.requires_grad_(True) for leaf in leaves]
     with torch.enable_grad():
-        z = run(x).reshape(k, k)
-        (g,) = torch.autograd.grad((z * torch.eye(k, device=device, dtype=dtype)).sum(), x, create_graph=True)
-    return g.reshape(k, -1)
+        z = run(*leaves).reshape(k, k)
+        eye = torch.eye(k, device=z.device, dtype=z.dtype)
+        grads = torch.autograd.grad((z * eye).sum(), leaves, create_graph=True, allow_unused=True)
+    return [None if g is None else g.reshape(k, -1) for g in grads]
 
 
 def pair_distances(rows: Tensor) -> Tensor:
@@ -67,9 +54,7 @@ class GraphEstimate:
 
     def __init__(self, module: GraphModule, seed: int = 0):
         self.module = module
-        self.all_nodes = list(module.graph.nodes())
-        with inference(self.all_nodes):
-            self.pi = PowerIteration(module, seed)
+        self.pi = PowerIteration(module, seed)
         self.output = self.pi.output
         g = module.graph
         last = self.pi.last_chain
@@ -79,8 +64,7 @@ class GraphEstimate:
                             for c in self.pi.chains if c is not last}
 
     def __call__(self) -> Tensor:
-        with inference(self.all_nodes):
-            return self.pi()
+        return self.pi()
 
     @property
     def bounds(self) -> dict[str, Tensor]:
@@ -97,8 +81,18 @@ class GraphEstimate:
             return None
         m = self.module
         first, run = chain_function(m, chain, self.pi.dynamic)
-        with inference(chain):
-            return _rows(run, tuple(m.graph.shapes[first][1:]), self.k, m.device, m.float_dtype)
+        x = torch.zeros((self.k, *m.graph.shapes[first][1:]), device=m.device, dtype=m.float_dtype)
+        with inference_mode(chain):
+            return _rows(run, [x], self.k)[0]
+
+    def pairwise(self, prop2: bool = True) -> Tensor:
+        """The estimate of L_ij (K, K) that LMT's margin uses: L_sub ||w_i - w_j|| (Prop. 2) when the logits come
+        from an affine layer and ``prop2``, else sqrt(2) L (Prop. 1) off the diagonal. Refreshes the estimate."""
+        lip = self()
+        rows = self.last_rows() if prop2 else None
+        if rows is None:
+            return math.sqrt(2) * lip * (1 - torch.eye(self.k, device=lip.device, dtype=lip.dtype))
+        return self.l_sub * pair_distances(rows)
 
     def row_norms(self) -> dict[str, Tensor]:
         """chain output -> ||A_i||_2 per output entry (sample shape) for every affine chain but the last (BCP
@@ -111,7 +105,7 @@ class GraphEstimate:
             if chain is self.pi.last_chain:
                 continue
             first = self.chain_input[chain[-1].outputs[0]]
-            with inference(chain):
+            with inference_mode(chain):
                 r = None  # None: the rows so far are those of a pure data movement (norm 1 each)
                 prev_out = first
                 for node in chain:
@@ -151,7 +145,7 @@ class LipLTEstimate:
         self.module = module
         g = module.graph
         self.out = logits_tensor(module)
-        with inference(list(g.nodes())):
+        with inference_mode(list(g.nodes())):
             self.units = loop_units(module, self.out)
         self.nodes = _nodes_up_to(module, self.out)
         self.run = _linear_graph(module, self.units, self.out)
@@ -165,7 +159,7 @@ class LipLTEstimate:
             v = torch.randn(self.x_shape if s < 0 else self.u_shapes[s], generator=gen)
             self.vectors.append(v / v.norm())
 
-    def _inputs(self, n: int, requires_grad: bool) -> tuple[Tensor, list[Tensor]]:
+    def _inputs(self, n: int) -> tuple[Tensor, list[Tensor]]:
         m = self.module
         kw = dict(device=m.device, dtype=m.float_dtype)
         x = torch.zeros((n, *self.x_shape), **kw)
@@ -174,12 +168,12 @@ class LipLTEstimate:
 
     def norms(self) -> list[Tensor]:
         """sigma of every map (one power step), differentiable in the weights."""
-        x, us = self._inputs(len(self.maps) + 1, True)
+        x, us = self._inputs(len(self.maps) + 1)
         for b, ((_, s), v) in enumerate(zip(self.maps, self.vectors), start=1):
             target = x if s < 0 else us[s]
             target[b] = v.to(target)
         leaves = [x.requires_grad_(True)] + [u.requires_grad_(True) for u in us]
-        with torch.enable_grad(), inference(self.nodes):
+        with torch.enable_grad(), inference_mode(self.nodes):
             ys, _ = self.run(leaves[0], leaves[1:])
             images = [(ys[k][b] - ys[k][0]) for b, (k, _) in enumerate(self.maps, start=1)]
             total = sum((im * im.detach()).sum() for im in images)
@@ -198,15 +192,11 @@ class LipLTEstimate:
             for s in range(k):
                 total = total + self.units[s].spread * sigma[(k, s)] * m[s]
             m.append(total)
-        x, us = self._inputs(self.k, True)
-        leaves = [x.requires_grad_(True)] + [u.requires_grad_(True) for u in us]
-        eye = torch.eye(self.k, device=x.device, dtype=x.dtype)
-        with torch.enable_grad(), inference(self.nodes):
-            _, z = self.run(leaves[0], leaves[1:])
-            grads = torch.autograd.grad((z.reshape(self.k, self.k) * eye).sum(), leaves, create_graph=True,
-                                        allow_unused=True)
-        pairs = pair_distances(grads[0].reshape(self.k, -1))
+        x, us = self._inputs(self.k)
+        with inference_mode(self.nodes):
+            grads = _rows(lambda x, *us: self.run(x, list(us))[1], [x, *us], self.k)
+        pairs = pair_distances(grads[0])
         for s, gr in enumerate(grads[1:]):
             if gr is not None and self.units[s].spread > 0:
-                pairs = pairs + self.units[s].spread * m[s] * pair_distances(gr.reshape(self.k, -1))
+                pairs = pairs + self.units[s].spread * m[s] * pair_distances(gr)
         return pairs

@@ -67,22 +67,6 @@ def _optimizer(module: GraphModule, config: TrainConfig) -> torch.optim.Optimize
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _vectors(loss: Loss) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if loss.graph_est is not None:
-        out["graph"] = loss.graph_est.pi.vectors
-    if loss.liplt_est is not None:
-        out["liplt"] = loss.liplt_est.vectors
-    return out
-
-
-def _set_vectors(loss: Loss, saved: dict[str, Any]) -> None:
-    if loss.graph_est is not None and "graph" in saved:
-        loss.graph_est.pi.vectors = list(saved["graph"])
-    if loss.liplt_est is not None and "liplt" in saved:
-        loss.liplt_est.vectors = list(saved["liplt"])
-
-
 class Progress:
     """One status line on stderr: redrawn in place on a terminal, one line per epoch otherwise."""
 
@@ -122,7 +106,7 @@ def train(module: GraphModule, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tenso
                                  f"seed {state['config']['seed']})")
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
-        _set_vectors(loss_fn, state["vectors"])
+        loss_fn.load_state_dict(state["vectors"])
         history, start_epoch, elapsed = state["history"], state["epoch"], state["seconds"]
     lower, upper = (None, None) if bounds is None else (bounds[0].to(device), bounds[1].to(device))
     n = len(x)
@@ -162,7 +146,7 @@ def train(module: GraphModule, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tenso
                    f"{metrics['certified_accuracy']:.3f} ({metrics['certificate']}) {elapsed:.0f}s", final=True)
         if checkpoint is not None:
             torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                        "vectors": _vectors(loss_fn), "history": history, "epoch": epoch + 1, "seconds": elapsed,
+                        "vectors": loss_fn.state_dict(), "history": history, "epoch": epoch + 1, "seconds": elapsed,
                         "config": asdict(config)}, checkpoint)
         if on_epoch is not None:
             on_epoch(record)

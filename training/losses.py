@@ -26,7 +26,7 @@ from verifier.errors import NoRuleError
 from verifier.ir import GraphModule
 
 from .bcp_bound import worst_translated_logits
-from .estimates import GraphEstimate, LipLTEstimate, pair_distances
+from .estimates import GraphEstimate, LipLTEstimate
 
 METHODS = ("standard", "lmt", "crm", "bcp", "cross-lipschitz")
 #: power-iteration steps run once before training starts
@@ -94,6 +94,21 @@ class Loss:
     def __call__(self, x: Tensor, y: Tensor, step: Step) -> tuple[Tensor, Tensor]:
         return self._fn(x, y, step)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The persistent power-iteration vectors (what a checkpoint needs besides the weights)."""
+        out: dict[str, Any] = {}
+        if self.graph_est is not None:
+            out["graph"] = self.graph_est.pi.vectors
+        if self.liplt_est is not None:
+            out["liplt"] = self.liplt_est.vectors
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.graph_est is not None and "graph" in state:
+            self.graph_est.pi.vectors = list(state["graph"])
+        if self.liplt_est is not None and "liplt" in state:
+            self.liplt_est.vectors = list(state["liplt"])
+
     def standard(self, x: Tensor, y: Tensor, step: Step) -> tuple[Tensor, Tensor]:
         z = _logits(self.module, x)
         return F.cross_entropy(z, y), z
@@ -102,13 +117,7 @@ class Loss:
         """LMT Algorithm 1: z_j += sqrt(2) c L (Prop. 1) or c L_sub ||w_y - w_j|| (Prop. 2) for j != y."""
         z = _logits(self.module, x)
         c = step.eps if self.options.lmt_c is None else self.options.lmt_c * (step.eps > 0)
-        est = self.graph_est
-        lip = est()
-        rows = est.last_rows() if self.options.lmt_pairwise else None
-        if rows is not None:
-            margin = c * est.l_sub * pair_distances(rows)[y]  # (B, K): L_sub ||w_y - w_j||
-        else:
-            margin = (math.sqrt(2) * c * lip) * _others(z, y)
+        margin = c * self.graph_est.pairwise(self.options.lmt_pairwise)[y]  # (B, K), 0 at y
         if self.options.lmt_plus:
             margin = margin * (z.argmax(1) == y).to(z.dtype)[:, None]
         return F.cross_entropy(z + margin, y), z
@@ -119,7 +128,7 @@ class Loss:
         ce = F.cross_entropy(z, y)
         if step.eps <= 0 or step.lam <= 0:
             return ce, z
-        pairs = self.liplt_est() if self.liplt_est is not None else self._naive_pairs()  # (K, K) L_ij
+        pairs = self.liplt_est() if self.liplt_est is not None else self.graph_est.pairwise()  # (K, K) L_ij
         t = self.options.crm_t or 4.0 / step.eps
         diff = z.gather(1, y[:, None]) - z  # z_y - z_i
         ratio = diff / pairs[y].clamp_min(1e-12)
@@ -129,14 +138,6 @@ class Loss:
         g = torch.exp(-torch.where(correct, r_soft, torch.zeros_like(r_soft)).clamp_min(-10 * step.eps) / step.eps)
         reg = torch.where(correct, g, torch.zeros_like(g)).mean()
         return ce + step.lam * self.options.crm_lambda * reg, z
-
-    def _naive_pairs(self) -> Tensor:
-        est = self.graph_est
-        lip = est()
-        rows = est.last_rows()
-        if rows is None:
-            return math.sqrt(2) * lip * (1 - torch.eye(est.k, device=lip.device, dtype=lip.dtype))
-        return est.l_sub * pair_distances(rows)
 
     def bcp(self, x: Tensor, y: Tensor, step: Step) -> tuple[Tensor, Tensor]:
         """BCP eq. 13: (1 - lambda) CE(z, y) + lambda CE(worst-translated logit, y)."""

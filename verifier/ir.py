@@ -7,6 +7,7 @@ every other constant is a buffer, so ``.to(device)``, ``.double()``, ``state_dic
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -74,6 +75,20 @@ class Graph:
 
     def op_counts(self) -> dict[str, int]:
         return dict(Counter(n.op_type for n in self.nodes()))
+
+
+@contextlib.contextmanager
+def inference_mode(nodes: list[Node]) -> Iterator[None]:
+    """Run ``nodes`` as at inference (batch normalization with its running statistics), then restore each
+    node's mode: what training-time bounds use (LMT §4.1 bounds batch normalization as at inference)."""
+    saved = [(n, n.op.training) for n in nodes]
+    for n, _ in saved:
+        n.op.training = False
+    try:
+        yield
+    finally:
+        for n, mode in saved:
+            n.op.training = mode
 
 
 def build_dag(nodes: list[Node]) -> nx.DiGraph:

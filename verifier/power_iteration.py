@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .ir import GraphModule
+from .ir import GraphModule, inference_mode
 from .lipschitz import _chains, _nodes_up_to, _rule_args, chain_function, compose, logits_tensor
 
 
@@ -26,8 +26,8 @@ class PowerIteration:
         self.output = logits_tensor(module)
         self.nodes = _nodes_up_to(module, self.output)
         self.dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
-        args = self._args()
-        self.chains = _chains(module, args, self.output)
+        with inference_mode(self.nodes):  # a module in training mode is bounded as at inference
+            self.chains = _chains(module, self._args(), self.output)
         #: the affine chain that produces the logits (LMT Prop. 2's last layer), if any
         self.last_chain = next((c for c in self.chains if c[-1].outputs[0] == self.output), None)
         #: after each call: the estimate of input -> every tensor (differentiable torch scalars or floats)
@@ -43,6 +43,12 @@ class PowerIteration:
         return {n.name: _rule_args(self.module, n, self.dynamic, 2.0) for n in self.nodes}
 
     def __call__(self) -> torch.Tensor:
+        """One power step per chain; the composed estimate. The whole graph is bounded as at inference (batch
+        normalization with its running statistics, LMT §4.1), whatever the module's mode."""
+        with inference_mode(self.nodes):
+            return self._step()
+
+    def _step(self) -> torch.Tensor:
         module = self.module
         device, dtype = module.device, module.float_dtype
         args = self._args()
@@ -50,29 +56,22 @@ class PowerIteration:
         with torch.no_grad():
             rules = {n.name: n.op.lipschitz(args[n.name]) for n in self.nodes if n.name not in in_chain}
         chain_values = {}
-        saved = [(n, n.op.training) for chain in self.chains for n in chain]
-        for n, _ in saved:
-            n.op.training = False  # batch normalization bounded as at inference (LMT §4.1)
-        try:
-            for i, chain in enumerate(self.chains):
-                first_input, run = chain_function(module, chain, self.dynamic)
-                u = self.vectors[i].to(device=device, dtype=dtype)
-                zero = torch.zeros_like(u)
+        for i, chain in enumerate(self.chains):
+            first_input, run = chain_function(module, chain, self.dynamic)
+            u = self.vectors[i].to(device=device, dtype=dtype)
+            zero = torch.zeros_like(u)
 
-                def linear(x: torch.Tensor) -> torch.Tensor:
-                    return run(x) - run(zero)
+            def linear(x: torch.Tensor) -> torch.Tensor:
+                return run(x) - run(zero)
 
-                with torch.enable_grad():  # u <- J^T J u / ||J^T J u||, weights untouched
-                    x = u.clone().requires_grad_(True)
-                    v = linear(x)
-                    (w,) = torch.autograd.grad(v, x, v.detach())
-                u = (w / w.norm().clamp_min(1e-12)).detach()
-                self.vectors[i] = u.cpu()
-                sigma = linear(u).norm()  # differentiable in the weights
-                chain_values[chain[-1].name] = (first_input, chain[-1].outputs[0], sigma)
-        finally:
-            for n, mode in saved:
-                n.op.training = mode
+            with torch.enable_grad():  # u <- J^T J u / ||J^T J u||, weights untouched
+                x = u.clone().requires_grad_(True)
+                v = linear(x)
+                (w,) = torch.autograd.grad(v, x, v.detach())
+            u = (w / w.norm().clamp_min(1e-12)).detach()
+            self.vectors[i] = u.cpu()
+            sigma = linear(u).norm()  # differentiable in the weights
+            chain_values[chain[-1].name] = (first_input, chain[-1].outputs[0], sigma)
         bounds = compose(module.graph.input_name, self.nodes, args, rules, chain_values, in_chain, 2.0)
         self.bounds = bounds
         value = bounds[self.output]
