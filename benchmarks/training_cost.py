@@ -4,8 +4,15 @@
 
 Targets (issue 6): LMT <= 1.3x, BCP and CRM <= 3x standard. Each method runs ``--steps`` optimizer steps (loss,
 backward, Adam) on Fashion-MNIST-shaped batches (the real training images when ../shared/data is there,
-random pixels otherwise, which costs the same), after 3 warm-up steps; the median step time is reported.
+random pixels otherwise, which costs the same), after 3 warm-up steps, in ``--rounds`` rounds that interleave
+the methods (a shared machine's speed drifts by tens of percent over a minute); the median step time is
+reported.
 The held-out evaluation after each epoch is not part of training time (``lipverify train`` reports it apart).
+
+Reference row ``ibp-floor`` (not a training method): the box half of BCP alone, i.e. plain interval bound
+propagation (IBP, Gowal et al.) through the same walk, with no Lipschitz ball, no power iteration and no
+problem (11): the clean forward plus the centre (W c) and radius (|W| r) passes that any box-based loss needs,
+each differentiated. BCP cannot cost less than that; ``bcp / ibp-floor`` is what BCP's ball adds.
 """
 from __future__ import annotations
 
@@ -13,15 +20,41 @@ import argparse
 import statistics
 import time
 
+from types import SimpleNamespace
+
 import torch
+import torch.nn.functional as F
 
 from common import ROOT  # noqa: F401  (puts the repo on sys.path)
 from frontends.onnx_import import load_onnx  # noqa: E402
 from training.arch import build, to_onnx  # noqa: E402
 from training.losses import METHODS, Loss, Step  # noqa: E402
 from training.run import find_fashion_mnist  # noqa: E402
+from verifier.bcp import walk  # noqa: E402
+from verifier.box import Box, training_arithmetic  # noqa: E402
+from verifier.ir import inference_mode  # noqa: E402
+from verifier.lipschitz import logits_tensor  # noqa: E402
 
 TARGETS = {"lmt": 1.3, "crm": 3.0, "bcp": 3.0}
+FLOOR = "ibp-floor"
+
+
+class IBPFloor:
+    """The reference loss: 0.5 CE(z) + 0.5 CE(worst logits of the IBP box), through ``verifier.bcp.walk``."""
+
+    def __init__(self, module) -> None:
+        self.module, self.output = module, logits_tensor(module)
+        report = SimpleNamespace(last_input=self.output, tensor_bounds={}, output=self.output)
+        self.ctx = SimpleNamespace(module64=module, report=report, row_norms={}, chain_input={})
+
+    def __call__(self, x, y, step):
+        nodes = list(self.module.graph.nodes())
+        with inference_mode(nodes), training_arithmetic():
+            z = self.module(x).reshape(len(x), -1)
+            box = walk(self.ctx, Box.ball(x, step.eps, step.lower, step.upper), {}, None, grad=True)[self.output]
+        lo, hi = box.lo.reshape(len(x), -1), box.hi.reshape(len(x), -1)
+        worst = hi.scatter(1, y[:, None], lo.gather(1, y[:, None]))
+        return 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(worst, y), z
 
 
 def batches(batch: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -38,23 +71,29 @@ def batches(batch: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(x.split(batch), y.split(batch)))
 
 
-def time_method(method: str, arch: str, width: float, data, eps: float) -> float:
-    torch.manual_seed(0)
-    module = load_onnx(to_onnx(build(arch, (1, 28, 28), 10, width), (1, 28, 28)))
-    module.train()
-    loss = Loss(module, method)
-    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
-    step = Step(eps, 1.0 if method != "bcp" else 0.5, torch.zeros(1, 28, 28), torch.ones(1, 28, 28))
-    times = []
-    for i, (x, y) in enumerate(data):
-        start = time.perf_counter()
-        value, _ = loss(x, y, step)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+class Runner:
+    """One method's model, loss and optimizer, stepping through the shared batches."""
+
+    def __init__(self, method: str, arch: str, width: float, data, eps: float) -> None:
+        torch.manual_seed(0)
+        self.module = load_onnx(to_onnx(build(arch, (1, 28, 28), 10, width), (1, 28, 28)))
+        self.module.train()
+        self.loss = IBPFloor(self.module) if method == FLOOR else Loss(self.module, method)
+        self.opt = torch.optim.Adam(self.module.parameters(), lr=1e-3)
+        self.step = Step(eps, 1.0 if method != "bcp" else 0.5, torch.zeros(1, 28, 28), torch.ones(1, 28, 28))
+        self.data, self.i, self.times = data, 0, []
+
+    def run(self, steps: int, record: bool = True) -> None:
+        for _ in range(steps):
+            x, y = self.data[self.i % len(self.data)]
+            self.i += 1
+            start = time.perf_counter()
+            value, _ = self.loss(x, y, self.step)
+            self.opt.zero_grad()
+            value.backward()
+            self.opt.step()
+            if record:
+                self.times.append(time.perf_counter() - start)
 
 
 def main() -> None:
@@ -62,19 +101,31 @@ def main() -> None:
     parser.add_argument("--arch", default="4C3F")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per method")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds the steps are split into")
     parser.add_argument("--eps", type=float, default=1.0)
     args = parser.parse_args()
-    data = batches(args.batch, args.steps + 3)
+    data = batches(args.batch, 16)
+    runners = {m: Runner(m, args.arch, args.width, data, args.eps) for m in (*METHODS, FLOOR)}
+    for r in runners.values():
+        r.run(3, record=False)  # warm-up
+    # rounds of a few steps per method, interleaved, so that drifts of the machine's speed hit all alike
+    per_round = max(1, args.steps // args.rounds)
+    for _ in range(args.rounds):
+        for r in runners.values():
+            r.run(per_round)
     print(f"{args.arch} width {args.width}, batch {args.batch}, {torch.get_num_threads()} threads; median of "
-          f"{args.steps} steps")
-    base = None
+          f"{args.rounds} x {per_round} steps per method, interleaved")
+    base = statistics.median(runners["standard"].times)
     print(f"{'method':<16} {'s/step':>8} {'ratio':>6}  target")
-    for method in METHODS:
-        seconds = time_method(method, args.arch, args.width, data, args.eps)
-        base = base or seconds
+    for method, r in runners.items():
+        seconds = statistics.median(r.times)
         target = TARGETS.get(method)
         verdict = "" if target is None else f"<= {target}x: {'met' if seconds / base <= target else 'MISSED'}"
+        if method == "bcp":
+            verdict += f" ({seconds / statistics.median(runners[FLOOR].times):.2f}x {FLOOR})"
+        if method == FLOOR:
+            verdict = "reference: the box passes alone (see the docstring)"
         print(f"{method:<16} {seconds:>8.4f} {seconds / base:>6.2f}  {verdict}")
 
 

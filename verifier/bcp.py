@@ -50,7 +50,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .box import Box, exact_float32
+from . import fused
+from .box import Box, exact_float32, outward_rounding
 from .certify import FLOAT_SLACK
 from .errors import NoRuleError
 from .ir import GraphModule
@@ -134,11 +135,15 @@ def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, targe
             return b
         e = _per_sample(eps, c)
         if name in ctx.row_norms:  # (b): eq. 6
-            radius = e * report.tensor_bounds[ctx.chain_input[name]] * ctx.row_norms[name]
+            scale, rows = e * report.tensor_bounds[ctx.chain_input[name]], ctx.row_norms[name]
         elif name in report.tensor_bounds and not chains_only:  # (a)
-            radius = (e * report.tensor_bounds[name]).expand_as(c)
+            scale, rows = e * report.tensor_bounds[name], None
         else:
             return b
+        if not outward_rounding():  # training: one fused step (verifier.fused), the radius never materialized
+            ball = (scale,) if rows is None else (rows, scale)
+            return Box.from_bounds(*fused.intersect_bounds(b.center, b.radius, c, *ball))
+        radius = (scale * rows) if rows is not None else scale.expand_as(c)
         return b.intersect(_ball_box(c, radius))
 
     env: dict[str, Any] = {g.input_name: tighten(g.input_name, box)}

@@ -1,7 +1,9 @@
 """A differentiable estimate of the Lipschitz constant for training (LMT Algorithm 2).
 
 One power-iteration step per call on every affine chain (the same chains the sound engine fuses), with
-persistent vectors carried from call to call (one step per minibatch, as LMT and spectral normalization do);
+persistent vectors carried from call to call (one step per minibatch, as LMT and spectral normalization do):
+each call's estimate is ||J u|| at the chain's current vector u, and the same forward pass yields the next
+vector J^T J u / ||J^T J u||;
 the chains' estimates are composed over the graph like the sound bounds (``lipschitz.compose``).
 Power iteration converges to the largest singular value from below: this is an under-estimate, fine for a
 training loss and never used for certificates.
@@ -43,8 +45,10 @@ class PowerIteration:
         return {n.name: _rule_args(self.module, n, self.dynamic, 2.0) for n in self.nodes}
 
     def __call__(self) -> torch.Tensor:
-        """One power step per chain; the composed estimate. The whole graph is bounded as at inference (batch
-        normalization with its running statistics, LMT §4.1), whatever the module's mode."""
+        """The composed estimate, each chain's sigma = ||J u|| at its current unit vector u (one forward serves
+        both the estimate and the power step u <- J^T J u / ||J^T J u|| for the next call). The whole graph is
+        bounded as at inference (batch normalization with its running statistics, LMT §4.1), whatever the
+        module's mode."""
         with inference_mode(self.nodes):
             return self._step()
 
@@ -55,23 +59,19 @@ class PowerIteration:
         in_chain = {n.name for chain in self.chains for n in chain}
         with torch.no_grad():
             rules = {n.name: n.op.lipschitz(args[n.name]) for n in self.nodes if n.name not in in_chain}
-        chain_values = {}
-        for i, chain in enumerate(self.chains):
-            first_input, run = chain_function(module, chain, self.dynamic)
-            u = self.vectors[i].to(device=device, dtype=dtype)
-            zero = torch.zeros_like(u)
-
-            def linear(x: torch.Tensor) -> torch.Tensor:
-                return run(x) - run(zero)
-
-            with torch.enable_grad():  # u <- J^T J u / ||J^T J u||, weights untouched
-                x = u.clone().requires_grad_(True)
-                v = linear(x)
-                (w,) = torch.autograd.grad(v, x, v.detach())
-            u = (w / w.norm().clamp_min(1e-12)).detach()
-            self.vectors[i] = u.cpu()
-            sigma = linear(u).norm()  # differentiable in the weights
-            chain_values[chain[-1].name] = (first_input, chain[-1].outputs[0], sigma)
+        chain_values, xs, vs = {}, [], []
+        with torch.enable_grad():
+            for i, chain in enumerate(self.chains):
+                first_input, run = chain_function(module, chain, self.dynamic)
+                x = self.vectors[i].to(device=device, dtype=dtype).requires_grad_(True)
+                v = run(x) - run(torch.zeros_like(x))  # J u, differentiable in the weights: sigma = ||J u||
+                xs.append(x)
+                vs.append(v)
+                chain_values[chain[-1].name] = (first_input, chain[-1].outputs[0], v.norm())
+            # J^T J u for every chain in one backward pass (weights untouched), the vectors of the next call
+            ws = torch.autograd.grad(vs, xs, [v.detach() for v in vs], retain_graph=True, allow_unused=True)
+        self.vectors = [u if w is None else (w / w.norm().clamp_min(1e-12)).detach().cpu()
+                        for u, w in zip(self.vectors, ws)]
         bounds = compose(module.graph.input_name, self.nodes, args, rules, chain_values, in_chain, 2.0)
         self.bounds = bounds
         value = bounds[self.output]

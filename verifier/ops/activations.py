@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..box import Box, is_box, round_toward, unit_roundoff
+from ..box import Box, is_box, outward_rounding, round_toward, unit_roundoff
+from ..errors import NoRuleError
 from ..jacobian import no_gradient_rule, scaled
 from .base import SAFETY, Lipschitz, Op, RuleArgs, rule
 
@@ -41,6 +42,12 @@ class Activation(Op):
         """Interior points where the function stops being monotone (none for monotone functions)."""
         return []
 
+    def _nondecreasing(self, consts: tuple) -> bool:
+        try:
+            return self.slopes()[0] >= 0 and not self.critical_points(consts)
+        except NoRuleError:  # slopes that need the constants (PRelu) or that do not exist
+            return False
+
     def error_mag(self, x_abs: torch.Tensor, f_abs: torch.Tensor) -> torch.Tensor:
         """The magnitude that the float forward's error is ULPS ulps of, from max |x| and max |f| over the box."""
         return f_abs + x_abs
@@ -54,6 +61,8 @@ class Activation(Op):
             raise self.no_box("only the first input may depend on the model input")
         lo, hi = x.lo, x.hi
         f_lo, f_hi = self.forward(lo, *consts), self.forward(hi, *consts)
+        if not outward_rounding() and self._nondecreasing(consts):
+            return Box.from_bounds(f_lo, f_hi)  # training: nondecreasing, [f(lo), f(hi)] as computed
         out_lo, out_hi = torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi)
         for x_lo, x_hi, v_lo, v_hi in self.critical_points(consts):
             inside = (lo <= x_hi) & (hi >= x_lo)
