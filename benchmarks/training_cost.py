@@ -9,17 +9,20 @@ the methods (a shared machine's speed drifts by tens of percent over a minute); 
 reported.
 The held-out evaluation after each epoch is not part of training time (``lipverify train`` reports it apart).
 
-Reference row ``ibp-floor`` (not a training method): the box half of BCP alone, i.e. plain interval bound
-propagation (IBP, Gowal et al.) through the same walk, with no Lipschitz ball, no power iteration and no
-problem (11): the clean forward plus the centre (W c) and radius (|W| r) passes that any box-based loss needs,
-each differentiated. BCP cannot cost less than that; ``bcp / ibp-floor`` is what BCP's ball adds.
+Reference rows (not training methods):
+- ``ibp-floor``: the box half of BCP alone, i.e. plain interval bound propagation (IBP, Gowal et al.) through
+  the same walk, with no Lipschitz ball, no power iteration and no problem (11): the clean forward plus the
+  centre (W c) and radius (|W| r) passes that any box-based loss needs, each differentiated. BCP cannot cost
+  less than that; ``bcp / ibp-floor`` is what BCP's ball adds.
+- ``three-passes``: the same three passes in plain torch (the ``training.arch`` module: clean, W c + b and
+  |W| r through every layer, ReLU on the first two) with no box arithmetic at all: the cost of the layers
+  themselves, which no box-based loss can go below whatever its element-wise code.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
-
 from types import SimpleNamespace
 
 import torch
@@ -36,7 +39,7 @@ from verifier.ir import inference_mode  # noqa: E402
 from verifier.lipschitz import logits_tensor  # noqa: E402
 
 TARGETS = {"lmt": 1.3, "crm": 3.0, "bcp": 3.0}
-FLOOR = "ibp-floor"
+FLOOR, PASSES = "ibp-floor", "three-passes"
 
 
 class IBPFloor:
@@ -55,6 +58,25 @@ class IBPFloor:
         lo, hi = box.lo.reshape(len(x), -1), box.hi.reshape(len(x), -1)
         worst = hi.scatter(1, y[:, None], lo.gather(1, y[:, None]))
         return 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(worst, y), z
+
+
+class ThreePasses:
+    """The reference loss: CE(z) + CE(c + r) after the plain passes c <- relu(W c + b), r <- |W| r."""
+
+    def __init__(self, net: torch.nn.Sequential) -> None:
+        self.net = net
+
+    def __call__(self, x, y, step):
+        z = self.net(x)
+        c, r = x, torch.full_like(x, float(step.eps))
+        for layer in self.net:
+            if isinstance(layer, torch.nn.Conv2d):
+                c, r = layer(c), F.conv2d(r, layer.weight.abs(), None, layer.stride, layer.padding)
+            elif isinstance(layer, torch.nn.Linear):
+                c, r = layer(c), F.linear(r, layer.weight.abs())
+            else:
+                c, r = layer(c), (r if isinstance(layer, torch.nn.ReLU) else layer(r))
+        return F.cross_entropy(z, y) + F.cross_entropy(c + r, y), z
 
 
 def batches(batch: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -76,9 +98,11 @@ class Runner:
 
     def __init__(self, method: str, arch: str, width: float, data, eps: float) -> None:
         torch.manual_seed(0)
-        self.module = load_onnx(to_onnx(build(arch, (1, 28, 28), 10, width), (1, 28, 28)))
+        net = build(arch, (1, 28, 28), 10, width)
+        self.module = net if method == PASSES else load_onnx(to_onnx(net, (1, 28, 28)))
         self.module.train()
-        self.loss = IBPFloor(self.module) if method == FLOOR else Loss(self.module, method)
+        self.loss = ThreePasses(net) if method == PASSES else IBPFloor(self.module) if method == FLOOR else \
+            Loss(self.module, method)
         self.opt = torch.optim.Adam(self.module.parameters(), lr=1e-3)
         self.step = Step(eps, 1.0 if method != "bcp" else 0.5, torch.zeros(1, 28, 28), torch.ones(1, 28, 28))
         self.data, self.i, self.times = data, 0, []
@@ -106,7 +130,7 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=1.0)
     args = parser.parse_args()
     data = batches(args.batch, 16)
-    runners = {m: Runner(m, args.arch, args.width, data, args.eps) for m in (*METHODS, FLOOR)}
+    runners = {m: Runner(m, args.arch, args.width, data, args.eps) for m in (*METHODS, FLOOR, PASSES)}
     for r in runners.values():
         r.run(3, record=False)  # warm-up
     # rounds of a few steps per method, interleaved, so that drifts of the machine's speed hit all alike
@@ -125,7 +149,9 @@ def main() -> None:
         if method == "bcp":
             verdict += f" ({seconds / statistics.median(runners[FLOOR].times):.2f}x {FLOOR})"
         if method == FLOOR:
-            verdict = "reference: the box passes alone (see the docstring)"
+            verdict = "reference: interval propagation alone (see the docstring)"
+        if method == PASSES:
+            verdict = "reference: the layers' three passes alone, no box arithmetic"
         print(f"{method:<16} {seconds:>8.4f} {seconds / base:>6.2f}  {verdict}")
 
 

@@ -43,6 +43,7 @@ class Activation(Op):
         return []
 
     def _nondecreasing(self, consts: tuple) -> bool:
+        """Whether f(lo) <= f(hi) for lo <= hi in real arithmetic: no negative slope, no turning point."""
         try:
             return self.slopes()[0] >= 0 and not self.critical_points(consts)
         except NoRuleError:  # slopes that need the constants (PRelu) or that do not exist
