@@ -50,7 +50,7 @@ class Options:
     lmt_c: float | None = None  # LMT's c, the required radius on training data (default: the target eps)
     lmt_pairwise: bool = True  # Prop. 2 (c L_sub ||w_y - w_j||) instead of Prop. 1 (sqrt(2) c L)
     lmt_plus: bool = False  # LMT++: the margin only where the prediction is correct
-    crm_lambda: float = 1.0
+    crm_lambda: float = 10.0  # chosen on held-out data: see README (lambda 3 / 10 / 30)
     crm_t: float | None = None  # default 4 / eps
     cross_lambda: float = 1.0
 

@@ -265,7 +265,7 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
 @click.option("--lmt-c", type=float, default=None, help="LMT's c (default: --eps).")
 @click.option("--lmt-prop1", is_flag=True, help="LMT with sqrt(2) c L (Prop. 1) instead of Prop. 2's pairs.")
 @click.option("--lmt-plus", is_flag=True, help="LMT++: the margin only where the prediction is correct.")
-@click.option("--crm-lambda", type=float, default=1.0, show_default=True)
+@click.option("--crm-lambda", type=float, default=10.0, show_default=True)
 @click.option("--crm-t", type=float, default=None, help="CRM's soft-min temperature (default 4 / eps).")
 @click.option("--cross-lambda", type=float, default=1.0, show_default=True, help="Cross-Lipschitz weight.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Save after every epoch here.")
