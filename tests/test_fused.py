@@ -2,6 +2,7 @@
 the same values and gradients as the plain formulas, and the same boxes as the certificate's walk."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from frontends import load_onnx
@@ -129,3 +130,46 @@ def test_training_walk_survives_inconsistent_estimates():
     out = env[report.last_input]
     assert bool(torch.isfinite(out.center).all()) and bool((out.radius >= 0).all())
     out.center.sum().backward()
+
+
+def _small_cnn(act: torch.nn.Module, pool: torch.nn.Module) -> torch.nn.Sequential:
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), act, pool, nn.Flatten(),
+                        nn.Linear(4 * 4 * 4, 12), act, nn.Linear(12, 3))
+    with torch.no_grad():  # running statistics that are not the identity
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("act", ["Relu", "Tanh", "Sigmoid", "LeakyRelu-neg", "Gelu"])
+@pytest.mark.parametrize("pool", ["MaxPool", "AveragePool"])
+def test_training_walk_equals_the_certificate_walk_for_other_ops(act, pool):
+    """The same comparison on batch norm, both poolings and activations that take the nondecreasing shortcut
+    (Relu, Tanh, Sigmoid) or the general hull (LeakyRelu with a negative slope, Gelu: turning points)."""
+    from torch import nn
+
+    from training.arch import to_onnx
+
+    acts = {"Relu": nn.ReLU(), "Tanh": nn.Tanh(), "Sigmoid": nn.Sigmoid(), "LeakyRelu-neg": nn.LeakyReLU(-0.5),
+            "Gelu": nn.GELU()}
+    pools = {"MaxPool": nn.MaxPool2d(2), "AveragePool": nn.AvgPool2d(2)}
+    module = load_onnx(to_onnx(_small_cnn(acts[act], pools[pool]), (1, 8, 8)))
+    report = compute_bounds(module, 2.0, input_dim=1).l2
+    ctx = prepare(module, report)
+    x = torch.rand((6, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    clean = _clean(ctx, x)
+    eps = torch.full((6,), 0.2, dtype=torch.float64)
+    sound = walk(ctx, Box.ball(x, eps, 0.0, 1.0), clean, eps)
+    with training_arithmetic():
+        train = walk(ctx, Box.ball(x, eps, 0.0, 1.0), clean, eps, grad=True)
+    assert float((sound[report.last_input].hi - sound[report.last_input].lo).max()) > 1e-3
+    for name, b in sound.items():
+        if not isinstance(b, Box):
+            continue
+        lo, hi = train[name].lo.detach(), train[name].hi.detach()
+        scale = 1.0 + float(torch.maximum(b.lo.abs(), b.hi.abs()).max())
+        assert bool((b.lo <= lo + 1e-12 * scale).all()) and bool((hi <= b.hi + 1e-12 * scale).all()), name
+        assert float((lo - b.lo).max()) < 1e-6 * scale and float((b.hi - hi).max()) < 1e-6 * scale, name
