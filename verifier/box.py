@@ -208,19 +208,24 @@ class Box:
         return _add_rounded(self.center, self.radius, up=True)
 
     @property
+    def _like(self) -> Tensor:
+        """A tensor of the box's shape, dtype and device (what the views below read)."""
+        return self.center
+
+    @property
     def shape(self) -> torch.Size:
-        return self.center.shape
+        return self._like.shape
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.center.dtype
+        return self._like.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.center.device
+        return self._like.device
 
     def dim(self) -> int:
-        return self.center.dim()
+        return self._like.dim()
 
     @property
     def width(self) -> Tensor:
@@ -230,7 +235,7 @@ class Box:
         return Box(self.center[index], self.radius[index], self.integer)
 
     def __len__(self) -> int:
-        return len(self.center)
+        return len(self._like)
 
     def to(self, *args: Any, **kwargs: Any) -> "Box":
         return Box(self.center.to(*args, **kwargs), self.radius.to(*args, **kwargs), self.integer)
@@ -298,17 +303,18 @@ class _Bounds(Box):
         self._lo, self._hi, self.integer = lo, hi, integer
         self._midrad: tuple[Tensor, Tensor] | None = None
 
-    @property  # type: ignore[override]
-    def center(self) -> Tensor:
+    def _centre_radius(self) -> tuple[Tensor, Tensor]:
         if self._midrad is None:
             self._midrad = fused.midrad(self._lo, self._hi)
-        return self._midrad[0]
+        return self._midrad
+
+    @property  # type: ignore[override]
+    def center(self) -> Tensor:
+        return self._centre_radius()[0]
 
     @property  # type: ignore[override]
     def radius(self) -> Tensor:
-        if self._midrad is None:
-            self._midrad = fused.midrad(self._lo, self._hi)
-        return self._midrad[1]
+        return self._centre_radius()[1]
 
     @property
     def lo(self) -> Tensor:
@@ -319,22 +325,8 @@ class _Bounds(Box):
         return self._hi
 
     @property
-    def shape(self) -> torch.Size:
-        return self._lo.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._lo.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._lo.device
-
-    def dim(self) -> int:
-        return self._lo.dim()
-
-    def __len__(self) -> int:
-        return len(self._lo)
+    def _like(self) -> Tensor:
+        return self._lo
 
     def with_integer(self, integer: bool) -> "Box":
         return _Bounds(self._lo, self._hi, integer)
