@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -215,6 +216,11 @@ def load_dataset(
         raise LipverifyError(f"{path}: no such file or folder (expected an .npz with arrays x and y, a folder of "
                              "MNIST-format IDX files, or VNN-LIB properties)")
 
+    for key, array in (("x", x), ("y", y)):
+        if array.ndim < 1:
+            raise InputShapeError(f"{path}: {key} is a scalar; expected an array with one entry per sample")
+    if len(x) != len(y):
+        raise InputShapeError(f"{path}: {len(x)} samples in x but {len(y)} labels in y")
     total = len(x)
     if limit is not None:
         x, y = x[:limit], y[:limit]
@@ -250,25 +256,61 @@ def _describe(scale: float, mean: torch.Tensor, std: torch.Tensor) -> str:
     return f"({x} - {values(mean)}) / {values(std)}"
 
 
+#: the largest array a data file may hold, checked from its header before anything is allocated
+MAX_ARRAY_BYTES = 4 * 2**30
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:2] != b"PK":
-        raise LipverifyError(f"{path}: not an .npz file (arrays x and y) nor a folder of MNIST-format IDX files")
+    """Arrays ``x`` and ``y`` of an ``.npz``, each checked from its ``.npy`` header before it is read: numbers
+    only (no pickled objects), at most ``MAX_ARRAY_BYTES``, and exactly as many bytes as the header says."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.files)
-            missing = [k for k in ("x", "y") if k not in keys]
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:2] != b"PK":
+            raise LipverifyError(f"{path}: not an .npz file (arrays x and y) nor a folder of MNIST-format IDX "
+                                 "files")
+        with zipfile.ZipFile(path) as z:
+            members = {name[:-4]: name for name in z.namelist() if name.endswith(".npy")}
+            missing = [k for k in ("x", "y") if k not in members]
             if missing:
-                found = ", ".join(repr(k) for k in keys) or "none"
+                found = ", ".join(repr(k) for k in members) or "none"
                 raise LipverifyError(f"{path}: the .npz has no array {' or '.join(repr(k) for k in missing)} "
                                      f"(arrays found: {found}); expected arrays 'x' (samples) and 'y' (labels)")
-            return z["x"], z["y"]
+            return _read_member(z, members["x"], path), _read_member(z, members["y"], path)
     except LipverifyError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, KeyError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LipverifyError(f"{path}: cannot read the .npz file ({msg})")
+
+
+def _read_member(z: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
+    key = name[:-4]
+    info = z.getinfo(name)
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise LipverifyError(f"{path}: array '{key}' has .npy format version {version}; expected 1.0 or 2.0")
+        if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
+            raise LipverifyError(f"{path}: array '{key}' has dtype {dtype}; expected numbers (pickled objects are "
+                                 "refused)")
+        count = math.prod(shape)
+        size = count * dtype.itemsize
+        if size > MAX_ARRAY_BYTES:
+            raise LipverifyError(f"{path}: array '{key}' of shape {_fmt(shape)} would take {size / 2**30:.3g} GiB; "
+                                 f"the limit is {MAX_ARRAY_BYTES / 2**30:g} GiB")
+        if info.file_size != f.tell() + size:
+            raise LipverifyError(f"{path}: array '{key}' holds {info.file_size - f.tell()} bytes of data but its "
+                                 f"header (shape {_fmt(shape)}, {dtype}) needs {size}; truncated or corrupt")
+        data = f.read(size)
+    if len(data) != size:
+        raise LipverifyError(f"{path}: array '{key}' is truncated")
+    array = np.frombuffer(data, dtype=dtype, count=count)
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def _check_x(x: np.ndarray, path: Path) -> np.ndarray:
@@ -302,6 +344,8 @@ def _check_y(y: np.ndarray, n: int, path: Path, num_classes: int | None) -> np.n
     if np.issubdtype(y.dtype, np.floating):
         if not np.isfinite(y).all() or (y != np.round(y)).any():
             raise LipverifyError(f"{path}: labels y are not integers")
+        if (np.abs(y) > 2**31).any():
+            raise LipverifyError(f"{path}: labels y are out of range (found {float(np.abs(y).max()):g})")
     y = y.astype(np.int64)
     if (y < 0).any():
         raise LipverifyError(f"{path}: labels must be >= 0, found {int(y.min())}")

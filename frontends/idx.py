@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +14,43 @@ from verifier.errors import LipverifyError
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """The array stored in an IDX file (magic: two zero bytes, a dtype code, the number of dimensions)."""
+#: the largest array an IDX file may hold, checked from its header before anything is allocated
+MAX_IDX_BYTES = 4 * 2**30
+
+
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """The array stored in an IDX file (magic: two zero bytes, a dtype code, the number of dimensions, then
+    one big-endian uint32 per dimension). The header is checked (at least one dimension, at most ``max_bytes``
+    of data) before the data are read, and only that many bytes are read (a gzip file is not inflated past
+    them)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES:
+                raise LipverifyError(f"{path}: not an IDX file")
+            ndim = head[3]
+            if ndim == 0:
+                raise LipverifyError(f"{path}: an IDX file with no dimensions")
+            raw = f.read(4 * ndim)
+            if len(raw) < 4 * ndim:
+                raise LipverifyError(f"{path}: truncated IDX file")
+            dims = [int.from_bytes(raw[4 * k:4 * k + 4], "big") for k in range(ndim)]
+            dtype = np.dtype(_DTYPES[head[2]])
+            count = math.prod(dims)
+            size = count * dtype.itemsize
+            if size > max_bytes:
+                raise LipverifyError(f"{path}: its header claims shape {tuple(dims)} ({size / 2**30:.3g} GiB); the "
+                                     f"limit is {max_bytes / 2**30:g} GiB")
+            if opener is open and os.fstat(f.fileno()).st_size < 4 + 4 * ndim + size:
+                raise LipverifyError(f"{path}: truncated IDX file (its header claims shape {tuple(dims)})")
+            data = f.read(size)
+    except (OSError, EOFError, zlib.error) as e:
         raise LipverifyError(f"{path}: cannot read IDX file ({e})")
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
-        raise LipverifyError(f"{path}: not an IDX file")
-    ndim = data[3]
-    dims = np.frombuffer(data, ">u4", count=ndim, offset=4).astype(int)
-    dtype = np.dtype(_DTYPES[data[2]])
-    count = int(np.prod(dims))
-    offset = 4 + 4 * ndim
-    if len(data) < offset + count * dtype.itemsize:
+    if len(data) < size:
         raise LipverifyError(f"{path}: truncated IDX file")
-    return np.frombuffer(data, dtype, count=count, offset=offset).reshape(dims)
+    return np.frombuffer(data, dtype, count=count).reshape(dims)
 
 
 def find_idx(folder: str | os.PathLike, split: str) -> tuple[Path, Path]:

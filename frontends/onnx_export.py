@@ -20,6 +20,7 @@ from verifier.errors import LipverifyError
 from verifier.ir import GraphModule
 
 from .onnx_io import read_model
+from .outputs import atomic_write
 
 
 def _tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -91,11 +92,16 @@ def export_weights(module: GraphModule, source: str | os.PathLike | onnx.ModelPr
     return model
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write ``model`` after ``onnx.checker`` accepts it (full check with shape inference)."""
+def serialize(model: onnx.ModelProto) -> bytes:
+    """``model``'s bytes after ``onnx.checker`` accepts it (full check with shape inference)."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise LipverifyError(f"the exported model does not pass onnx.checker: {str(e).splitlines()[0]}")
-    with open(path, "wb") as f:
-        f.write(model.SerializeToString())
+    return model.SerializeToString()
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write ``model`` (``serialize``) to ``path`` atomically."""
+    data = serialize(model)
+    atomic_write(path, lambda f: f.write(data), "--out")

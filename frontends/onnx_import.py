@@ -16,6 +16,7 @@ The steps (each one exact):
 """
 from __future__ import annotations
 
+import heapq
 import os
 from collections import Counter
 from typing import Any
@@ -56,20 +57,37 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def topological_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The graph's nodes in an order where every tensor is produced before it is read."""
+    """The graph's nodes in an order where every tensor is produced before it is read (Kahn's algorithm: linear
+    in the number of node inputs; nodes that are ready together keep the file's order)."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     available |= {i.name for i in graph.sparse_initializer}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(t in available for t in n.input)]
-        if not ready:
-            missing = sorted({t for n in pending for t in n.input if t not in available})
-            raise ModelImportError(f"graph has a cycle or reads undefined tensors: {', '.join(missing[:5])}")
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-        for n in ready:
-            ordered.append(n)
-            available.update(n.output)
+    nodes = list(graph.node)
+    waiting = [0] * len(nodes)  # per node: how many of its inputs are not available yet
+    readers: dict[str, list[int]] = {}
+    ready: list[int] = []
+    for k, node in enumerate(nodes):
+        missing = {t for t in node.input if t not in available}
+        waiting[k] = len(missing)
+        for t in missing:
+            readers.setdefault(t, []).append(k)
+        if not missing:
+            ready.append(k)
+    ordered: list[onnx.NodeProto] = []
+    heapq.heapify(ready)
+    while ready:
+        k = heapq.heappop(ready)
+        ordered.append(nodes[k])
+        for t in nodes[k].output:
+            if t in available:
+                continue
+            available.add(t)
+            for r in readers.pop(t, ()):
+                waiting[r] -= 1
+                if waiting[r] == 0:
+                    heapq.heappush(ready, r)
+    if len(ordered) < len(nodes):
+        missing = sorted(readers)
+        raise ModelImportError(f"graph has a cycle or reads undefined tensors: {', '.join(missing[:5])}")
     return ordered
 
 
@@ -123,6 +141,7 @@ class Importer:
         if output is not None and output not in outputs:
             raise ModelImportError(f"no output named '{output}'; the model's outputs: {', '.join(outputs)}")
         self.output = output or outputs[0]
+        self._read: set[str] | None = None  # every tensor some node reads (built when first needed)
         self.nodes = fuse_thresholded_softplus(self._prune(topological_nodes(g)), {self.output})
         try:
             self._check_supported()
@@ -203,7 +222,7 @@ class Importer:
         alias: dict[str, str] = {}
         ir_nodes: list[Node] = []
         shapes: dict[str, tuple[int, ...]] = {self.input.name: probe_shape}
-        used_names: set[str] = set()
+        used_names: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
             ins = [alias.get(t, t) for t in node.input]
             if all(not t or t in self.const for t in ins):
@@ -276,8 +295,9 @@ class Importer:
         extra = {o for o in extra_outputs if o}
         if not extra:
             return
-        readers = [n for n in self.nodes if extra & set(n.input)]
-        if readers or self.output in extra:
+        if self._read is None:
+            self._read = {t for n in self.nodes for t in n.input}
+        if extra & self._read or self.output in extra:
             raise UnsupportedOpsError([(f"{node.op_type} (secondary output)", node.name or node.output[0])])
 
     @staticmethod
@@ -381,10 +401,14 @@ def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
     return np.array(shape[start:end], dtype=np.int64)
 
 
-def _unique(name: str, used: set[str]) -> str:
-    candidate, k = name, 1
-    while candidate in used:
-        k += 1
-        candidate = f"{name}_{k}"
-    used.add(candidate)
+def _unique(name: str, used: dict[str, int]) -> str:
+    """``name``, or ``name_2``, ``name_3``... when taken (``used``: name -> the last suffix tried for it, so that
+    many equal names cost linear time)."""
+    candidate, k = name, used.get(name, 1)
+    if candidate in used:
+        while candidate in used:
+            k += 1
+            candidate = f"{name}_{k}"
+        used[name] = k
+    used.setdefault(candidate, 1)
     return candidate

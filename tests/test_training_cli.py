@@ -49,8 +49,9 @@ def test_train_arch_exports_a_checked_model(capsys, tmp_path):
 @pytest.mark.parametrize("args, message", [
     ([], "give either MODEL.onnx or --arch"),
     (["--arch", "9Q"], "unknown architecture '9Q'"),
-    (["--arch", "2C2F", "--eps", "-1"], "--eps must be finite"),
-    (["--arch", "2C2F", "--val", "0"], "--val must be between"),
+    (["--arch", "2C2F", "--eps", "-1"], "Invalid value for '--eps': must be >= 0"),
+    (["--arch", "2C2F", "--val", "0"], "Invalid value for '--val'"),
+    (["--arch", "2C2F", "--val", "40"], "--val must be between"),
 ])
 def test_train_bad_input_is_one_line(capsys, tmp_path, args, message):
     data = _images(tmp_path, n=40)

@@ -25,6 +25,7 @@ from torch import Tensor
 from verifier.errors import LipverifyError
 from verifier.ir import GraphModule
 
+from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .evaluate import evaluate
 from .losses import Loss, Options, Step
 
@@ -100,14 +101,13 @@ def train(module: GraphModule, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tenso
     start_epoch, elapsed = 0, 0.0
     checkpoint = Path(checkpoint) if checkpoint else None
     if resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["config"]["method"] != config.method or state["config"]["seed"] != config.seed:
-            raise LipverifyError(f"{checkpoint}: a checkpoint of another run (method {state['config']['method']}, "
-                                 f"seed {state['config']['seed']})")
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        loss_fn.load_state_dict(state["vectors"])
-        history, start_epoch, elapsed = state["history"], state["epoch"], state["seconds"]
+        state = load_checkpoint(checkpoint, device)
+        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+        if saved.get("method") != config.method or saved.get("seed") != config.seed:
+            raise LipverifyError(f"{checkpoint}: a checkpoint of another run (method {saved.get('method')!r}, "
+                                 f"seed {saved.get('seed')!r})")
+        history, start_epoch, elapsed = restore(state, checkpoint, module, optimizer)
+        loss_fn.load_state_dict(state.get("vectors"), str(checkpoint))
     lower, upper = (None, None) if bounds is None else (bounds[0].to(device), bounds[1].to(device))
     n = len(x)
     per_epoch = math.ceil(n / config.batch_size)
@@ -145,9 +145,9 @@ def train(module: GraphModule, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tenso
                    f" | held-out clean {metrics['clean_accuracy']:.3f} certified@{config.eps:g} "
                    f"{metrics['certified_accuracy']:.3f} ({metrics['certificate']}) {elapsed:.0f}s", final=True)
         if checkpoint is not None:
-            torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                        "vectors": loss_fn.state_dict(), "history": history, "epoch": epoch + 1, "seconds": elapsed,
-                        "config": asdict(config)}, checkpoint)
+            save_checkpoint({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                             "vectors": loss_fn.state_dict(), "history": history, "epoch": epoch + 1,
+                             "seconds": elapsed, "config": asdict(config)}, checkpoint)
         if on_epoch is not None:
             on_epoch(record)
     module.eval()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from verifier.errors import NoRuleError
+from verifier.errors import LipverifyError, NoRuleError
 from verifier.ir import GraphModule
 
 from .bcp_bound import worst_translated_logits
@@ -103,11 +103,22 @@ class Loss:
             out["liplt"] = self.liplt_est.vectors
         return out
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.graph_est is not None and "graph" in state:
-            self.graph_est.pi.vectors = list(state["graph"])
-        if self.liplt_est is not None and "liplt" in state:
-            self.liplt_est.vectors = list(state["liplt"])
+    def load_state_dict(self, state: Any, source: str = "checkpoint") -> None:
+        """Restore the vectors of ``state_dict``, refusing (``LipverifyError``) any that do not fit: another
+        count, shape or dtype, or non-finite entries."""
+        if not isinstance(state, dict):
+            raise LipverifyError(f"{source}: no power-iteration vectors")
+        owners = (("graph", None if self.graph_est is None else self.graph_est.pi, "vectors"),
+                  ("liplt", self.liplt_est, "vectors"))
+        for key, owner, attr in owners:
+            if owner is None or key not in state:
+                continue
+            current, saved = getattr(owner, attr), state[key]
+            if not isinstance(saved, list) or len(saved) != len(current) or not all(
+                    isinstance(s, torch.Tensor) and s.shape == c.shape and s.dtype == c.dtype
+                    and bool(torch.isfinite(s).all()) for s, c in zip(saved, current)):
+                raise LipverifyError(f"{source}: the power-iteration vectors do not fit this model")
+            setattr(owner, attr, [s.to(c.device) for s, c in zip(saved, current)])
 
     def standard(self, x: Tensor, y: Tensor, step: Step) -> tuple[Tensor, Tensor]:
         z = _logits(self.module, x)

@@ -10,6 +10,7 @@ from typing import Any
 import onnx
 import torch
 
+from frontends.outputs import OutputPaths
 from verifier.errors import LipverifyError
 
 from .loop import TrainConfig, train
@@ -30,13 +31,16 @@ def find_fashion_mnist() -> Path | None:
 
 
 def _source(model_path: str | None, arch: str | None, width: float, input_shape: tuple[int, ...],
-            classes: int) -> onnx.ModelProto:
+            classes: int, outputs: OutputPaths) -> onnx.ModelProto:
     from frontends.onnx_io import read_model
 
     if (model_path is None) == (arch is None):
         raise LipverifyError("give either MODEL.onnx or --arch NAME")
     if model_path is not None:
-        return read_model(model_path)
+        files: list[Path] = []
+        model = read_model(model_path, files)
+        outputs.protect(files)  # its external data files are inputs too
+        return model
     from .arch import build, to_onnx
 
     return to_onnx(build(arch, input_shape, classes, width), input_shape)
@@ -47,9 +51,12 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
               split: str = "train", val: int = 5000, limit: int | None = None, out: str, config: TrainConfig,
               device: str = "auto", input_scale: float | None = None, mean: str | None = None, std: str | None = None,
               checkpoint: str | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train and export; the report: config, history, seconds, final held-out metrics, export checks."""
+    """Train and export; the report: config, history, seconds, final held-out metrics, export checks.
+
+    ``out`` and ``checkpoint`` follow the output-path policy (``frontends.outputs``): checked before any work
+    (never an input: the model, its external data, the data), written atomically."""
     from frontends.data import load_dataset
-    from frontends.onnx_export import export_weights, save
+    from frontends.onnx_export import export_weights, serialize
     from frontends.onnx_import import load_onnx
     from verifier.certify_run import parse_values, pick_device
     from verifier.inspect import import_model
@@ -59,14 +66,15 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
         raise LipverifyError("--eps must be finite and >= 0")
     if config.epochs < 1 or config.batch_size < 1:
         raise LipverifyError("--epochs and --batch-size must be positive")
-    source = _source(model_path, arch, width, input_shape, classes)
-    _, module = import_model(source)
     if data_path is None:
         found = find_fashion_mnist()
         data_path = str(found) if found else None
     if data_path is None:
         raise LipverifyError("no --data given and no Fashion-MNIST folder found (looked in "
                              f"{', '.join(FASHION_MNIST)})")
+    outputs = OutputPaths({"--out": out, "--checkpoint": checkpoint}, inputs=[model_path, data_path])
+    source = _source(model_path, arch, width, input_shape, classes, outputs)
+    _, module = import_model(source)
     data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit,
                         input_scale=input_scale, mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
     k = math.prod(module.graph.output_shape) if module.graph.output_shape else 1
@@ -84,7 +92,7 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
 
     module = module.cpu().eval()
     exported = export_weights(module, source)
-    save(exported, out)
+    outputs.write_bytes("--out", serialize(exported))
     reloaded = load_onnx(exported)
     parity = check_parity(exported, module)
     same_nodes = [(n.op_type, list(n.input), list(n.output)) for n in exported.graph.node] == \

@@ -130,13 +130,13 @@ def run_attack(model_path: str, data_path: str, *, split: str = "test", norm: st
                eps_list: Sequence[float] = (), limit: int | None = None, batch_size: int = 256,
                device: str = "auto", input_scale: float | None = None, mean: str | None = None,
                std: str | None = None, output: str | None = None, steps: int = 50, restarts: int = 5,
-               method: str = "pgd", seed: int = 0) -> dict[str, Any]:
+               method: str = "pgd", seed: int = 0, source=None) -> dict[str, Any]:
     from .certify_run import load_inputs
 
     with Timer() as timer:
         p, eps_list, _, module, dev, data = load_inputs(
             model_path, data_path, norm=norm, eps_list=eps_list, split=split, limit=limit, device=device,
-            input_scale=input_scale, mean=mean, std=std, output=output)
+            input_scale=input_scale, mean=mean, std=std, output=output, source=source)
         module = module.to(dev)
         with torch.no_grad():
             k = LogitsModule(module)(data.x[:1].to(dev)).shape[1]

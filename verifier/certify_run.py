@@ -8,8 +8,7 @@ import torch
 
 from .certify import certified_radii
 from .errors import LipverifyError
-from .report import (LogitEngine, Timer, batched_logits, compute_bounds, norm_label, norm_value, plot_curve,
-                     summarize)
+from .report import LogitEngine, Timer, batched_logits, compute_bounds, norm_label, norm_value, summarize
 
 DEFAULT_EPS = {2.0: (0.1, 0.25, 0.5, 1.0), math.inf: (0.01, 0.03, 0.1)}
 
@@ -34,9 +33,10 @@ def pick_device(device: str) -> torch.device:
 
 def load_inputs(model_path: str, data_path: str, *, norm: str, eps_list: Sequence[float], split: str,
                 limit: int | None, device: str, input_scale: float | None, mean: str | None, std: str | None,
-                output: str | None):
+                output: str | None, source=None):
     """What certify and attack both start from: the norm, the eps list, the model (file and IR, on the
-    device) and the data shaped for it. Returns (p, eps_list, model, module, device, data)."""
+    device) and the data shaped for it (``source``: the model already read, else it is read from
+    ``model_path``). Returns (p, eps_list, model, module, device, data)."""
     from frontends.data import load_dataset
 
     from .inspect import import_model
@@ -45,10 +45,12 @@ def load_inputs(model_path: str, data_path: str, *, norm: str, eps_list: Sequenc
     eps_list = tuple(eps_list) or DEFAULT_EPS[p]
     if any(e < 0 or not math.isfinite(e) for e in eps_list):
         raise LipverifyError("--eps values must be finite and >= 0")
-    model, module = import_model(model_path, output)
+    model, module = import_model(model_path if source is None else source, output)
     dev = pick_device(device)
+    k = math.prod(module.graph.output_shape)
     data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit, input_scale=input_scale,
-                        mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
+                        mean=parse_values(mean, "mean"), std=parse_values(std, "std"),
+                        num_classes=k if k >= 2 else None)
     return p, eps_list, model, module, dev, data
 
 
@@ -56,16 +58,16 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
                 eps_list: Sequence[float] = (), method: str | None = None, limit: int | None = None,
                 batch_size: int = 256, device: str = "auto", input_scale: float | None = None,
                 mean: str | None = None, std: str | None = None, output: str | None = None,
-                plot_path: str | None = None, gate: float | None = None,
-                gate_eps: float | None = None, attack: bool = False, attack_steps: int = 50,
-                attack_restarts: int = 5, attack_method: str = "pgd") -> dict[str, Any]:
+                gate: float | None = None, gate_eps: float | None = None, attack: bool = False,
+                attack_steps: int = 50, attack_restarts: int = 5, attack_method: str = "pgd",
+                source=None) -> dict[str, Any]:
     """The certify report (see the README); with ``attack``, also the attack radius per input
     (``attack_run.attack_dataset``), the median ratio certified / attack, and ``soundness_violations``: the
     inputs whose certified radius exceeds the distance of an adversarial example (a disproved certificate)."""
     with Timer() as timer:
         p, eps_list, model, module, dev, data = load_inputs(
             model_path, data_path, norm=norm, eps_list=eps_list, split=split, limit=limit, device=device,
-            input_scale=input_scale, mean=mean, std=std, output=output)
+            input_scale=input_scale, mean=mean, std=std, output=output, source=source)
         bounds = compute_bounds(module, p, input_dim=max(1, int(torch.tensor(module.graph.sample_shape).prod())))
         if method is None:
             method = "lmt-pairwise" if bounds.l2.last_matrix is not None else "lmt"
@@ -117,12 +119,6 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
 
         value = certified_accuracy(radii, gate_eps)
         result["gate"] = {"eps": gate_eps, "required": gate, "value": value, "passed": value >= gate}
-    if plot_path:
-        curves = {method: radii}
-        if attack:
-            curves[f"{attack_method} attack (upper bound)"] = torch.tensor(
-                [math.inf if r is None else r for r in result["attack_radii"]], dtype=torch.float64)
-        plot_curve(curves, plot_path, norm_label(p), model_path)
     return result
 
 

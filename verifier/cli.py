@@ -13,6 +13,9 @@ from typing import Any
 
 import click
 
+from frontends.outputs import OutputPaths
+
+from .cli_values import COUNT, FRACTION, POSITIVE, RADIUS, SEED, Number, Shape, Values
 from .errors import LipverifyError, UnsupportedOpsError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -85,13 +88,13 @@ data_options = _stack(
 #: how to run and report (certify, attack)
 run_options = _stack(
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-    click.option("--input-scale", type=float, default=None, help="Multiply the data by this before the model."),
-    click.option("--mean", type=str, default=None, help="Subtract (scalar or comma-separated per channel)."),
-    click.option("--std", type=str, default=None, help="Then divide (scalar or comma-separated per channel)."),
+    click.option("--input-scale", type=POSITIVE, default=None, help="Multiply the data by this before the model."),
+    click.option("--mean", type=Values(), default=None, help="Subtract (scalar or comma-separated per channel)."),
+    click.option("--std", type=Values(positive=True), default=None,
+                 help="Then divide (scalar or comma-separated per channel)."),
     click.option("--output", "output", metavar="NAME", help="Which graph output to use (default: the first)."),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table."),
-    click.option("--report", "report_path", type=click.Path(dir_okay=False),
-                 help="Also write the JSON report here."),
+    click.option("--report", "report_path", type=str, help="Also write the JSON report here."),
 )
 
 
@@ -130,7 +133,7 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool, method: 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
 @data_options
-@click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report certified accuracy at "
+@click.option("--eps", "eps_list", type=RADIUS, multiple=True, help="Radii to report certified accuracy at "
               "(repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
 @click.option("--method", type=click.Choice(["lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local", "best"]),
               default=None,
@@ -140,14 +143,14 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool, method: 
                    "(Hein & Andriushchenko Thm 2.1, gradient boxes over BCP's boxes); best: all that apply, the "
                    "largest radius per input (all are sound). Default: "
                    "lmt-pairwise when the logits come from an affine layer, else lmt.")
-@click.option("--limit", type=int, default=None, help="Use the first N inputs.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--limit", type=COUNT, default=None, help="Use the first N inputs.")
+@click.option("--batch-size", type=COUNT, default=256, show_default=True)
 @run_options
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the certified accuracy curve "
-              "(PNG).")
-@click.option("--min-certified-accuracy", "gate", type=float, default=None,
+@click.option("--plot", "plot_path", type=str, help="Write the certified accuracy curve (PNG; .pdf or .svg by "
+              "the file's suffix).")
+@click.option("--min-certified-accuracy", "gate", type=FRACTION, default=None,
               help="Exit 1 unless the certified accuracy at --at-eps reaches this fraction (0-1).")
-@click.option("--at-eps", "gate_eps", type=float, default=None, help="The eps the gate is checked at.")
+@click.option("--at-eps", "gate_eps", type=RADIUS, default=None, help="The eps the gate is checked at.")
 @click.option("--attack", "attack", is_flag=True, help="Also attack every input (PGD, as `lipverify attack`) and "
               "report the attack radius beside the certified one and the median ratio certified / attack; exit 3 "
               "if an attack breaks a certified radius.")
@@ -165,16 +168,19 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
     --min-certified-accuracy is not met, 2 bad input, 3 when --attack finds an adversarial example inside a
     certified radius (a soundness bug)."""
     from .certify_run import run_certify
+    from .report import certify_curves, plot_curve, plot_format
 
     if (gate is None) != (gate_eps is None):
         raise click.UsageError("--min-certified-accuracy and --at-eps go together")
-    if batch_size <= 0:
-        raise click.UsageError("--batch-size must be positive")
+    outputs = OutputPaths({"--report": report_path, "--plot": plot_path}, inputs=[model, data_path])
+    fmt = plot_format(plot_path) if plot_path else None
+    source = _read_model(model, outputs)
     result = run_certify(model, data_path, split=split, norm=norm, eps_list=eps_list, method=method, limit=limit,
                          batch_size=batch_size, device=device, input_scale=input_scale, mean=mean, std=std,
-                         output=output, plot_path=plot_path, gate=gate, gate_eps=gate_eps, attack=attack,
-                         attack_steps=attack_steps, attack_restarts=attack_restarts)
-    _write_report(result, report_path)
+                         output=output, gate=gate, gate_eps=gate_eps, attack=attack,
+                         attack_steps=attack_steps, attack_restarts=attack_restarts, source=source)
+    _write_report(result, outputs)
+    outputs.write("--plot", lambda f: plot_curve(certify_curves(result), f, fmt, result["norm"], model))
     if as_json:
         emit_json(result)
     else:
@@ -196,16 +202,24 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
     sys.exit(EXIT_FAILED if "gate" in result and not result["gate"]["passed"] else EXIT_OK)
 
 
-def _write_report(result: dict[str, Any], path: str | None) -> None:
-    if path:
-        with open(path, "w") as f:
-            json.dump(result, f, default=_json_default)
+def _read_model(path: str, outputs: OutputPaths):
+    """MODEL read once, before any work; its external data files join the inputs no output may overwrite."""
+    from frontends.onnx_io import read_model
+
+    files: list = []
+    model = read_model(path, files)
+    outputs.protect(files)
+    return model
+
+
+def _write_report(result: dict[str, Any], outputs: OutputPaths) -> None:
+    outputs.write_bytes("--report", json.dumps(result, default=_json_default).encode())
 
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
 @data_options
-@click.option("--eps", "eps_list", type=float, multiple=True, help="Radii to report the attack success rate and "
+@click.option("--eps", "eps_list", type=RADIUS, multiple=True, help="Radii to report the attack success rate and "
               "the robust accuracy bound at (repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
 @click.option("--method", type=click.Choice(["pgd", "deepfool"]), default="pgd", show_default=True,
               help="pgd: the smallest radius at which PGD succeeds, by bisection; deepfool: DeepFool's distance.")
@@ -213,8 +227,8 @@ def _write_report(result: dict[str, Any], path: str | None) -> None:
               help="PGD steps per probe (DeepFool: iterations).")
 @click.option("--restarts", type=click.IntRange(min=1), default=5, show_default=True,
               help="PGD restarts per probe (random and per-class targeted).")
-@click.option("--limit", type=int, default=None, help="Use the first N inputs.")
-@click.option("--batch-size", type=int, default=256, show_default=True,
+@click.option("--limit", type=COUNT, default=None, help="Use the first N inputs.")
+@click.option("--batch-size", type=COUNT, default=256, show_default=True,
               help="Inputs attacked (bisected) together.")
 @run_options
 def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[float, ...], method: str,
@@ -225,12 +239,12 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
     IDX pixels). 0 for misclassified inputs; inf (JSON null) when nothing is found. Exit 0 ok, 2 bad input."""
     from .attack_run import format_attack, run_attack
 
-    if batch_size <= 0:
-        raise click.UsageError("--batch-size must be positive")
+    outputs = OutputPaths({"--report": report_path}, inputs=[model, data_path])
+    source = _read_model(model, outputs)
     result = run_attack(model, data_path, split=split, norm=norm, eps_list=eps_list, limit=limit,
                         batch_size=batch_size, device=device, input_scale=input_scale, mean=mean, std=std,
-                        output=output, steps=steps, restarts=restarts, method=method)
-    _write_report(result, report_path)
+                        output=output, steps=steps, restarts=restarts, method=method, source=source)
+    _write_report(result, outputs)
     if as_json:
         emit_json(result)
     else:
@@ -242,43 +256,47 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
 @click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=str))
 @click.option("--arch", help="Build this architecture instead of reading MODEL: 2C2F, 4C3F, 6C2F (the seeds' mCnF) "
               "or mlp-H1-H2-...")
-@click.option("--width", type=float, default=1.0, show_default=True, help="With --arch: scale every width.")
-@click.option("--input-shape", default="1,28,28", show_default=True, help="With --arch: the sample shape (C,H,W).")
-@click.option("--classes", type=int, default=10, show_default=True, help="With --arch: the number of classes.")
+@click.option("--width", type=POSITIVE, default=1.0, show_default=True, help="With --arch: scale every width.")
+@click.option("--input-shape", type=Shape(), default="1,28,28", show_default=True,
+              help="With --arch: the sample shape (C,H,W).")
+@click.option("--classes", type=click.IntRange(min=2), default=10, show_default=True,
+              help="With --arch: the number of classes.")
 @click.option("--data", "data_path", type=str, default=None, help="Training data (.npz or IDX folder; its train "
               "split). Default: Fashion-MNIST from ../shared/data or /usr/share/datasets.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Which IDX split to train on (the last --val samples are held out).")
 @click.option("--method", type=click.Choice(["standard", "lmt", "crm", "bcp", "cross-lipschitz"]),
               default="standard", show_default=True)
-@click.option("--eps", type=float, default=1.0, show_default=True, help="Target l2 radius (the data's space).")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--eps", type=RADIUS, default=1.0, show_default=True, help="Target l2 radius (the data's space).")
+@click.option("--epochs", type=COUNT, default=10, show_default=True)
+@click.option("--batch-size", type=COUNT, default=128, show_default=True)
+@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
-@click.option("--ramp", type=float, default=0.4, show_default=True, help="Fraction of the steps over which eps "
+@click.option("--ramp", type=FRACTION, default=0.4, show_default=True, help="Fraction of the steps over which eps "
               "goes 0 -> target and lambda 0 -> 1.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val", type=int, default=5000, show_default=True, help="Samples held out (the last ones).")
-@click.option("--limit", type=int, default=None, help="Use the first N training samples.")
-@click.option("--lmt-c", type=float, default=None, help="LMT's c (default: --eps).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--val", type=COUNT, default=5000, show_default=True, help="Samples held out (the last ones).")
+@click.option("--limit", type=COUNT, default=None, help="Use the first N training samples.")
+@click.option("--lmt-c", type=RADIUS, default=None, help="LMT's c (default: --eps).")
 @click.option("--lmt-prop1", is_flag=True, help="LMT with sqrt(2) c L (Prop. 1) instead of Prop. 2's pairs.")
 @click.option("--lmt-plus", is_flag=True, help="LMT++: the margin only where the prediction is correct.")
-@click.option("--crm-lambda", type=float, default=10.0, show_default=True)
-@click.option("--crm-t", type=float, default=None, help="CRM's soft-min temperature (default 4 / eps).")
-@click.option("--cross-lambda", type=float, default=1.0, show_default=True, help="Cross-Lipschitz weight.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Save after every epoch here.")
+@click.option("--crm-lambda", type=Number(low=0.0), default=10.0, show_default=True)
+@click.option("--crm-t", type=POSITIVE, default=None, help="CRM's soft-min temperature (default 4 / eps).")
+@click.option("--cross-lambda", type=Number(low=0.0), default=1.0, show_default=True,
+              help="Cross-Lipschitz weight.")
+@click.option("--checkpoint", type=str, default=None, help="Save after every epoch here (safetensors; never a "
+              "pickle).")
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--input-scale", type=float, default=None, help="Multiply the data by this before the model.")
-@click.option("--mean", type=str, default=None, help="Subtract (scalar or comma-separated per channel).")
-@click.option("--std", type=str, default=None, help="Then divide (scalar or comma-separated per channel).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the trained ONNX.")
+@click.option("--input-scale", type=POSITIVE, default=None, help="Multiply the data by this before the model.")
+@click.option("--mean", type=Values(), default=None, help="Subtract (scalar or comma-separated per channel).")
+@click.option("--std", type=Values(positive=True), default=None,
+              help="Then divide (scalar or comma-separated per channel).")
+@click.option("--out", required=True, type=str, help="Where to write the trained ONNX.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
-def train(model: str | None, arch: str | None, width: float, input_shape: str, classes: int, data_path: str | None,
-          split: str, method: str, eps: float,
-          epochs: int, batch_size: int, lr: float, optimizer: str, lr_schedule: str, ramp: float, seed: int,
+def train(model: str | None, arch: str | None, width: float, input_shape: tuple[int, ...], classes: int,
+          data_path: str | None, split: str, method: str, eps: float, epochs: int, batch_size: int, lr: float, optimizer: str, lr_schedule: str, ramp: float, seed: int,
           val: int, limit: int | None, lmt_c: float | None, lmt_prop1: bool, lmt_plus: bool, crm_lambda: float,
           crm_t: float | None, cross_lambda: float, checkpoint: str | None, resume: bool, device: str,
           input_scale: float | None, mean: str | None, std: str | None, out: str, as_json: bool) -> None:
@@ -295,11 +313,7 @@ def train(model: str | None, arch: str | None, width: float, input_shape: str, c
                       crm_t=crm_t, cross_lambda=cross_lambda)
     config = TrainConfig(method=method, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          lr_schedule=lr_schedule, ramp=ramp, seed=seed, options=options)
-    try:
-        shape = tuple(int(d) for d in input_shape.split(","))
-    except ValueError:
-        raise click.UsageError(f"--input-shape takes comma-separated integers, got '{input_shape}'")
-    result = run_train(model, arch=arch, width=width, input_shape=shape, classes=classes, data_path=data_path,
+    result = run_train(model, arch=arch, width=width, input_shape=input_shape, classes=classes, data_path=data_path,
                        split=split, val=val, limit=limit, out=out,
                        config=config, device=device, input_scale=input_scale, mean=mean, std=std,
                        checkpoint=checkpoint, resume=resume, progress=not as_json)
@@ -311,6 +325,20 @@ def train(model: str | None, arch: str | None, width: float, input_shape: str, c
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
 
 
+#: what click raises for a command line with no command (click >= 8.2; older versions exit 0 with the help)
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+#: the longest error line printed (a message naming thousands of nodes is cut, saying how much was left out)
+MAX_LINE = 1000
+
+
+def _one_line(text: str) -> str:
+    """``text`` as one line of at most ``MAX_LINE`` characters."""
+    line = " ".join(text.split())
+    if len(line) > MAX_LINE:
+        line = f"{line[:MAX_LINE]}... ({len(line) - MAX_LINE} more characters)"
+    return line
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every error is one line on stderr with its exit code."""
     warnings.filterwarnings("ignore")
@@ -319,13 +347,20 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        click.echo(f"lipverify: error: {e.format_message()}", err=True)
+        if isinstance(e, _NO_ARGS) and e.ctx is not None:  # `lipverify` alone: the help, for a person
+            click.echo(e.ctx.get_help(), err=True)
+        else:
+            click.echo(f"lipverify: error: {_one_line(e.format_message())}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.exceptions.Abort:
         click.echo("lipverify: aborted", err=True)
         sys.exit(130)
     except (UnsupportedOpsError, LipverifyError) as e:
-        click.echo(f"lipverify: error: {e}", err=True)
+        click.echo(f"lipverify: error: {_one_line(str(e))}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as e:  # the file system refused something the user named (a read or a write)
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"lipverify: error: {where}{e.strerror or _one_line(str(e)) or type(e).__name__}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         click.echo("lipverify: interrupted", err=True)
@@ -333,9 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # a bug of ours: still one line, the traceback on request
         if os.environ.get("LIPVERIFY_DEBUG"):
             raise
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        click.echo(f"lipverify: internal error: {type(e).__name__}: {text} (LIPVERIFY_DEBUG=1 shows the "
-                   f"traceback)", err=True)
+        click.echo(f"lipverify: internal error: {type(e).__name__}: {_one_line(str(e))} (LIPVERIFY_DEBUG=1 "
+                   f"shows the traceback)", err=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(EXIT_OK)
 

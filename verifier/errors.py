@@ -18,8 +18,13 @@ class UnsupportedOpsError(ModelImportError):
 
     def __init__(self, ops: list[tuple[str, str]]):
         self.ops = list(ops)
-        listed = ", ".join(f"{op} (node '{name}')" for op, name in self.ops)
-        super().__init__(f"unsupported op{'s' if len(self.ops) > 1 else ''}: {listed}")
+        listed = ", ".join(f"{op} (node '{name}')" for op, name in self.ops[:self.SHOWN])
+        more = len(self.ops) - self.SHOWN
+        super().__init__(f"unsupported op{'s' if len(self.ops) > 1 else ''}: {listed}"
+                         + (f" and {more} more node{'s' if more > 1 else ''}" if more > 0 else ""))
+
+    #: how many nodes the message names (``ops`` has them all)
+    SHOWN = 10
 
 
 class InputShapeError(LipverifyError):

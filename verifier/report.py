@@ -5,12 +5,14 @@ import contextlib
 import math
 import sys
 import time
-from typing import Any, Sequence
+from pathlib import Path
+from typing import IO, Any, Sequence
 
 import click
 import torch
 
 from .certify import Bounds, certified_accuracy
+from .errors import LipverifyError
 from .ir import GraphModule
 from .lipschitz import LipschitzReport, graph_lipschitz, logits_tensor
 
@@ -188,9 +190,33 @@ def format_certify(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_curve(radii_by_method: dict[str, torch.Tensor], path: str, norm: str, title: str) -> None:
+#: the formats ``--plot`` writes, by the file's suffix (no suffix: png)
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def plot_format(path: str) -> str:
+    """The image format of a ``--plot`` path, checked before any work starts."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    if suffix not in PLOT_FORMATS:
+        raise LipverifyError(f"--plot {path}: cannot write '.{suffix}' images; use "
+                             f"{', '.join('.' + f for f in PLOT_FORMATS)}")
+    return suffix
+
+
+def certify_curves(result: dict[str, Any]) -> dict[str, list[float]]:
+    """The curves of a certify report: its certified radii, and the attack's (an upper bound) when it ran."""
+    curves = {result["method"]: result["radii"]}
+    if "attack_radii" in result:
+        curves[f"{result['attack_method']} attack (upper bound)"] = [
+            math.inf if r is None else r for r in result["attack_radii"]]
+    return curves
+
+
+def plot_curve(radii_by_method: dict[str, Any], out: IO[bytes], fmt: str, norm: str, title: str) -> None:
     """Certified accuracy against eps, the curve every seed paper shows (an attack's curve, if given, is an
-    upper bound on the robust accuracy; inf radii count as never broken)."""
+    upper bound on the robust accuracy; inf radii count as never broken), written to ``out`` as ``fmt``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,8 +237,10 @@ def plot_curve(radii_by_method: dict[str, torch.Tensor], path: str, norm: str, t
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(out, format=fmt, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 class Timer:
