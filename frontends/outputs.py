@@ -121,6 +121,8 @@ def _check_target(flag: str, path: Path) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         st = None
+    except NotADirectoryError:
+        raise LipverifyError(f"{flag} {path}: {path.parent} is not a folder")
     except OSError as e:
         raise LipverifyError(f"{flag} {path}: {e.strerror or e}")
     if st is not None:

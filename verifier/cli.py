@@ -296,7 +296,8 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
 @click.option("--out", required=True, type=str, help="Where to write the trained ONNX.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 def train(model: str | None, arch: str | None, width: float, input_shape: tuple[int, ...], classes: int,
-          data_path: str | None, split: str, method: str, eps: float, epochs: int, batch_size: int, lr: float, optimizer: str, lr_schedule: str, ramp: float, seed: int,
+          data_path: str | None, split: str, method: str, eps: float, epochs: int, batch_size: int, lr: float,
+          optimizer: str, lr_schedule: str, ramp: float, seed: int,
           val: int, limit: int | None, lmt_c: float | None, lmt_prop1: bool, lmt_plus: bool, crm_lambda: float,
           crm_t: float | None, cross_lambda: float, checkpoint: str | None, resume: bool, device: str,
           input_scale: float | None, mean: str | None, std: str | None, out: str, as_json: bool) -> None:
