@@ -225,6 +225,8 @@ class _Reader:
 
 def read_property(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """(lower, upper, label) of one property file."""
+    if not path.is_file():
+        raise LipverifyError(f"{path}: not a regular file")
     try:
         if path.stat().st_size > MAX_BYTES:
             raise LipverifyError(f"{path}: larger than {MAX_BYTES >> 20} MiB; not a property file")

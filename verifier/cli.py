@@ -1,7 +1,9 @@
 """The `lipverify` command line.
 
 Exit codes: 0 success; 1 a check or gate failed (e.g. parity); 2 bad input (one line on stderr, never a
-traceback); 3 an internal error (one line; set LIPVERIFY_DEBUG=1 for the traceback).
+traceback; numbers are checked as the command line is parsed, ``cli_values``, and output paths before any work,
+``frontends.outputs``); 3 an internal error (one line; set LIPVERIFY_DEBUG=1 for the traceback). The README's
+"Exit codes and errors" states the contract.
 """
 from __future__ import annotations
 
