@@ -256,8 +256,9 @@ def _describe(scale: float, mean: torch.Tensor, std: torch.Tensor) -> str:
     return f"({x} - {values(mean)}) / {values(std)}"
 
 
-#: the largest array a data file may hold, checked from its header before anything is allocated
-MAX_ARRAY_BYTES = 4 * 2**30
+#: the largest array a data file may hold, as stored and as the float32 samples it becomes (2^29 values),
+#: checked from its header before anything is allocated
+MAX_ARRAY_BYTES = 2 * 2**30
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -300,9 +301,10 @@ def _read_member(z: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
                                  "refused)")
         count = math.prod(shape)
         size = count * dtype.itemsize
-        if size > MAX_ARRAY_BYTES:
-            raise LipverifyError(f"{path}: array '{key}' of shape {_fmt(shape)} would take {size / 2**30:.3g} GiB; "
-                                 f"the limit is {MAX_ARRAY_BYTES / 2**30:g} GiB")
+        if count * max(dtype.itemsize, 4) > MAX_ARRAY_BYTES:
+            raise LipverifyError(f"{path}: array '{key}' of shape {_fmt(shape)} would take "
+                                 f"{count * max(dtype.itemsize, 4) / 2**30:.3g} GiB; the limit is "
+                                 f"{MAX_ARRAY_BYTES / 2**30:g} GiB")
         if info.file_size != f.tell() + size:
             raise LipverifyError(f"{path}: array '{key}' holds {info.file_size - f.tell()} bytes of data but its "
                                  f"header (shape {_fmt(shape)}, {dtype}) needs {size}; truncated or corrupt")

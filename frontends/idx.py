@@ -14,8 +14,9 @@ from verifier.errors import LipverifyError
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-#: the largest array an IDX file may hold, checked from its header before anything is allocated
-MAX_IDX_BYTES = 4 * 2**30
+#: the largest array an IDX file may hold, as stored and as the float32 images it becomes (2^29 values),
+#: checked from its header before anything is allocated
+MAX_IDX_BYTES = 2 * 2**30
 
 
 def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
@@ -40,9 +41,10 @@ def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndar
             dtype = np.dtype(_DTYPES[head[2]])
             count = math.prod(dims)
             size = count * dtype.itemsize
-            if size > max_bytes:
-                raise LipverifyError(f"{path}: its header claims shape {tuple(dims)} ({size / 2**30:.3g} GiB); the "
-                                     f"limit is {max_bytes / 2**30:g} GiB")
+            if count * max(dtype.itemsize, 4) > max_bytes:
+                raise LipverifyError(f"{path}: its header claims shape {tuple(dims)} ("
+                                     f"{count * max(dtype.itemsize, 4) / 2**30:.3g} GiB as float32); the limit is "
+                                     f"{max_bytes / 2**30:g} GiB")
             if opener is open and os.fstat(f.fileno()).st_size < 4 + 4 * ndim + size:
                 raise LipverifyError(f"{path}: truncated IDX file (its header claims shape {tuple(dims)})")
             data = f.read(size)

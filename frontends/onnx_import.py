@@ -17,6 +17,7 @@ The steps (each one exact):
 from __future__ import annotations
 
 import heapq
+import math
 import os
 from collections import Counter
 from typing import Any
@@ -37,6 +38,8 @@ from .onnx_io import read_model
 from .onnx_patterns import fuse_thresholded_softplus
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+#: the most values one input sample may have (1 GiB in float32): larger declared inputs are refused at import
+MAX_INPUT_VALUES = 2**28
 REMOVED_OPS = ("Identity", "Dropout")
 #: ops that only re-lay out a tensor: a weight seen through them (Keras-on-JAX writes Transpose(kernel)) stays a
 #: trainable weight, with the chain back to its initializer recorded for export
@@ -197,6 +200,9 @@ class Importer:
         if symbolic:
             raise ModelImportError(f"input '{self.input.name}' has symbolic dimensions at axes {symbolic} "
                                    f"(shape {shape}); only the batch axis may be symbolic")
+        if math.prod(fixed) > MAX_INPUT_VALUES:
+            raise ModelImportError(f"input '{self.input.name}' has shape {shape}: {math.prod(fixed)} values per "
+                                   f"sample, more than the {MAX_INPUT_VALUES} lipverify takes")
         gen = torch.Generator().manual_seed(0)
         return torch.rand(fixed, generator=gen), tuple(fixed), leading
 
