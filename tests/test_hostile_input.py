@@ -516,3 +516,18 @@ def test_checkpoint_round_trip_keeps_types():
     back = _Decoder(Path("c"), Handle(), "cpu")(tree)
     assert back["a"] == (0.9, 0.999) and back["e"] == float("inf") and back[3][1] == state[3][1]
     assert torch.equal(back[3][0], torch.arange(3))
+
+
+def test_nul_bytes_in_paths_are_refused():
+    """A path with a NUL byte (possible through the Python API, not argv) is one clear error, not a ValueError."""
+    from frontends.data import load_dataset
+    from frontends.onnx_io import read_model
+    from frontends.outputs import OutputPaths
+    from verifier.errors import LipverifyError
+
+    with pytest.raises(LipverifyError, match="NUL byte"):
+        read_model("m\0.onnx")
+    with pytest.raises(LipverifyError, match="NUL byte"):
+        OutputPaths({"--report": "r\0.json"})
+    with pytest.raises(LipverifyError, match="no such file"):
+        load_dataset("d\0.npz", (4,))
