@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +26,7 @@ from torch import nn
 from verifier.errors import InputShapeError, LipverifyError
 
 from .idx import load_idx_split
+from .npz import read_npz
 
 Shape = tuple[int, ...]
 
@@ -208,7 +207,7 @@ def load_dataset(
         base_space = "pixels scaled to [0, 1]"
         bounds: tuple[float, float] | None = (0.0, 1.0)
     elif path.is_file():
-        x, y = _read_npz(path)
+        x, y = read_npz(path)
         source = f"{path} (.npz)"
         base_space = "the given .npz values"
         bounds = None
@@ -254,65 +253,6 @@ def _describe(scale: float, mean: torch.Tensor, std: torch.Tensor) -> str:
 
     x = "x" if scale == 1.0 else f"x * {scale:g}"
     return f"({x} - {values(mean)}) / {values(std)}"
-
-
-#: the largest array a data file may hold, as stored and as the float32 samples it becomes (2^29 values),
-#: checked from its header before anything is allocated
-MAX_ARRAY_BYTES = 2 * 2**30
-
-
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays ``x`` and ``y`` of an ``.npz``, each checked from its ``.npy`` header before it is read: numbers
-    only (no pickled objects), at most ``MAX_ARRAY_BYTES``, and exactly as many bytes as the header says."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if head[:2] != b"PK":
-            raise LipverifyError(f"{path}: not an .npz file (arrays x and y) nor a folder of MNIST-format IDX "
-                                 "files")
-        with zipfile.ZipFile(path) as z:
-            members = {name[:-4]: name for name in z.namelist() if name.endswith(".npy")}
-            missing = [k for k in ("x", "y") if k not in members]
-            if missing:
-                found = ", ".join(repr(k) for k in members) or "none"
-                raise LipverifyError(f"{path}: the .npz has no array {' or '.join(repr(k) for k in missing)} "
-                                     f"(arrays found: {found}); expected arrays 'x' (samples) and 'y' (labels)")
-            return _read_member(z, members["x"], path), _read_member(z, members["y"], path)
-    except LipverifyError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise LipverifyError(f"{path}: cannot read the .npz file ({msg})")
-
-
-def _read_member(z: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
-    key = name[:-4]
-    info = z.getinfo(name)
-    with z.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise LipverifyError(f"{path}: array '{key}' has .npy format version {version}; expected 1.0 or 2.0")
-        if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
-            raise LipverifyError(f"{path}: array '{key}' has dtype {dtype}; expected numbers (pickled objects are "
-                                 "refused)")
-        count = math.prod(shape)
-        size = count * dtype.itemsize
-        if count * max(dtype.itemsize, 4) > MAX_ARRAY_BYTES:
-            raise LipverifyError(f"{path}: array '{key}' of shape {_fmt(shape)} would take "
-                                 f"{count * max(dtype.itemsize, 4) / 2**30:.3g} GiB; the limit is "
-                                 f"{MAX_ARRAY_BYTES / 2**30:g} GiB")
-        if info.file_size != f.tell() + size:
-            raise LipverifyError(f"{path}: array '{key}' holds {info.file_size - f.tell()} bytes of data but its "
-                                 f"header (shape {_fmt(shape)}, {dtype}) needs {size}; truncated or corrupt")
-        data = f.read(size)
-    if len(data) != size:
-        raise LipverifyError(f"{path}: array '{key}' is truncated")
-    array = np.frombuffer(data, dtype=dtype, count=count)
-    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def _check_x(x: np.ndarray, path: Path) -> np.ndarray:

@@ -16,7 +16,6 @@ The steps (each one exact):
 """
 from __future__ import annotations
 
-import heapq
 import math
 import os
 from collections import Counter
@@ -34,6 +33,7 @@ from verifier.ir import Graph, GraphModule, Node, build_dag
 from verifier.ops import lookup
 from verifier.rewrite import fuse_gelu
 
+from .onnx_graph import constant_tensor, sparse_to_dense, topological_nodes, value_shape
 from .onnx_io import read_model
 from .onnx_patterns import fuse_thresholded_softplus
 
@@ -59,50 +59,6 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise ModelImportError("model imports no default ONNX opset")
 
 
-def topological_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The graph's nodes in an order where every tensor is produced before it is read (Kahn's algorithm: linear
-    in the number of node inputs; nodes that are ready together keep the file's order)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    available |= {i.name for i in graph.sparse_initializer}
-    nodes = list(graph.node)
-    waiting = [0] * len(nodes)  # per node: how many of its inputs are not available yet
-    readers: dict[str, list[int]] = {}
-    ready: list[int] = []
-    for k, node in enumerate(nodes):
-        missing = {t for t in node.input if t not in available}
-        waiting[k] = len(missing)
-        for t in missing:
-            readers.setdefault(t, []).append(k)
-        if not missing:
-            ready.append(k)
-    ordered: list[onnx.NodeProto] = []
-    heapq.heapify(ready)
-    while ready:
-        k = heapq.heappop(ready)
-        ordered.append(nodes[k])
-        for t in nodes[k].output:
-            if t in available:
-                continue
-            available.add(t)
-            for r in readers.pop(t, ()):
-                waiting[r] -= 1
-                if waiting[r] == 0:
-                    heapq.heappush(ready, r)
-    if len(ordered) < len(nodes):
-        missing = sorted(readers)
-        raise ModelImportError(f"graph has a cycle or reads undefined tensors: {', '.join(missing[:5])}")
-    return ordered
-
-
-def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str:
-    return d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-
-
-def value_shape(vi: onnx.ValueInfoProto) -> list[int | str] | None:
-    t = vi.type.tensor_type
-    return [_dim(d) for d in t.shape.dim] if t.HasField("shape") else None
-
-
 def _to_torch(value: np.ndarray) -> torch.Tensor:
     value = np.array(value)  # a writable copy
     if value.dtype.kind == "f":
@@ -126,7 +82,7 @@ class Importer:
         g = model.graph
         self.const: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         for sp in g.sparse_initializer:
-            self.const[sp.values.name] = _sparse_to_dense(sp)
+            self.const[sp.values.name] = sparse_to_dense(sp)
         self.initializers = set(self.const)
         # constant name -> (initializer, layout nodes applied to it): where each trainable weight comes from
         self.sources: dict[str, tuple[str, list[onnx.NodeProto]]] = {
@@ -209,7 +165,7 @@ class Importer:
     def _fold(self, node: onnx.NodeProto) -> list[np.ndarray]:
         """Evaluate a node whose inputs are all constants with ONNX's reference implementation."""
         if node.op_type == "Constant":
-            return [numpy_helper.to_array(_constant_tensor(node))]
+            return [numpy_helper.to_array(constant_tensor(node))]
         feeds = {t: self.const[t] for t in node.input if t}
         inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
                   for t, v in feeds.items()]
@@ -370,33 +326,6 @@ def _inferred_outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
         return list(onnx.shape_inference.infer_shapes(model).graph.output)
     except Exception:
         return list(model.graph.output)
-
-
-def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto:
-    for a in node.attribute:
-        if a.name == "value":
-            return a.t
-        if a.name == "value_float":
-            return numpy_helper.from_array(np.array(a.f, dtype=np.float32))
-        if a.name == "value_floats":
-            return numpy_helper.from_array(np.array(list(a.floats), dtype=np.float32))
-        if a.name == "value_int":
-            return numpy_helper.from_array(np.array(a.i, dtype=np.int64))
-        if a.name == "value_ints":
-            return numpy_helper.from_array(np.array(list(a.ints), dtype=np.int64))
-        if a.name == "sparse_value":
-            return numpy_helper.from_array(numpy_helper.to_array(a.sparse_tensor))
-    raise ModelImportError(f"Constant node '{node.name}' has no value")
-
-
-def _sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
-    values, indices = numpy_helper.to_array(sp.values), numpy_helper.to_array(sp.indices)
-    dense = np.zeros(tuple(sp.dims), dtype=values.dtype)
-    if indices.ndim == 1:
-        dense.reshape(-1)[indices] = values
-    else:
-        dense[tuple(indices.T)] = values
-    return dense
 
 
 def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:

@@ -37,3 +37,12 @@ def zoo() -> Path:
     if root is None or not (root / "zoo").is_dir():
         pytest.skip("third-party models absent: no ../shared/zoo (set LIPVERIFY_SHARED to the shared folder)")
     return root / "zoo"
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Path:
+    """The hostile-input tests' workspace (``tests/hostile.py``), the current folder while the test runs."""
+    from .hostile import make_workspace
+
+    monkeypatch.chdir(tmp_path)
+    return make_workspace(tmp_path)

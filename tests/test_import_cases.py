@@ -134,3 +134,32 @@ def test_where_without_the_softplus_pattern_is_unsupported():
     nodes = [node("Relu", ["x"], ["r"]), node("Greater", ["x", "t"], ["gt"]), node("Where", ["gt", "x", "r"])]
     with pytest.raises(UnsupportedOpsError, match="Greater.*Where"):
         load_onnx(make_model(nodes, [3], {"t": np.float32(0.0)}, opset=18))
+
+
+def test_topological_order_of_shuffled_graphs_and_cycles():
+    """``topological_nodes`` (Kahn's algorithm, linear time): a valid order for any node order of the file, the
+    file's order when it is already sorted, and one clear error for cycles and undefined tensors."""
+    import random
+
+    from frontends.onnx_graph import topological_nodes
+    from verifier.errors import ModelImportError
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"), helper.make_node("Relu", ["a"], ["b"], name="b"),
+             helper.make_node("Relu", ["x"], ["c"], name="c"), helper.make_node("Add", ["b", "c"], ["d"], name="d"),
+             helper.make_node("Add", ["d", "a"], ["y"], name="y")]
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    assert [n.name for n in topological_nodes(helper.make_graph(nodes, "g", [value], [out]))] == list("abcdy")
+    rng = random.Random(0)
+    for _ in range(20):
+        shuffled = nodes[:]
+        rng.shuffle(shuffled)
+        order = [n.name for n in topological_nodes(helper.make_graph(shuffled, "g", [value], [out]))]
+        assert sorted(order) == list("abcdy")
+        for before, after in (("a", "b"), ("b", "d"), ("c", "d"), ("d", "y"), ("a", "y")):
+            assert order.index(before) < order.index(after)
+    cycle = [helper.make_node("Relu", ["q"], ["p"]), helper.make_node("Relu", ["p"], ["q"])]
+    with pytest.raises(ModelImportError, match="cycle or reads undefined tensors: p, q"):
+        topological_nodes(helper.make_graph(cycle, "g", [value], [out]))
+    with pytest.raises(ModelImportError, match="undefined tensors: nowhere"):
+        topological_nodes(helper.make_graph([helper.make_node("Relu", ["nowhere"], ["y"])], "g", [value], [out]))

@@ -7,7 +7,8 @@ from typing import Any
 
 import onnx
 
-from frontends.onnx_import import load_onnx, value_shape
+from frontends.onnx_graph import value_shape
+from frontends.onnx_import import load_onnx
 from frontends.onnx_io import read_model
 
 from .errors import LipverifyError, ModelImportError
