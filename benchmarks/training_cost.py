@@ -36,7 +36,6 @@ from training.run import find_fashion_mnist  # noqa: E402
 from verifier.bcp import walk  # noqa: E402
 from verifier.box import Box, training_arithmetic  # noqa: E402
 from verifier.ir import inference_mode  # noqa: E402
-from verifier.lipschitz import logits_tensor  # noqa: E402
 
 TARGETS = {"lmt": 1.3, "crm": 3.0, "bcp": 3.0}
 FLOOR, PASSES = "ibp-floor", "three-passes"
@@ -46,7 +45,7 @@ class IBPFloor:
     """The reference loss: 0.5 CE(z) + 0.5 CE(worst logits of the IBP box), through ``verifier.bcp.walk``."""
 
     def __init__(self, module) -> None:
-        self.module, self.output = module, logits_tensor(module)
+        self.module, self.output = module, module.graph.logits_tensor()
         report = SimpleNamespace(last_input=self.output, tensor_bounds={}, output=self.output)
         self.ctx = SimpleNamespace(module64=module, report=report, row_norms={}, chain_input={})
 

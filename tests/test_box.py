@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from frontends import load_onnx
-from verifier.box import Box, EmptyIntersectionError, ibp, logit_box, propagate
+from verifier.box import Box, EmptyIntersectionError
+from verifier.ibp import ibp, logit_box, propagate
 from verifier.errors import NoRuleError
 from verifier.ops.base import _REGISTRY
 

@@ -13,9 +13,11 @@ import math
 import pytest
 import torch
 
-from verifier.box import Box, propagate
+from verifier.box import Box
+from verifier.ibp import propagate
 from verifier.errors import NoRuleError
-from verifier.jacobian import dual_norm_bound, gradient_box
+from verifier.gradients import gradient_box
+from verifier.jacobian import dual_norm_bound
 from verifier.ops.activations import Activation
 from verifier.ops.base import _REGISTRY
 

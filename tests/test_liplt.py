@@ -66,9 +66,8 @@ def _module(tmp_path, name, seed=0):
 def _slope_patterns(module):
     """Every vertex pattern of the activations' slopes (alpha or beta per unit), when there are few units."""
     from verifier.liplt import loop_units
-    from verifier.lipschitz import logits_tensor
 
-    units = loop_units(module, logits_tensor(module))
+    units = loop_units(module, module.graph.logits_tensor())
     sizes = [math.prod(module.graph.shapes[u.node.inputs[0]][1:]) for u in units]
     return units, sizes
 
@@ -76,12 +75,11 @@ def _slope_patterns(module):
 def _pattern_jacobian(module, units, pattern):
     """The Jacobian of the network with each activation replaced by the diagonal slopes ``pattern`` (a function
     whose slopes lie in [alpha, beta], so LipLT must bound it)."""
-    from verifier.lipschitz import logits_tensor
 
     m = module.double()
     g = m.graph
     index = {u.node.name: j for j, u in enumerate(units)}
-    out = logits_tensor(m)
+    out = m.graph.logits_tensor()
 
     def run(x):
         env = {g.input_name: x}

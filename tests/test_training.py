@@ -19,7 +19,7 @@ from training.losses import METHODS, Loss, Step
 from verifier.attacks import pgd
 from verifier.bcp import bcp_radii
 from verifier.certify import certified_radii
-from verifier.lipschitz import graph_lipschitz, logits_tensor
+from verifier.lipschitz import graph_lipschitz
 from verifier.liplt import liplt
 from verifier.parity import check_parity
 from verifier.report import compute_bounds
@@ -229,7 +229,7 @@ def test_arch_families_build_and_run():
         convs = sum(isinstance(m, nn.Conv2d) for m in net)
         dense = sum(isinstance(m, nn.Linear) for m in net)
         assert f"{convs}C{dense}F" == name
-    assert logits_tensor(module) == module.graph.output_name
+    assert module.graph.logits_tensor() == module.graph.output_name
 
 
 def test_evaluate_reports_sound_certificates(trained):

@@ -15,7 +15,7 @@ import torch
 
 from frontends.data import load_dataset
 from verifier.attacks import pgd
-from verifier.inspect import import_model
+from verifier.loading import import_model
 
 from .conftest import run_main, shared_dir
 from .onnx_graphs import torch_single_thread

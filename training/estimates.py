@@ -20,7 +20,7 @@ from torch import Tensor
 
 from verifier.box import Box
 from verifier.ir import GraphModule, inference_mode
-from verifier.lipschitz import _nodes_up_to, chain_function, logits_tensor
+from verifier.lipschitz import chain_function
 from verifier.liplt import _linear_graph, loop_units
 from verifier.power_iteration import PowerIteration
 
@@ -144,10 +144,10 @@ class LipLTEstimate:
     def __init__(self, module: GraphModule, seed: int = 0):
         self.module = module
         g = module.graph
-        self.out = logits_tensor(module)
+        self.out = module.graph.logits_tensor()
         with inference_mode(list(g.nodes())):
             self.units = loop_units(module, self.out)
-        self.nodes = _nodes_up_to(module, self.out)
+        self.nodes = module.graph.nodes_up_to(self.out)
         self.run = _linear_graph(module, self.units, self.out)
         self.k = math.prod(g.shapes[self.out][1:])
         self.x_shape = tuple(g.sample_shape)

@@ -24,7 +24,7 @@ from torch import nn
 from .certify import certified_accuracy
 from .errors import LipverifyError
 from .ir import GraphModule
-from .lipschitz import logits_tensor
+from .loading import load_inputs
 from .report import Timer, norm_label, progress
 
 METHODS = ("pgd", "deepfool")
@@ -33,13 +33,13 @@ TOLERANCE = 1e-3
 
 
 class LogitsModule(nn.Module):
-    """``module`` returning its logits tensor (``logits_tensor``: before a trailing Softmax), differentiable,
+    """``module`` returning its logits tensor (``Graph.logits_tensor``: before a trailing Softmax), differentiable,
     as ``(B, K)``."""
 
     def __init__(self, module: GraphModule):
         super().__init__()
         self.module = module
-        self.name = logits_tensor(module)
+        self.name = module.graph.logits_tensor()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, g = self.module, self.module.graph
@@ -131,8 +131,6 @@ def run_attack(model_path: str, data_path: str, *, split: str = "test", norm: st
                device: str = "auto", input_scale: float | None = None, mean: str | None = None,
                std: str | None = None, output: str | None = None, steps: int = 50, restarts: int = 5,
                method: str = "pgd", seed: int = 0, source=None) -> dict[str, Any]:
-    from .certify_run import load_inputs
-
     with Timer() as timer:
         p, eps_list, _, module, dev, data = load_inputs(
             model_path, data_path, norm=norm, eps_list=eps_list, split=split, limit=limit, device=device,

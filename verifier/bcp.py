@@ -6,7 +6,7 @@ Arithmetic and what is certified
 Everything is computed on a float64 copy of the module: the boxes of ``verifier.box`` then enclose the
 real-arithmetic image (their rounding rules cover float64 evaluation), the Lipschitz bounds of
 ``verifier.lipschitz`` are real-arithmetic bounds, and the final margins are reduced by
-``certify.FLOAT_SLACK`` x max |z| for the float32 forward, exactly as the LMT certificates of ``certify.py``
+``margins.FLOAT_SLACK`` x max |z| for the float32 forward, exactly as the LMT certificates of ``certify.py``
 are. Both methods need a model that runs whole batches (as the Lipschitz bounds do).
 
 IBP (``verify_ibp``)
@@ -52,7 +52,7 @@ from torch import Tensor
 
 from . import fused
 from .box import Box, exact_float32, outward_rounding
-from .certify import FLOAT_SLACK
+from .margins import FLOAT_SLACK
 from .errors import NoRuleError
 from .ir import GraphModule
 from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix

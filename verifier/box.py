@@ -1,10 +1,11 @@
-"""Boxes (axis-aligned intervals in centre/radius form) and interval bound propagation (IBP) over the IR.
+"""Boxes (axis-aligned intervals in centre/radius form) and the rule kit the ops' box rules are written in; the
+walk over the IR (interval bound propagation) is ``verifier/ibp.py``.
 
 A ``Box`` holds a batch of boxes like a forward tensor holds a batch of samples: ``center`` and ``radius`` have
 the tensor's shape (batch axis in front), ``radius >= 0``, and the box is {x : |x - center| <= radius}
 entrywise (BCP §3.1 writes it midrad(m, r)). Each op's ``interval`` rule (``verifier/ops``, next to its forward
-and Lipschitz rule) maps boxes of its input-dependent inputs to a box of its output; ``propagate`` walks the graph
-with them (BCP eq. 7-8, the "IA" half of BCP; IBP of Gowal et al. for l_inf balls).
+and Lipschitz rule) maps boxes of its input-dependent inputs to a box of its output; ``ibp.propagate`` walks the
+graph with them (BCP eq. 7-8, the "IA" half of BCP; IBP of Gowal et al. for l_inf balls).
 
 Soundness, including floating point
 -----------------------------------
@@ -44,7 +45,7 @@ How, with u the unit roundoff of the boxes' dtype (2^-24 for float32) and gamma_
 - An absolute ``tiny`` (2^-900 in float64, 2^-100 in float32: far above the subnormal spacing, and keeping radii
   normal numbers, see ``tiny``) covers underflow in every widened rule.
 - TF32 (which CUDA may use for float32 matmuls and convolutions, with u = 2^-11) is switched off during
-  ``propagate``; FFT or Winograd convolution algorithms (cuDNN may pick them) have only normwise error bounds
+  ``ibp.propagate`` (``exact_float32``); FFT or Winograd convolution algorithms (cuDNN may pick them) have only normwise error bounds
   and are not covered: on CUDA, compute boxes in float64 when in doubt.
 """
 from __future__ import annotations
@@ -52,16 +53,13 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from . import fused
-from .errors import InputShapeError, NoRuleError
-
-if TYPE_CHECKING:
-    from .ir import GraphModule
+from .errors import NoRuleError
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -410,72 +408,3 @@ def exact_float32() -> Iterator[None]:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
         torch.backends.cudnn.allow_tf32 = cudnn
-
-
-def _walk(module: "GraphModule", box: Box, target: str) -> dict[str, Box]:
-    g = module.graph
-    env: dict[str, Box] = {g.input_name: box}
-    if target == g.input_name:
-        return env
-    for node in g.nodes():
-        args = [None if not t else (env[t] if t in env else module.tensor(t)) for t in node.inputs]
-        out = node.op.interval(*args)
-        if isinstance(out, tuple):
-            env.update((o, v) for o, v in zip(node.outputs, out) if o)
-        else:
-            env[node.outputs[0]] = out
-        if target in node.outputs:
-            break
-    return env
-
-
-def propagate(module: "GraphModule", box: Box, upto: str | None = None) -> dict[str, Box]:
-    """Interval bound propagation: the box of every tensor of ``module``'s graph, in topological order, up to
-    the tensor ``upto`` (default: the logits, ``verifier.lipschitz.logits_tensor``), for the input ``box`` of
-    shape (B, *sample_shape). Each node's ``op.interval`` gets a ``Box`` for each input-dependent input, the
-    module's tensors for constant inputs (as ``forward`` gets them) and None for static or absent inputs.
-
-    Graphs that do not run batched (they mix the batch axis) are propagated one sample at a time, as
-    ``GraphModule.run_per_sample`` runs them; their per-tensor boxes are then stacked along a new first axis
-    (concatenated where the file's tensor has a leading axis of size 1 and the file a batch axis).
-    """
-    from .lipschitz import logits_tensor
-
-    g = module.graph
-    target = logits_tensor(module) if upto is None else upto
-    known = {g.input_name} | {o for n in g.nodes() for o in n.outputs if o}
-    if target not in known:
-        raise ValueError(f"no tensor '{target}' in the graph")
-    expected = tuple(g.sample_shape)
-    if box.dim() != len(expected) + 1 or tuple(box.shape[1:]) != expected:
-        shape = ", ".join(["B", *map(str, expected)])
-        raise InputShapeError(f"expected an input box of shape ({shape}), got {tuple(box.shape)}")
-    box = box.to(device=module.device, dtype=module.float_dtype)
-    with exact_float32():
-        if g.batched:
-            return _walk(module, box, target)
-        per_sample = [_walk(module, box[i:i + 1] if g.leading_batch else box[i], target) for i in range(len(box))]
-    out: dict[str, Box] = {}
-    for name in per_sample[0]:
-        boxes = [p[name] for p in per_sample]
-        if name == g.input_name:
-            out[name] = box
-        elif name == g.output_name:
-            out[name] = Box.stack([b[0] for b in boxes] if g.output_leading_batch else boxes)
-        elif g.leading_batch and boxes[0].dim() > 0 and boxes[0].shape[0] == 1:
-            out[name] = Box.cat(boxes)
-        else:
-            out[name] = Box.stack(boxes)
-    return out
-
-
-def logit_box(module: "GraphModule", box: Box) -> Box:
-    """The box of the logits (the input of a trailing Softmax/LogSoftmax, else the graph output)."""
-    from .lipschitz import logits_tensor
-
-    return propagate(module, box)[logits_tensor(module)]
-
-
-def ibp(module: "GraphModule", x: Tensor, eps: float | Tensor, lower: Any = None, upper: Any = None) -> Box:
-    """IBP for the l_inf ball of radius ``eps`` around ``x`` (within [lower, upper]): the box of the logits."""
-    return logit_box(module, Box.ball(x.to(module.float_dtype), eps, lower, upper))

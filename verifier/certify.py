@@ -7,7 +7,7 @@
 - l_inf radii: ||delta||_inf <= eps gives ||dz||_inf <= L_inf eps (so 2 L_inf eps on a logit difference) and
   ||dh||_2 <= L_2 sqrt(d) eps; each certificate takes the larger of the two radii (both are sound).
 
-Misclassified inputs get radius 0. Margins are reduced by ``FLOAT_SLACK`` x max |z| before dividing, for the
+Misclassified inputs get radius 0. Margins are reduced by ``margins.FLOAT_SLACK`` x max |z| before dividing, for the
 rounding of the float32 forward pass.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from .lipschitz import LipschitzReport
+from .margins import margin_ratios, margins, pair_norms
 
-FLOAT_SLACK = 1e-5
 METHODS = ("lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local")  # liplt, ibp, bcp, local need the model
 
 
@@ -32,19 +32,9 @@ class Bounds:
     input_dim: int = 1
 
 
-def _margins(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per input: z_y - z_j for every j (inf at j = y), and whether the prediction is y."""
-    z = logits.double().reshape(len(logits), -1)
-    slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
-    diff = z.gather(1, y[:, None]) - z - slack
-    diff.scatter_(1, y[:, None], math.inf)
-    correct = z.argmax(dim=1) == y
-    return diff, correct
-
-
 def prop1_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: float) -> torch.Tensor:
     """LMT Proposition 1: margin / (sqrt(2) L) (l2); l_inf as in the module docstring."""
-    diff, correct = _margins(logits, y)
+    diff, correct = margins(logits, y)
     margin = diff.min(dim=1).values.clamp_min(0.0)
     if norm == 2:
         radius = margin / (math.sqrt(2.0) * bounds.l2.lipschitz)
@@ -55,27 +45,10 @@ def prop1_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: flo
     return torch.where(correct, radius, torch.zeros_like(radius))
 
 
-def _pair_norms(matrix: torch.Tensor, p: float) -> torch.Tensor:
-    """||w_i - w_j||_p for all pairs of rows (float64)."""
-    w = matrix.double()
-    if p == 2:
-        gram = w @ w.T
-        sq = gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2.0 * gram
-        return sq.clamp_min(0.0).sqrt() * (1.0 + 1e-9)
-    return (w[:, None, :] - w[None, :, :]).abs().sum(-1) * (1.0 + 1e-12)
-
-
-def margin_ratios(diff: torch.Tensor, denominators: torch.Tensor) -> torch.Tensor:
-    """diff / denominators entrywise for margins ``diff`` (z_y - z_j, inf at j = y) and Lipschitz bounds of
-    z_y - z_j: a nonpositive margin gives 0, a positive one over a zero bound inf."""
-    return torch.where(denominators > 0, diff.clamp_min(0.0) / denominators.clamp_min(1e-300),
-                       torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff)))
-
-
 def pairwise_radii(logits: torch.Tensor, y: torch.Tensor, pair_bounds: torch.Tensor) -> torch.Tensor:
     """min_{j != y} (z_y - z_j) / L_yj with ``pair_bounds`` (K, K) bounds of the Lipschitz constants of
     x -> z_i - z_j: LMT Prop. 2's L_sub ||w_i - w_j|| or LipLT's (CRM eq. 5, ``verifier.liplt``)."""
-    diff, correct = _margins(logits, y)
+    diff, correct = margins(logits, y)
     r = margin_ratios(diff, pair_bounds.double()[y]).min(dim=1).values
     return torch.where(correct, r, torch.zeros_like(r))
 
@@ -85,12 +58,12 @@ def prop2_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: flo
     report = bounds.l2
     if report.last_matrix is None or report.lipschitz_sub is None:
         raise ValueError("the model does not end with an affine layer: Proposition 2 does not apply")
-    l2_pairs = _pair_norms(report.last_matrix, 2)
+    l2_pairs = pair_norms(report.last_matrix, 2)
     if norm == 2:
         return pairwise_radii(logits, y, l2_pairs * report.lipschitz_sub)
     r = pairwise_radii(logits, y, l2_pairs * (report.lipschitz_sub * math.sqrt(bounds.input_dim)))
     if bounds.linf is not None and bounds.linf.lipschitz_sub is not None:
-        r = torch.maximum(r, pairwise_radii(logits, y, _pair_norms(bounds.linf.last_matrix, 1)
+        r = torch.maximum(r, pairwise_radii(logits, y, pair_norms(bounds.linf.last_matrix, 1)
                                             * bounds.linf.lipschitz_sub))
     return r
 

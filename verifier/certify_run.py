@@ -1,57 +1,14 @@
 """`lipverify certify`: load the model and the data, bound the model once, certify every input."""
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
 
 from .certify import certified_radii
 from .errors import LipverifyError
-from .report import LogitEngine, Timer, batched_logits, compute_bounds, norm_label, norm_value, summarize
-
-DEFAULT_EPS = {2.0: (0.1, 0.25, 0.5, 1.0), math.inf: (0.01, 0.03, 0.1)}
-
-
-def parse_values(text: str | None, name: str) -> list[float] | float | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise LipverifyError(f"--{name} takes a number or comma-separated numbers, got '{text}'")
-    return values[0] if len(values) == 1 else values
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LipverifyError("--device cuda: torch sees no CUDA device here")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def load_inputs(model_path: str, data_path: str, *, norm: str, eps_list: Sequence[float], split: str,
-                limit: int | None, device: str, input_scale: float | None, mean: str | None, std: str | None,
-                output: str | None, source=None):
-    """What certify and attack both start from: the norm, the eps list, the model (file and IR, on the
-    device) and the data shaped for it (``source``: the model already read, else it is read from
-    ``model_path``). Returns (p, eps_list, model, module, device, data)."""
-    from frontends.data import load_dataset
-
-    from .inspect import import_model
-
-    p = norm_value(norm)
-    eps_list = tuple(eps_list) or DEFAULT_EPS[p]
-    if any(e < 0 or not math.isfinite(e) for e in eps_list):
-        raise LipverifyError("--eps values must be finite and >= 0")
-    model, module = import_model(model_path if source is None else source, output)
-    dev = pick_device(device)
-    k = math.prod(module.graph.output_shape)
-    data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit, input_scale=input_scale,
-                        mean=parse_values(mean, "mean"), std=parse_values(std, "std"),
-                        num_classes=k if k >= 2 else None)
-    return p, eps_list, model, module, dev, data
+from .loading import load_inputs
+from .report import LogitEngine, Timer, batched_logits, compute_bounds, norm_label, summarize
 
 
 def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: str = "2",

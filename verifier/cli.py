@@ -113,7 +113,7 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool, method: 
     """Guaranteed upper bounds of MODEL's Lipschitz constant (LMT §4-5): the global bound (input -> logits),
     L_sub before the last affine layer, and each node's bound with the method used; with --method liplt, LipLT's
     global, per-class and pairwise bounds beside the naive ones."""
-    from .inspect import import_model
+    from .loading import import_model
     from .lipschitz import graph_lipschitz
     from .report import format_lipschitz, format_liplt, norm_value
 

@@ -5,30 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import onnx
-
 from frontends.onnx_graph import value_shape
-from frontends.onnx_import import load_onnx
-from frontends.onnx_io import read_model
 
-from .errors import LipverifyError, ModelImportError
 from .ir import GraphModule
+from .loading import import_model
 from .ops import lookup
 from .parity import check_parity
 
 RULES = (("forward", "forward"), ("lipschitz", "lipschitz"), ("box", "interval"))
-
-
-def import_model(path: str | os.PathLike, output: str | None = None) -> tuple[onnx.ModelProto, GraphModule]:
-    """Read and import, turning any failure into a one-line ``ModelImportError``."""
-    model = read_model(path)
-    try:
-        return model, load_onnx(model, output)
-    except LipverifyError:
-        raise
-    except Exception as e:  # a model our checks let through but an op cannot take: still a one-line error
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelImportError(f"cannot import the model: {text}")
 
 
 def op_rules(module: GraphModule) -> dict[str, dict[str, bool]]:

@@ -76,6 +76,23 @@ class Graph:
     def op_counts(self) -> dict[str, int]:
         return dict(Counter(n.op_type for n in self.nodes()))
 
+    def logits_tensor(self) -> str:
+        """The tensor whose argmax is the prediction: the input of a trailing op that keeps the argmax
+        (Softmax, LogSoftmax: ``Op.keeps_argmax``), else the graph output."""
+        last = self.node(self.order[-1]) if self.order else None
+        if last is not None and last.op.keeps_argmax and last.outputs[0] == self.output_name:
+            return last.inputs[0]
+        return self.output_name
+
+    def nodes_up_to(self, tensor: str) -> list[Node]:
+        """The nodes in topological order up to the one producing ``tensor`` (what a bound on it depends on)."""
+        nodes = []
+        for node in self.nodes():
+            nodes.append(node)
+            if tensor in node.outputs:
+                break
+        return nodes
+
 
 @contextlib.contextmanager
 def inference_mode(nodes: list[Node]) -> Iterator[None]:

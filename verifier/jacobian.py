@@ -18,24 +18,20 @@ For piecewise-smooth functions (ReLU, max) the Jacobians are Clarke's generalize
 contain (e.g. [0, 1] for ReLU at a box around 0); the mean-value inequality |g(x') - g(x)| <= sup ||grad g|| ||x' -
 x|| holds with them for every Lipschitz g along a segment, which is all Theorem 2.1 uses.
 
-The walk (``gradient_box``) is batched over (input, class pair): the gradients have batch B * P (P seeds per
-input, in that order) while the forward boxes have batch B. Everything runs in float64; every affine step widens
-the radius by ``GAMMA`` relative (the rounding of its sums, fan-in < 1e6) and activations by the float64
-rounding of their slopes and products, so the boxes enclose the real-arithmetic gradients.
+This module is the kit those rules are written in; the walk over the IR is ``verifier/gradients.py``.
+Everything runs in float64; every affine step widens the radius by ``GAMMA`` relative (the rounding of its sums,
+fan-in < 1e6) and activations by the float64 rounding of their slopes and products, so the boxes enclose the
+real-arithmetic gradients.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from .box import Box, is_box
 from .errors import NoRuleError
-
-if TYPE_CHECKING:
-    from .ir import GraphModule
-    from .ops.base import Op
 
 #: relative rounding allowance per float64 sum of nonnegative terms (gamma_n for n < 1e6 is < 1.2e-10)
 GAMMA = 1e-9
@@ -63,7 +59,7 @@ def scaled(g: Box, s_lo: Tensor, s_hi: Tensor) -> Box:
     return Box(center.reshape(shape), radius.reshape(shape))
 
 
-def affine_transpose(op: "Op", inputs: Sequence[Any], grads: Sequence[Box | None]) -> list[Box | None]:
+def affine_transpose(op: Any, inputs: Sequence[Any], grads: Sequence[Box | None]) -> list[Box | None]:
     """J^T g for an op that is affine in its input-dependent inputs (the Box entries of ``inputs``), for each
     such input: centre J^T c (autograd through ``op.forward``) and radius |J|^T r (autograd through the radius
     of ``op.interval`` at centre 0, which is |J| v up to its own rounding allowance, a factor 1 + O(1e-15) that
@@ -107,50 +103,6 @@ def affine_transpose(op: "Op", inputs: Sequence[Any], grads: Sequence[Box | None
     return out
 
 
-def gradient_box(module: "GraphModule", env: dict[str, Any], seeds: Tensor, output: str) -> Box:
-    """A box enclosing J(x')^T s for every x' whose tensors lie in the forward boxes ``env`` (tensor name ->
-    Box, from ``verifier.box`` / ``verifier.bcp``; batch B) and every seed s of ``seeds`` (shape (B, P, *shape
-    of ``output``'s sample)): the gradient with respect to the model input of s . output, as a Box of batch
-    B * P. Raises NoRuleError naming the first node without a gradient rule."""
-    g = module.graph
-    batch = seeds.shape[0] * seeds.shape[1]
-    start = seeds.reshape(batch, *seeds.shape[2:]).to(torch.float64)
-    grads: dict[str, Box] = {output: Box(start, torch.zeros_like(start))}
-    order = list(g.nodes())
-    last = next(i for i, n in enumerate(order) if output in n.outputs) if output != g.input_name else -1
-    with torch.no_grad():
-        for node in reversed(order[:last + 1]):
-            outs = [grads.get(o) if o else None for o in node.outputs]
-            if all(o is None for o in outs):
-                continue
-            args = [None if not t else (env[t] if t in env else module.tensor(t)) for t in node.inputs]
-            if not any(is_box(a) for a in args):
-                continue
-            for t, a in zip(node.inputs, args):
-                if is_box(a) and not _batch_leads(g, t, a, seeds.shape[0]):
-                    raise NoRuleError(f"no gradient rule for {node.op.op_type} (node '{node.name}'): its input "
-                                      f"'{t}' does not keep the batch axis in front")
-            in_grads = node.op.grad_interval(args, outs)
-            for t, gi in zip(node.inputs, in_grads):
-                if gi is None or not t or not is_box(env.get(t)):
-                    continue
-                prev = grads.get(t)
-                if prev is not None:
-                    radius = (prev.radius + gi.radius) * (1 + GAMMA)
-                    gi = Box(prev.center + gi.center, radius + GAMMA * (prev.center.abs() + gi.center.abs()))
-                grads[t] = gi
-    if g.input_name not in grads:
-        zero = torch.zeros((batch, *env[g.input_name].shape[1:]), dtype=torch.float64)
-        return Box(zero, zero.clone())
-    return grads[g.input_name]
-
-
-def _batch_leads(g: Any, name: str, box: Box, batch: int) -> bool:
-    """Whether the tensor's axis 0 is the batch axis: batch-1 shape (1, *rest) at import, (B, *rest) here."""
-    shape = g.shapes.get(name)
-    return shape is not None and len(shape) >= 1 and shape[0] == 1 and tuple(box.shape) == (batch, *shape[1:])
-
-
 def dual_norm_bound(grad: Box, norm: float) -> Tensor:
     """max ||v||_q over the box (q the dual of ``norm``: 2 -> 2, inf -> 1), per batch row: the norm of
     |centre| + radius (each coordinate's largest magnitude), rounded up."""
@@ -159,5 +111,6 @@ def dual_norm_bound(grad: Box, norm: float) -> Tensor:
     return value * (1 + GAMMA)
 
 
-def no_gradient_rule(op: "Op") -> NoRuleError:
+def no_gradient_rule(op: Any) -> NoRuleError:
+    """The error of an op (``verifier.ops.base.Op``) without a gradient rule."""
     return NoRuleError(f"no gradient rule for {op.op_type} (node '{op.name}'): local bounds need its Jacobian")

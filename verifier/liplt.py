@@ -42,8 +42,7 @@ from torch import Tensor
 from .conv_norms import l2_norm_exact, linf_norm_exact
 from .errors import NoRuleError
 from .ir import GraphModule, Node
-from .lipschitz import (MATERIALIZE_LIMIT, LipschitzReport, _nodes_up_to, _rule_args, graph_lipschitz,
-                        logits_tensor)
+from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, _rule_args, graph_lipschitz
 from .ops.activations import Activation
 from .ops.base import SAFETY
 
@@ -156,7 +155,7 @@ def loop_units(module: GraphModule, out: str) -> list[Unit]:
     g = module.graph
     dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
     units = []
-    for node in _nodes_up_to(module, out):
+    for node in module.graph.nodes_up_to(out):
         dyn = [bool(t) and t in dynamic for t in node.inputs]
         if not any(dyn):
             continue
@@ -175,7 +174,7 @@ def loop_units(module: GraphModule, out: str) -> list[Unit]:
 
 def _linear_graph(module64: GraphModule, units: list[Unit], out: str):
     """The loop-transformed linear graph as a function (x_0, [u_j]) -> ([y_j], z)."""
-    nodes = _nodes_up_to(module64, out)
+    nodes = module64.graph.nodes_up_to(out)
     index = {u.node.name: j for j, u in enumerate(units)}
     g = module64.graph
 
@@ -232,7 +231,7 @@ def _composed(module64: GraphModule, units: list[Unit], source: int, target: str
     bounds: dict[str, float] = {}
     if source < 0:
         bounds[g.input_name] = 1.0
-    for node in _nodes_up_to(module64, target):
+    for node in module64.graph.nodes_up_to(target):
         if node.name in index:
             j = index[node.name]
             value = abs(units[j].center) * bounds.get(node.inputs[0], 0.0) + (1.0 if j == source else 0.0)
@@ -255,10 +254,10 @@ def _naive_pairs(naive: LipschitzReport, norm: float) -> tuple[Tensor | None, Te
     """LMT Prop. 2's pairwise and per-class bounds L_sub ||w_i - w_j||, L_sub ||w_i|| (dual norms), or None."""
     if naive.last_matrix is None or naive.lipschitz_sub is None:
         return None, None
-    from .certify import _pair_norms
+    from .margins import pair_norms
 
     w = naive.last_matrix.double()
-    pairs = _pair_norms(w, 2 if norm == 2 else math.inf) * naive.lipschitz_sub
+    pairs = pair_norms(w, 2 if norm == 2 else math.inf) * naive.lipschitz_sub
     classes = (w.norm(dim=1) if norm == 2 else w.abs().sum(dim=1)) * naive.lipschitz_sub * (1 + 1e-9)
     return pairs, classes
 
@@ -297,7 +296,7 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
     g = module.graph
     if not g.batched or not g.leading_batch:
         raise NoRuleError("LipLT needs a model that runs whole batches")
-    out = logits_tensor(module)
+    out = module.graph.logits_tensor()
     module64 = copy.deepcopy(module).double().eval()
     naive = naive or graph_lipschitz(module, norm)
     naive_pair, naive_class = _naive_pairs(naive, norm)
@@ -312,7 +311,7 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
                            naive_pair, naive_class, [], [], {}, fallback=str(e))
     run = _linear_graph(module64, units, out)
     dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
-    nodes = _nodes_up_to(module64, out)
+    nodes = module64.graph.nodes_up_to(out)
     args = {n.name: _rule_args(module64, n, dynamic, norm) for n in nodes if n.name not in
             {u.node.name for u in units}}
     rules: dict[str, Any] | None = None

@@ -26,7 +26,6 @@ from .ops.base import Lipschitz, RuleArgs
 MATERIALIZE_LIMIT = 2 ** 22
 #: ops that scale channels (or add constants) around a convolution and fold into its kernel
 CHANNEL_OPS = ("BatchNormalization", "Mul", "Div", "Add", "Sub", "Neg")
-TRAILING_NORMALIZERS = ("Softmax", "LogSoftmax")
 
 
 @dataclass
@@ -73,26 +72,6 @@ class LipschitzReport:
         }
 
 
-def logits_tensor(module: GraphModule) -> str:
-    """The tensor whose argmax is the prediction: the input of a trailing Softmax/LogSoftmax (they preserve
-    the argmax), else the graph output."""
-    g = module.graph
-    last = g.node(g.order[-1]) if g.order else None
-    if last is not None and last.op_type in TRAILING_NORMALIZERS and last.outputs[0] == g.output_name:
-        return last.inputs[0]
-    return g.output_name
-
-
-def _nodes_up_to(module: GraphModule, tensor: str) -> list[Node]:
-    """The nodes in topological order up to the one producing ``tensor`` (what the bound depends on)."""
-    nodes = []
-    for node in module.graph.nodes():
-        nodes.append(node)
-        if tensor in node.outputs:
-            break
-    return nodes
-
-
 def _rule_args(module: GraphModule, node: Node, dynamic_tensors: set[str], norm: float) -> RuleArgs:
     g = module.graph
     dynamic = [bool(t) and t in dynamic_tensors for t in node.inputs]
@@ -137,7 +116,7 @@ def _chains(module: GraphModule, args: dict[str, RuleArgs], up_to: str) -> list[
             readers[t] = readers.get(t, 0) + 1
     chain_of: dict[str, list[Node]] = {}
     chains: list[list[Node]] = []
-    for node in _nodes_up_to(module, up_to):
+    for node in module.graph.nodes_up_to(up_to):
         a = args[node.name]
         if len(node.outputs) != 1 or not node.op.is_affine(a.dynamic):
             continue
@@ -197,9 +176,9 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
         raise NoRuleError("the graph has no batch axis in front (or mixes it into others); Lipschitz bounds "
                           "need a model that runs whole batches")
     module64 = copy.deepcopy(module).double().eval()
-    out = logits_tensor(module)
+    out = module.graph.logits_tensor()
     dynamic_tensors = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
-    nodes = _nodes_up_to(module, out)
+    nodes = module.graph.nodes_up_to(out)
     args = {n.name: _rule_args(module64, n, dynamic_tensors, norm) for n in nodes}
     with torch.no_grad():
         rules: dict[str, Lipschitz] = {n.name: n.op.lipschitz(args[n.name]) for n in nodes}

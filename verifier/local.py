@@ -28,7 +28,7 @@ certificate uses the smaller per pair (the closing note of issue 4 compares them
 The radius (``local_radii``) is max over the R evaluated of rho(R): R grows by x4 from a start until rho(R) < R,
 then bisection on rho(R) >= R (L_j(R) grows with R, so that is where the maximum lies); every rho(R) evaluated is
 a certified radius, whatever the monotonicity. Arithmetic as in ``verifier.bcp``: float64 module, margins
-reduced by ``certify.FLOAT_SLACK`` x max |z| for the float32 forward.
+reduced by ``margins.FLOAT_SLACK`` x max |z| for the float32 forward.
 """
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ from torch import Tensor
 
 from .bcp import REL, Context, _bound, _clean, ball_radius, prepare, walk
 from .box import Box
-from .certify import _margins, _pair_norms, margin_ratios
+from .margins import margin_ratios, margins, pair_norms
 from .errors import NoRuleError
 from .ir import GraphModule
-from .jacobian import dual_norm_bound, gradient_box
+from .gradients import gradient_box
+from .jacobian import dual_norm_bound
 from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
 from .ops.activations import Activation
 
@@ -80,7 +81,7 @@ def prepare_local(module: GraphModule, report: LipschitzReport, norm: float = 2.
     ctx = prepare(module, report, bcp=True)
     pairs = None
     if norm == 2 and report.last_matrix is not None and report.lipschitz_sub is not None:
-        pairs = _pair_norms(report.last_matrix, 2) * report.lipschitz_sub
+        pairs = pair_norms(report.last_matrix, 2) * report.lipschitz_sub
     return LocalContext(ctx, norm, pairs, _one_hidden(ctx) if norm == 2 else None)
 
 
@@ -170,10 +171,10 @@ def local_bounds(ctx: LocalContext, x: Tensor, y: Tensor, eps: Tensor, lower: An
 
 
 def _rho(ctx: LocalContext, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: Any,
-         clean: dict[str, Tensor], margins: Tensor) -> Tensor:
-    """Theorem 2.1's min(R, min_j m_j / L_j(R)) per input (``margins``: ``certify._margins``, inf at j = y), 0
-    where a margin is not positive."""
-    ratio = margin_ratios(margins, local_bounds(ctx, x, y, eps, lower, upper, clean))
+         clean: dict[str, Tensor], diff: Tensor) -> Tensor:
+    """Theorem 2.1's min(R, min_j m_j / L_j(R)) per input (``diff``: the margins of ``margins.margins``, inf at
+    j = y), 0 where a margin is not positive."""
+    ratio = margin_ratios(diff, local_bounds(ctx, x, y, eps, lower, upper, clean))
     return torch.minimum(eps, ratio.min(dim=1).values * (1 - REL))
 
 
@@ -197,10 +198,10 @@ def local_radii(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tens
     for i in range(0, len(x), n):
         xb, yb = x[i:i + n].to(torch.float64), y[i:i + n].to(torch.long)
         clean = _clean(ctx.bcp, xb)
-        margins, correct = _margins(clean[report.output], yb)
+        diff, correct = margins(clean[report.output], yb)
 
         def rho(eps: Tensor) -> Tensor:
-            return _rho(ctx, xb, yb, eps, lower, upper, clean, margins)
+            return _rho(ctx, xb, yb, eps, lower, upper, clean, diff)
 
         first = torch.zeros(len(xb), dtype=torch.float64) if start is None \
             else start[i:i + n].double().cpu().clamp_min(0)

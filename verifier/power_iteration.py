@@ -15,7 +15,7 @@ import math
 import torch
 
 from .ir import GraphModule, inference_mode
-from .lipschitz import _chains, _nodes_up_to, _rule_args, chain_function, compose, logits_tensor
+from .lipschitz import _chains, _rule_args, chain_function, compose
 
 
 class PowerIteration:
@@ -25,8 +25,8 @@ class PowerIteration:
     def __init__(self, module: GraphModule, seed: int = 0):
         self.module = module
         g = module.graph
-        self.output = logits_tensor(module)
-        self.nodes = _nodes_up_to(module, self.output)
+        self.output = module.graph.logits_tensor()
+        self.nodes = module.graph.nodes_up_to(self.output)
         self.dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
         with inference_mode(self.nodes):  # a module in training mode is bounded as at inference
             self.chains = _chains(module, self._args(), self.output)

@@ -14,7 +14,7 @@ import torch
 from .certify import Bounds, certified_accuracy
 from .errors import LipverifyError
 from .ir import GraphModule
-from .lipschitz import LipschitzReport, graph_lipschitz, logits_tensor
+from .lipschitz import LipschitzReport, graph_lipschitz
 
 
 def norm_value(norm: str) -> float:
@@ -56,7 +56,7 @@ class LogitEngine:
 
     def __init__(self, module: GraphModule, device: torch.device, model=None):
         self.module, self.device = module, device
-        self.output = logits_tensor(module)
+        self.output = module.graph.logits_tensor()
         self.session = None
         g = module.graph
         if model is not None and device.type == "cpu" and self.output == g.output_name and g.leading_batch \

@@ -12,7 +12,9 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
+from ..box import is_box
 from ..errors import NoRuleError
+from ..jacobian import affine_transpose, no_gradient_rule
 
 Shape = tuple[int, ...]
 
@@ -112,6 +114,9 @@ class Op:
     static_inputs: ClassVar[tuple[int, ...]] = ()
     #: constant input positions that are trainable weights (nn.Parameter); other constants are buffers
     weight_inputs: ClassVar[tuple[int, ...]] = ()
+    #: whether the op keeps the argmax of its input (Softmax, LogSoftmax): a trailing one can be skipped, and
+    #: certificates bound the logits before it
+    keeps_argmax: ClassVar[bool] = False
 
     def __init__(self, attrs: dict[str, Any], static: dict[int, np.ndarray | None], opset: int, name: str,
                  n_outputs: int = 1):
@@ -170,9 +175,6 @@ class Op:
         B), ``grads`` a Box of output gradients (batch B * P) per output, or None; returns per input a Box
         enclosing J^T g for every Jacobian J the op has on the input boxes and every g in the gradient boxes
         (None for constant inputs). This default serves ops affine in their input-dependent inputs."""
-        from ..box import is_box
-        from ..jacobian import affine_transpose, no_gradient_rule
-
         if not self.linear_in_inputs([is_box(x) for x in inputs]):
             raise no_gradient_rule(self)
         return affine_transpose(self, inputs, grads)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..box import Box, affine, is_box
-from ..jacobian import no_gradient_rule
+from ..jacobian import GAMMA, TINY, no_gradient_rule
 from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, rule
 from .padding import CONV, MAX_POOL, pad_spatial, resolve_pads
 
@@ -35,8 +35,6 @@ def window_max_transpose(lo: torch.Tensor, hi: torch.Tensor, g_c: torch.Tensor, 
     """The transposed Jacobian box of a 2-D window max: ``lo``/``hi`` (B, C, H, W) the padded input box (-inf
     padding), ``g_c``/``g_r`` (B * P, C, L) the output gradient box per window; returns (centre, radius) of the
     input gradient, shape (B * P, C, H * W). See ``MaxPool.grad_interval``."""
-    from ..jacobian import GAMMA, TINY
-
     b, ch, h, w = lo.shape
 
     def unfold(t: torch.Tensor) -> torch.Tensor:  # (B, 1, C, k, L): broadcasts against the B * P gradients

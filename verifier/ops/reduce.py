@@ -119,6 +119,8 @@ class _SoftmaxBase(Op):
     """Before opset 13 the input is coerced to 2-D at ``axis`` (default 1) and normalized over the flattened
     trailing part; from 13 on, over the single ``axis`` (default -1)."""
 
+    keeps_argmax = True  # both are strictly increasing in each entry given the others' order
+
     def setup(self) -> None:
         self.axis = int(self.attr("axis", 1 if self.opset < 13 else -1))
 

@@ -1,0 +1,80 @@
+"""Interval bound propagation (IBP) over the IR: every op's box rule (``Op.interval``, written in the kit of
+``verifier/box.py``) applied in topological order (BCP eq. 7-8, the "IA" half of BCP; IBP of Gowal et al. for
+l_inf balls). Soundness, floating point included, is ``verifier/box.py``'s: each rule's box contains the real
+image and the float forward, so the propagated box of any tensor contains every value it takes for inputs in
+the input box.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from .box import Box, exact_float32
+from .errors import InputShapeError
+from .ir import GraphModule
+
+
+def _walk(module: GraphModule, box: Box, target: str) -> dict[str, Box]:
+    g = module.graph
+    env: dict[str, Box] = {g.input_name: box}
+    if target == g.input_name:
+        return env
+    for node in g.nodes():
+        args = [None if not t else (env[t] if t in env else module.tensor(t)) for t in node.inputs]
+        out = node.op.interval(*args)
+        if isinstance(out, tuple):
+            env.update((o, v) for o, v in zip(node.outputs, out) if o)
+        else:
+            env[node.outputs[0]] = out
+        if target in node.outputs:
+            break
+    return env
+
+
+def propagate(module: GraphModule, box: Box, upto: str | None = None) -> dict[str, Box]:
+    """Interval bound propagation: the box of every tensor of ``module``'s graph, in topological order, up to
+    the tensor ``upto`` (default: the logits, ``Graph.logits_tensor``), for the input ``box`` of
+    shape (B, *sample_shape). Each node's ``op.interval`` gets a ``Box`` for each input-dependent input, the
+    module's tensors for constant inputs (as ``forward`` gets them) and None for static or absent inputs.
+
+    Graphs that do not run batched (they mix the batch axis) are propagated one sample at a time, as
+    ``GraphModule.run_per_sample`` runs them; their per-tensor boxes are then stacked along a new first axis
+    (concatenated where the file's tensor has a leading axis of size 1 and the file a batch axis).
+    """
+    g = module.graph
+    target = g.logits_tensor() if upto is None else upto
+    known = {g.input_name} | {o for n in g.nodes() for o in n.outputs if o}
+    if target not in known:
+        raise ValueError(f"no tensor '{target}' in the graph")
+    expected = tuple(g.sample_shape)
+    if box.dim() != len(expected) + 1 or tuple(box.shape[1:]) != expected:
+        shape = ", ".join(["B", *map(str, expected)])
+        raise InputShapeError(f"expected an input box of shape ({shape}), got {tuple(box.shape)}")
+    box = box.to(device=module.device, dtype=module.float_dtype)
+    with exact_float32():
+        if g.batched:
+            return _walk(module, box, target)
+        per_sample = [_walk(module, box[i:i + 1] if g.leading_batch else box[i], target) for i in range(len(box))]
+    out: dict[str, Box] = {}
+    for name in per_sample[0]:
+        boxes = [p[name] for p in per_sample]
+        if name == g.input_name:
+            out[name] = box
+        elif name == g.output_name:
+            out[name] = Box.stack([b[0] for b in boxes] if g.output_leading_batch else boxes)
+        elif g.leading_batch and boxes[0].dim() > 0 and boxes[0].shape[0] == 1:
+            out[name] = Box.cat(boxes)
+        else:
+            out[name] = Box.stack(boxes)
+    return out
+
+
+def logit_box(module: GraphModule, box: Box) -> Box:
+    """The box of the logits (the input of a trailing Softmax/LogSoftmax, else the graph output)."""
+    return propagate(module, box)[module.graph.logits_tensor()]
+
+
+def ibp(module: GraphModule, x: Tensor, eps: float | Tensor, lower: Any = None, upper: Any = None) -> Box:
+    """IBP for the l_inf ball of radius ``eps`` around ``x`` (within [lower, upper]): the box of the logits."""
+    return logit_box(module, Box.ball(x.to(module.float_dtype), eps, lower, upper))
