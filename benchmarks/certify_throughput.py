@@ -19,7 +19,7 @@ import torch
 
 from common import ROOT, best_of, zoo_dir  # noqa: E402  (puts the repo on sys.path)
 from frontends import load_onnx, read_model  # noqa: E402
-from verifier.certify import certified_radii  # noqa: E402
+from verifier.methods import certified_radii  # noqa: E402
 from verifier.parity import reference_forward, reference_runner  # noqa: E402
 from verifier.report import LogitEngine, batched_logits, compute_bounds  # noqa: E402
 

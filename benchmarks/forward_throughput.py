@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/forward_throughput.py [MODEL.onnx ...] [--batch 256] [--repeats 5] [--device cpu]
 
 Without model arguments: the bundled models and every model of ../shared/zoo (or $LIPVERIFY_SHARED/zoo).
-The certificate issues add their own throughput benchmarks on top of this one; a ratio near 1 here means the IR
+`certify_throughput.py` measures the certificates on top of it; a ratio near 1 here means the IR
 itself costs about what plain inference costs.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ from frontends.onnx_import import load_onnx  # noqa: E402
 from training.loop import TrainConfig  # noqa: E402
 from training.run import run_train  # noqa: E402
 from verifier.bcp import bcp_radii  # noqa: E402
-from verifier.certify import certified_radii  # noqa: E402
+from verifier.methods import certified_radii  # noqa: E402
 from verifier.report import compute_bounds  # noqa: E402
 
 

@@ -270,6 +270,7 @@ def mnist_or_skip():
     return root / "zoo" / "mnist_fc" / "mnist-net_256x2.onnx", root / "data" / "mnist"
 
 
+@pytest.mark.slow
 def test_mnist_net_attack_radius_and_certified_below_it(capsys):
     model, data = mnist_or_skip()
     code, out, err = run_main(capsys, "certify", str(model), "--data", str(data), "--limit", "20", "--json",

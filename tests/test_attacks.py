@@ -241,6 +241,7 @@ def test_graph_module_with_channel_first_input():
     assert all(p.grad is None for p in module.parameters())
 
 
+@pytest.mark.slow
 def test_zoo_mnist_fc_linf():
     root = shared_dir()
     model_path = root / "zoo" / "mnist_fc" / "mnist-net_256x2.onnx" if root else None

@@ -13,6 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from frontends import load_onnx
 from verifier.errors import InputShapeError, ModelImportError, UnsupportedOpsError
 
+pytestmark = pytest.mark.slow  # CLI subprocesses
+
 
 def mlp_model(extra_nodes=(), opset=13) -> onnx.ModelProto:
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")

@@ -14,7 +14,7 @@ from frontends import load_onnx
 from frontends.data import load_dataset
 from verifier.attacks import pgd
 from verifier.bcp import _ball_box_min, bcp_radii, ibp_radii, verify_bcp, verify_ibp
-from verifier.certify import certified_radii
+from verifier.methods import certified_radii
 from verifier.report import batched_logits, compute_bounds
 
 from .conftest import REPO, run_main, shared_dir
@@ -168,6 +168,7 @@ def mnist_net(limit: int):
     return module, ds, bounds, logits, logits.argmax(1) == ds.y, lower, upper
 
 
+@pytest.mark.slow
 def test_mnist_net_medians():
     module, ds, bounds, logits, correct, lower, upper = mnist_net(20)
     prop2 = certified_radii(logits, ds.y, bounds, 2.0, "lmt-pairwise").double()

@@ -329,6 +329,7 @@ def zoo_inputs(module, path, count=4):
     return torch.rand((count, *shape), generator=torch.Generator().manual_seed(5))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ZOO_PARAMS)
 def test_zoo_ibp_contains_random_and_pgd_points(path):
     from verifier.attacks import pgd
@@ -357,6 +358,7 @@ def test_zoo_ibp_contains_random_and_pgd_points(path):
             assert_inside(z_box, module(x_adv), "PGD points (2)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ZOO_PARAMS)
 def test_zoo_box_shrinks_to_the_point(path):
     """Widths decrease with eps; in float64 (rounding 1e-16) the box of eps -> 0 is the point up to ~1e-9; in

@@ -14,7 +14,7 @@ from torch import nn
 from frontends import load_onnx
 from frontends.data import load_dataset
 from verifier.attacks import pgd
-from verifier.certify import certified_radii
+from verifier.methods import certified_radii
 from verifier.lipschitz import graph_lipschitz
 from verifier.power_iteration import PowerIteration, estimate
 from verifier.report import batched_logits, compute_bounds
@@ -108,6 +108,7 @@ def mnist_or_skip():
     return root / "zoo" / "mnist_fc" / "mnist-net_256x2.onnx", root / "data" / "mnist"
 
 
+@pytest.mark.slow
 def test_mnist_net_prop2_equals_exact_spectral_norms():
     model_path, data = mnist_or_skip()
     module = load_onnx(model_path)

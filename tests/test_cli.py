@@ -43,6 +43,7 @@ def test_inspect_exits_1_when_parity_fails(capsys, monkeypatch):
     assert json.loads(out)["parity"]["ok"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", zoo_models() or [pytest.param(None, marks=pytest.mark.skip(
     reason="third-party models absent: no ../shared/zoo (set LIPVERIFY_SHARED)"))],
     ids=lambda p: f"{p.parent.name}/{p.name}" if p else "none")

@@ -259,6 +259,7 @@ def test_speed():
     assert time.perf_counter() - start < 5.0  # ~0.25 s on 2 CPU cores; loose for loaded CI machines
 
 
+@pytest.mark.slow
 def test_vnncomp_oval21_conv_layers():
     """The real Conv layers of the VNN-COMP oval21 base model: the bound within 1.25x of the exact norm."""
     root = shared_dir()

@@ -295,6 +295,7 @@ def mnist_folder():
     return root / "data" / "mnist"
 
 
+@pytest.mark.slow
 def test_real_mnist():
     ds = load_dataset(mnist_folder(), (1, 28, 28), limit=100)
     assert tuple(ds.x.shape) == (100, 1, 28, 28) and len(ds) == 100
@@ -305,6 +306,7 @@ def test_real_mnist():
         load_dataset(mnist_folder(), (784,), split="train")  # only the test set is shared
 
 
+@pytest.mark.slow
 def test_real_fashion_mnist_train():
     root = shared_dir()
     if root is None or not (root / "data" / "fashion-mnist").is_dir():
@@ -314,6 +316,7 @@ def test_real_fashion_mnist_train():
     assert set(ds.y.tolist()) == set(range(10))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mnist_fc/mnist-net_256x2.onnx", "eran/mnist_relu_9_200.onnx"])
 def test_zoo_models_classify_loaded_mnist(model):
     from frontends import load_onnx

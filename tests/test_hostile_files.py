@@ -131,6 +131,7 @@ def test_huge_input_shape_is_refused(capsys, tmp_path):
     run_refused(capsys, tmp_path, "inspect", str(tmp_path / "m.onnx"), needles=("10000000000 values",))
 
 
+@pytest.mark.slow
 def test_huge_file_is_refused_without_reading_it(tmp_path):
     """A 3 GiB file (sparse) is refused from its size, in a process whose peak memory stays under 500 MB."""
     path = tmp_path / "huge.onnx"

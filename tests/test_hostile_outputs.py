@@ -82,6 +82,7 @@ def test_unwritable_folder(capsys, ws):
     run_refused(capsys, ws, *CERTIFY, "--report", target, needles=("r.json",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     CERTIFY + ("--report", "r.json"),
     CERTIFY + ("--plot", "r.png"),
@@ -95,6 +96,7 @@ def test_full_disk_gives_one_line_and_no_partial_file(ws, args):
     assert snapshot(ws) == before  # no partial output, no temporary file left
 
 
+@pytest.mark.slow
 def test_outputs_are_written_and_nothing_else(ws):
     before = snapshot(ws)
     proc = cli_process(*CERTIFY, "--report", "r.json", "--plot", "r.svg", "--json", cwd=ws)
@@ -148,6 +150,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["torch.save", "pickle"])
 def test_pickle_payload_checkpoint_never_runs(ws, how):
     marker = ws / "PWNED"

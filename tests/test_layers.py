@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines and frontends", ("verifier.ibp", "verifier.gradients", "verifier.lipschitz", "verifier.liplt",
                                "verifier.bcp", "verifier.local", "verifier.power_iteration", "verifier.parity",
                                "verifier.attacks", "frontends", "frontends.")),
-    ("certificates", ("verifier.certify",)),
+    ("certificates", ("verifier.certify", "verifier.methods")),
     ("training", ("training", "training.arch", "training.bcp_bound", "training.checkpoint", "training.estimates",
                   "training.evaluate", "training.loop", "training.losses")),
     ("command runners", ("verifier.report", "verifier.loading", "verifier.certify_run", "verifier.attack_run",

@@ -12,7 +12,8 @@ from torch import nn
 
 from frontends import load_onnx
 from verifier.attacks import pgd
-from verifier.certify import certified_radii, pairwise_radii
+from verifier.certify import pairwise_radii
+from verifier.methods import certified_radii
 from verifier.liplt import liplt
 from verifier.report import compute_bounds
 
@@ -200,6 +201,7 @@ def _largest_gradients(module, x: torch.Tensor, ascent_steps: int) -> torch.Tens
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["mnist_fc/mnist-net_256x2.onnx", "eran/ffnnSIGMOID__Point_6x200.onnx",
                                   "cifar10_resnet/resnet_2b.onnx"])
 def test_zoo_liplt_below_naive_above_gradients(path):

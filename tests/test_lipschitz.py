@@ -158,6 +158,7 @@ def test_fused_chain_is_the_norm_of_the_product():
     assert report.segments[0].product > report.lipschitz
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in zoo_models() if p.parent.name != "test"] or [pytest.param(
     None, marks=pytest.mark.skip(reason="third-party models absent: no ../shared/zoo"))],
     ids=lambda p: p.name if p else "none")
@@ -209,6 +210,7 @@ def test_nonlinear_rules_bound_sampled_jacobians(name, norm):
     assert bound >= worst * (1 - 1e-9), (bound, worst)
 
 
+@pytest.mark.slow
 def test_oval21_bound_is_close_to_the_product_of_exact_layer_norms(zoo):
     path = zoo / "oval21" / "cifar_base_kw.onnx"
     module = load_onnx(path)

@@ -13,7 +13,7 @@ from torch import nn
 
 from frontends import load_onnx
 from verifier.attacks import pgd
-from verifier.certify import certified_radii
+from verifier.methods import certified_radii
 from verifier.local import local_bounds, local_radii, prepare_local, prop22_bounds
 from verifier.report import compute_bounds
 
@@ -171,6 +171,7 @@ def test_softplus_radii_survive_pgd(softplus_model):
     assert not success.any()
 
 
+@pytest.mark.slow
 def test_mnist_net_median_radius_and_pgd():
     """The issue's target: mnist-net_256x2, first 100 MNIST test images, l2: median >= 0.13 (the issue measured
     0.139 for a local interval-Jacobian bound), and strong PGD finds nothing inside any certified radius."""

@@ -18,11 +18,13 @@ from training.loop import TrainConfig, train
 from training.losses import METHODS, Loss, Step
 from verifier.attacks import pgd
 from verifier.bcp import bcp_radii
-from verifier.certify import certified_radii
+from verifier.methods import certified_radii
 from verifier.lipschitz import graph_lipschitz
 from verifier.liplt import liplt
 from verifier.parity import check_parity
 from verifier.report import compute_bounds
+
+pytestmark = pytest.mark.slow  # training
 
 
 def blobs(n: int = 600, dim: int = 6, classes: int = 3, seed: int = 0, spread: float = 0.8):

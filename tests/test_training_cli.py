@@ -11,8 +11,10 @@ import torch
 
 from .conftest import REPO, run_main, shared_dir
 from frontends.onnx_import import load_onnx
-from verifier.certify import certified_radii
+from verifier.methods import certified_radii
 from verifier.report import compute_bounds
+
+pytestmark = pytest.mark.slow  # training
 
 
 def _images(tmp_path, n=300, seed=0):

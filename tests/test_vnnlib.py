@@ -53,6 +53,7 @@ def test_refused_properties_say_why(tmp_path):
         load_vnnlib(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_zoo_properties_match_the_models_predictions():
     """The zoo's CIFAR-10 properties: every centre is classified as the class its property protects."""
     root = shared_dir()

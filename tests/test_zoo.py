@@ -8,6 +8,8 @@ from verifier.parity import check_parity
 
 from .conftest import zoo_models
 
+pytestmark = pytest.mark.slow  # zoo
+
 MODELS = zoo_models()
 if not MODELS:
     MODELS = [pytest.param(None, marks=pytest.mark.skip(

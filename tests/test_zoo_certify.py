@@ -20,6 +20,8 @@ from verifier.loading import import_model
 from .conftest import run_main, shared_dir
 from .onnx_graphs import torch_single_thread
 
+pytestmark = pytest.mark.slow  # zoo
+
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 
 #: (model, data): data "mnist" is ../shared/data/mnist, otherwise a VNN-LIB folder of the zoo

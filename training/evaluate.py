@@ -3,7 +3,8 @@
 The certificate matches the method (and is always at least LMT Prop. 2's where the model ends with an affine
 layer): ``lmt``, ``standard``, ``cross-lipschitz`` -> lmt-pairwise (Prop. 1 without a last affine layer);
 ``crm`` -> LipLT's pairwise bounds (CRM eq. 5) after the last epoch; ``bcp`` -> BCP at the target eps. All come from
-``verifier`` on the current weights, so the numbers shown while training are real certificates.
+``verifier`` on the current weights, so the numbers shown while training are real certificates. "Certified at
+eps" is ``verifier.certify.certified_at`` (a radius strictly above eps), as in every report.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import torch
 from torch import Tensor
 
 from verifier.bcp import verify_bcp
-from verifier.certify import Bounds, certified_radii, pairwise_radii
+from verifier.certify import Bounds, certified_at, pairwise_radii
 from verifier.errors import NoRuleError
 from verifier.ir import GraphModule
 from verifier.lipschitz import graph_lipschitz
+from verifier.methods import BCP, LIPLT, Task, default_method
 
 
 #: chains up to this many entries are materialized for the held-out bound (the certificate's default is 2^22)
@@ -36,21 +38,21 @@ def evaluate(module: GraphModule, x: Tensor, y: Tensor, eps: float, method: str,
     clean = float((z.argmax(1) == y).float().mean())
     bounds = Bounds(l2=graph_lipschitz(mod, 2.0, materialize_limit=MATERIALIZE_LIMIT), linf=None,
                     input_dim=math.prod(mod.graph.sample_shape))
-    name = "lmt-pairwise" if bounds.l2.last_matrix is not None else "lmt"
-    radii = certified_radii(z.float(), y, bounds, 2.0, name).double()
-    certified = radii >= eps
+    chosen = default_method(bounds)
+    name = chosen.name
+    certified = certified_at(chosen.radii(Task(x=None, y=y, logits=z.float(), bounds=bounds, norm=2.0)), eps)
     if method == "crm" and final:
         from verifier.liplt import liplt
 
         try:
             pairs = liplt(mod, 2.0, naive=bounds.l2).pairwise
-            certified |= pairwise_radii(z.float(), y, pairs).double() >= eps
-            name = "liplt"
+            certified |= certified_at(pairwise_radii(z.float(), y, pairs), eps)
+            name = LIPLT.name
         except NoRuleError:
             pass
     if method == "bcp" and bounds.l2.last_matrix is not None:
         lo = None if lower is None else lower.cpu()
         hi = None if upper is None else upper.cpu()
-        certified |= verify_bcp(mod, bounds.l2, x, y, eps, lo, hi)
-        name = "bcp"
+        certified |= verify_bcp(mod, bounds.l2, x, y, eps, lo, hi)  # proves the closed ball of radius eps
+        name = BCP.name
     return {"clean_accuracy": clean, "certified_accuracy": float(certified.float().mean()), "certificate": name}

@@ -20,7 +20,6 @@ import torch
 from .lipschitz import LipschitzReport
 from .margins import margin_ratios, margins, pair_norms
 
-METHODS = ("lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local")  # liplt, ibp, bcp, local need the model
 
 
 @dataclass
@@ -68,19 +67,16 @@ def prop2_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: flo
     return r
 
 
-def certified_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: float, method: str) -> torch.Tensor:
-    if method == "lmt":
-        return prop1_radii(logits, y, bounds, norm)
-    if method == "lmt-pairwise":
-        return prop2_radii(logits, y, bounds, norm)
-    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+def certified_at(radii: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per input, whether it is certified at ``eps``: the one definition every report and the training
+    evaluation use. The certificates prove that no perturbation with ||delta|| < radius changes the prediction,
+    so a radius strictly above eps is needed for every ||delta|| <= eps (radius > 0 at eps = 0, which also
+    leaves out misclassified inputs, whose radius is 0)."""
+    return radii > eps
 
 
 def certified_accuracy(radii: torch.Tensor, eps: float) -> float:
-    """Fraction of inputs certified at eps: correctly classified with a radius of at least eps (strictly
-    more for eps > 0 is not needed: the propositions hold for ||delta|| < radius, and eps = radius is the
-    limit case, so we require radius > eps)."""
+    """Fraction of inputs certified at eps (``certified_at``)."""
     if len(radii) == 0:
         return 0.0
-    ok = radii > eps if eps > 0 else radii > 0
-    return float(ok.double().mean())
+    return float(certified_at(radii, eps).double().mean())

@@ -5,9 +5,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .certify import certified_radii
+from .certify import certified_accuracy
 from .errors import LipverifyError
 from .loading import load_inputs
+from .methods import BEST, METHODS, Method, Task, default_method
 from .report import LogitEngine, Timer, batched_logits, compute_bounds, norm_label, summarize
 
 
@@ -26,32 +27,29 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
             model_path, data_path, norm=norm, eps_list=eps_list, split=split, limit=limit, device=device,
             input_scale=input_scale, mean=mean, std=std, output=output, source=source)
         bounds = compute_bounds(module, p, input_dim=max(1, int(torch.tensor(module.graph.sample_shape).prod())))
-        if method is None:
-            method = "lmt-pairwise" if bounds.l2.last_matrix is not None else "lmt"
-        if method == "lmt-pairwise" and bounds.l2.last_matrix is None:
-            raise LipverifyError("--method lmt-pairwise needs a model whose logits come from an affine layer; "
-                                 "use --method lmt")
+        if method is not None and method != BEST and method not in METHODS:
+            raise LipverifyError(f"unknown method {method!r}; choose from {', '.join([*METHODS, BEST])}")
+        chosen = [default_method(bounds)] if method is None else list(METHODS.values()) if method == BEST \
+            else [METHODS[method]]
+        method = chosen[0].name if method is None else method
         module = module.to(dev)
         engine = LogitEngine(module, dev, model)
+        if method != BEST:  # a method that cannot apply is refused before any work
+            why = chosen[0].applies(Task(x=None, y=data.y, logits=torch.zeros(0), bounds=bounds, norm=p,
+                                         module=module))
+            if why is not None:
+                raise LipverifyError(f"--method {method} {why}")
         logits = batched_logits(module, data.x, batch_size, dev, engine=engine)
         if logits.shape[1] < 2:
             raise LipverifyError(f"the model has {logits.shape[1]} output; certificates need class logits")
         if int(data.y.max()) >= logits.shape[1]:
             raise LipverifyError(f"labels go up to {int(data.y.max())} but the model has {logits.shape[1]} classes")
         correct = logits.argmax(dim=1) == data.y
-        by_method: dict[str, torch.Tensor] = {}
-        skipped: dict[str, str] = {}
-        found = torch.zeros(len(data.y), dtype=torch.float64)  # model space: the largest radius so far
-        for name in (_portfolio(bounds, p) if method == "best" else [method]):
-            try:
-                r = _method_radii(name, module, data, bounds, logits, p, batch_size, found)
-            except LipverifyError as e:
-                if method != "best":
-                    raise
-                skipped[name] = str(e)
-                continue
-            found = torch.maximum(found, r.double().cpu())
-            by_method[name] = data.radius_to_user(r.float())
+        box = data.model_bounds()
+        task = Task(x=data.x.cpu(), y=data.y.cpu(), logits=logits, bounds=bounds, norm=p, module=module,
+                    lower=None if box is None else box[0], upper=None if box is None else box[1],
+                    batch_size=batch_size, found=torch.zeros(len(data.y), dtype=torch.float64))
+        by_method, skipped = _run_methods(chosen, task, data, portfolio=method == BEST)
         radii = torch.stack(list(by_method.values())).amax(dim=0)
     result: dict[str, Any] = {
         "model": model_path, "method": method, "norm": norm_label(p), "n": len(data.y),
@@ -62,7 +60,7 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         "lipschitz_sub": bounds.l2.lipschitz_sub if p == 2 else (bounds.linf.lipschitz_sub if bounds.linf else None),
         "seconds": timer.seconds, "device": str(dev), "logits_from": engine.name,
     }
-    if method == "best":  # every method is sound, so the largest radius per input is too
+    if method == BEST:  # every method is sound, so the largest radius per input is too
         names = list(by_method)
         winners = torch.stack(list(by_method.values())).argmax(dim=0)
         result["radii_by_method"] = {k: [float(r) for r in v] for k, v in by_method.items()}
@@ -72,80 +70,28 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         result.update(_compare_with_attack(module, data, engine, p, radii, correct, method=attack_method,
                                            steps=attack_steps, restarts=attack_restarts, batch_size=batch_size))
     if gate is not None:
-        from .certify import certified_accuracy
-
         value = certified_accuracy(radii, gate_eps)
         result["gate"] = {"eps": gate_eps, "required": gate, "value": value, "passed": value >= gate}
     return result
 
 
-def _portfolio(bounds, p: float) -> list[str]:
-    """The methods ``--method best`` runs for this model and norm."""
-    pairwise = bounds.l2.last_matrix is not None
-    return ["lmt"] + (["lmt-pairwise"] if pairwise else []) + ["liplt", "ibp", "bcp", "local"]
-
-
-def _method_radii(method: str, module, data, bounds, logits: torch.Tensor, p: float, batch_size: int,
-                  found: torch.Tensor) -> torch.Tensor:
-    """Model-space radii of one certificate method (``found``: the largest radii of the methods run before)."""
-    if method in ("ibp", "bcp", "local"):
-        return _box_radii(module, data, bounds, logits, p, method, batch_size, found)
-    if method == "liplt":
-        return _liplt_radii(module, data, bounds, logits, p)
-    return certified_radii(logits, data.y, bounds, p, method)
-
-
-def _on_cpu(module):
-    """The module itself on the CPU, else a CPU copy: the local and LipLT bounds run in float64 on the CPU."""
-    import copy
-
-    return copy.deepcopy(module).cpu() if module.device.type != "cpu" else module
-
-
-def _liplt_radii(module, data, bounds, logits: torch.Tensor, p: float) -> torch.Tensor:
-    """CRM eq. 5 with LipLT's pairwise bounds (``verifier.liplt``; the naive ones where smaller)."""
-    from .certify import pairwise_radii
-    from .errors import NoRuleError
-    from .liplt import liplt
-
-    mod = _on_cpu(module)
-    report = bounds.l2 if p == 2 else bounds.linf
-    try:
-        pairs = liplt(mod, p, naive=report).pairwise  # the naive bounds where LipLT cannot map the graph
-    except NoRuleError as e:
-        raise LipverifyError(f"--method liplt: {e}")
-    return pairwise_radii(logits.cpu(), data.y.cpu(), pairs)
-
-
-def _box_radii(module, data, bounds, logits: torch.Tensor, p: float, method: str, batch_size: int,
-               found: torch.Tensor) -> torch.Tensor:
-    """IBP / BCP / local radii in model space (``verifier.bcp``, ``verifier.local``), within the model-space box
-    of the data's bounds. BCP bisects from the LMT Prop. 2 radius (when the model ends with an affine layer), a
-    sound lower end; local starts its search at the largest radius found so far (or Prop. 2's) and reports
-    only radii it proves itself."""
-    from .bcp import bcp_radii, ibp_radii
-    from .errors import NoRuleError
-    from .local import check_supported, local_radii
-
-    box = data.model_bounds()
-    lower, upper = (None, None) if box is None else box
-    x, y = data.x.cpu(), data.y.cpu()  # data.x is in model space
-    mod = _on_cpu(module)
-    if not mod.graph.batched or not mod.graph.leading_batch:
-        raise LipverifyError(f"--method {method} needs a model that runs whole batches (this one runs sample by "
-                             f"sample)")
-    if method == "ibp":
-        return ibp_radii(mod, bounds.l2, x, y, p, lower, upper, batch_size=batch_size).cpu()
-    prop2 = certified_radii(logits, data.y, bounds, p, "lmt-pairwise").cpu() \
-        if bounds.l2.last_matrix is not None else None
-    if method == "bcp":
-        return bcp_radii(mod, bounds.l2, x, y, lower, upper, prop2=prop2, norm=p, batch_size=batch_size).cpu()
-    try:
-        check_supported(mod, bounds.l2)
-    except NoRuleError as e:
-        raise LipverifyError(f"--method local: {e}")
-    start = found if prop2 is None else torch.maximum(found, prop2.double())
-    return local_radii(mod, bounds.l2, x, y, p, lower, upper, start=start, batch_size=batch_size).cpu()
+def _run_methods(chosen: list[Method], task: Task, data, portfolio: bool) -> tuple[dict[str, torch.Tensor],
+                                                                                   dict[str, str]]:
+    """Each method's radii in the user's space, in order (``task.found``, model space, carries the largest radius
+    so far to the next method); in a ``portfolio`` a method that fails is skipped with its reason."""
+    by_method: dict[str, torch.Tensor] = {}
+    skipped: dict[str, str] = {}
+    for m in chosen:
+        try:
+            r = m.radii(task)
+        except LipverifyError as e:
+            if not portfolio:
+                raise
+            skipped[m.name] = str(e)
+            continue
+        task.found = torch.maximum(task.found, r.double().cpu())
+        by_method[m.name] = data.radius_to_user(r.float())
+    return by_method, skipped
 
 
 #: slack for float32 rounding of certified radii when comparing them with attack distances (float64)

@@ -19,6 +19,8 @@ from frontends.outputs import OutputPaths
 
 from .cli_values import COUNT, FRACTION, POSITIVE, RADIUS, SEED, Number, Shape, Values
 from .errors import LipverifyError, UnsupportedOpsError
+from .methods import BEST, METHODS
+from .methods import help_text as method_help
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -137,14 +139,7 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool, method: 
 @data_options
 @click.option("--eps", "eps_list", type=RADIUS, multiple=True, help="Radii to report certified accuracy at "
               "(repeatable; default 0.1 0.25 0.5 1.0 for l2, 0.01 0.03 0.1 for l_inf).")
-@click.option("--method", type=click.Choice(["lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local", "best"]),
-              default=None,
-              help="lmt: Proposition 1; lmt-pairwise: Proposition 2 (with the last affine layer); liplt: "
-                   "min_j (z_y - z_j) / L_yj with LipLT's pairwise bounds (CRM eq. 5); ibp: interval "
-                   "bound propagation; bcp: box constraint propagation; local: local Cross-Lipschitz bounds "
-                   "(Hein & Andriushchenko Thm 2.1, gradient boxes over BCP's boxes); best: all that apply, the "
-                   "largest radius per input (all are sound). Default: "
-                   "lmt-pairwise when the logits come from an affine layer, else lmt.")
+@click.option("--method", type=click.Choice([*METHODS, BEST]), default=None, help=method_help())
 @click.option("--limit", type=COUNT, default=None, help="Use the first N inputs.")
 @click.option("--batch-size", type=COUNT, default=256, show_default=True)
 @run_options

@@ -23,7 +23,7 @@ sum max(beta_rm, 0) s_hi_r s_hi_m + min(beta_rm, 0) s_lo_r s_lo_m. With sigma' i
 range is [sigma'(lower end), sigma'(upper end)] of the pre-activation's range, which is the paper's statement
 with the range <u_r, x> +- R ||u_r||_2; we use BCP's box of the pre-activation, which lies inside that range
 (eq. 6 is exactly it) and inside the interval image of the domain-clipped ball. Both bounds are sound; the
-certificate uses the smaller per pair (the closing note of issue 4 compares them).
+certificate uses the smaller per pair.
 
 The radius (``local_radii``) is max over the R evaluated of rho(R): R grows by x4 from a start until rho(R) < R,
 then bisection on rho(R) >= R (L_j(R) grows with R, so that is where the maximum lies); every rho(R) evaluated is

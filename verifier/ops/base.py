@@ -1,7 +1,7 @@
 """The op base class and the registry that maps (ONNX op type, opset) to an op class.
 
-Every IR node holds one op object. An op keeps its forward (torch, batched), and — from the next issues on —
-its Lipschitz rule and its box (interval) rule together, so that one file says everything about one op family.
+Every IR node holds one op object. An op keeps its forward (torch, batched), its Lipschitz rule, its box
+(interval) rule and its gradient-box rule together, so that one file says everything about one op family.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Data-movement ops: Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Pad.
 
 Each moves or copies entries without arithmetic (Pad in constant mode adds constants), so its Lipschitz
-constant is at most 1 (Pad in edge/reflect/wrap mode repeats entries: more, see the Lipschitz issue), and its
+constant is at most 1 (Pad in edge/reflect/wrap mode repeats entries: more, see ``Pad``'s rule), and its
 box rule moves the radius like the centre (exact; constants enter with radius 0).
 Batch-1 constants in the file (``Reshape`` to ``[1, -1]``, ``Flatten`` at axis 0) are rewritten in
 ``adapt_batch`` so that the IR runs on batches.

@@ -1,0 +1,188 @@
+"""Certificate methods: one registry, one signature.
+
+Each method is a ``Method``, registered once (a second registration of a name is refused): its name, one line
+for ``--help``, ``applies(task)`` (None, or the reason it does not apply to this model), and ``radii(task)``:
+the certified radius of every input of the ``Task`` in the model's input space, each a proof that no
+perturbation of smaller norm changes the prediction (0 where the input is misclassified). The command line's
+choices, ``--method best``'s portfolio (every registered method, in registration order, keeping the largest
+radius per input: all are sound), ``methods_skipped`` and training's held-out evaluation read the registry, so
+a method's name is written here and nowhere else.
+
+"Certified at eps" has one definition, ``verifier.certify.certified_at``: a radius strictly above eps.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import LipverifyError, NoRuleError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .certify import Bounds
+    from .ir import GraphModule
+
+#: the name of the portfolio: every method that applies, the largest radius per input
+BEST = "best"
+
+
+@dataclass
+class Task:
+    """What every method certifies: inputs ``x`` (model space, CPU) with labels ``y`` inside the domain box
+    [``lower``, ``upper``] (model space; None: unbounded), the model (``module``, on its device; None when only
+    the logits are needed), its Lipschitz ``bounds``, its ``logits`` on ``x``, the ``norm`` (2 or inf), a batch
+    size, and ``found``: the largest radii the methods run before found (a sound start for searches)."""
+
+    x: Tensor | None
+    y: Tensor
+    logits: Tensor
+    bounds: Bounds
+    norm: float
+    module: GraphModule | None = None
+    lower: Tensor | None = None
+    upper: Tensor | None = None
+    batch_size: int = 256
+    found: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One certificate method (see the module docstring)."""
+
+    name: str
+    summary: str
+    compute: Callable[[Task], Tensor]
+    condition: Callable[[Task], str | None] = lambda task: None
+
+    def applies(self, task: Task) -> str | None:
+        """None when the method applies to ``task``'s model, else why not (one line)."""
+        return self.condition(task)
+
+    def radii(self, task: Task) -> Tensor:
+        """Model-space certified radii, one per input; ``LipverifyError`` when it does not apply."""
+        why = self.applies(task)
+        if why is not None:
+            raise LipverifyError(f"--method {self.name} {why}")
+        return self.compute(task)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS or method.name == BEST:
+        raise ValueError(f"certificate method {method.name!r} is registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+def default_method(bounds: Bounds) -> Method:
+    """What ``certify`` runs without ``--method``: Proposition 2 when the logits come from an affine layer, else
+    Proposition 1."""
+    return LMT_PAIRWISE if bounds.l2.last_matrix is not None else LMT
+
+
+def certified_radii(logits: Tensor, y: Tensor, bounds: Bounds, norm: float, method: str) -> Tensor:
+    """Radii of a method that needs only the logits and the Lipschitz bounds (``lmt``, ``lmt-pairwise``)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return METHODS[method].radii(Task(x=None, y=y, logits=logits, bounds=bounds, norm=norm))
+
+
+# ------------------------------------------------------------------------------------------------ the methods
+def _affine_logits(task: Task) -> str | None:
+    if task.bounds.l2.last_matrix is None:
+        return "needs a model whose logits come from an affine layer; use --method lmt"
+    return None
+
+
+def _batched(task: Task) -> str | None:
+    g = task.module.graph
+    if not g.batched or not g.leading_batch:
+        return "needs a model that runs whole batches (this one runs sample by sample)"
+    return None
+
+
+def _on_cpu(module: Any) -> Any:
+    """The module itself on the CPU, else a CPU copy: the local and LipLT bounds run in float64 on the CPU."""
+    return copy.deepcopy(module).cpu() if module.device.type != "cpu" else module
+
+
+def _prop1(task: Task) -> Tensor:
+    from .certify import prop1_radii
+
+    return prop1_radii(task.logits, task.y, task.bounds, task.norm)
+
+
+def _prop2(task: Task) -> Tensor:
+    from .certify import prop2_radii
+
+    return prop2_radii(task.logits, task.y, task.bounds, task.norm)
+
+
+def _liplt(task: Task) -> Tensor:
+    from .certify import pairwise_radii
+    from .liplt import liplt
+
+    report = task.bounds.l2 if task.norm == 2 else task.bounds.linf
+    try:
+        pairs = liplt(_on_cpu(task.module), task.norm, naive=report).pairwise  # naive where LipLT cannot map
+    except NoRuleError as e:
+        raise LipverifyError(f"--method liplt: {e}")
+    return pairwise_radii(task.logits.cpu(), task.y.cpu(), pairs)
+
+
+def _start(task: Task) -> Tensor | None:
+    """LMT Prop. 2's radii (a sound lower end for BCP's and local's searches) when they apply."""
+    return _prop2(task).cpu() if _affine_logits(task) is None else None
+
+
+def _ibp(task: Task) -> Tensor:
+    from .bcp import ibp_radii
+
+    return ibp_radii(_on_cpu(task.module), task.bounds.l2, task.x, task.y, task.norm, task.lower, task.upper,
+                     batch_size=task.batch_size).cpu()
+
+
+def _bcp(task: Task) -> Tensor:
+    from .bcp import bcp_radii
+
+    return bcp_radii(_on_cpu(task.module), task.bounds.l2, task.x, task.y, task.lower, task.upper,
+                     prop2=_start(task), norm=task.norm, batch_size=task.batch_size).cpu()
+
+
+def _local(task: Task) -> Tensor:
+    """Starts its search at the largest radius found so far (or Prop. 2's) and reports only radii it proves."""
+    import torch
+
+    from .local import check_supported, local_radii
+
+    module = _on_cpu(task.module)
+    try:
+        check_supported(module, task.bounds.l2)
+    except NoRuleError as e:
+        raise LipverifyError(f"--method local: {e}")
+    found = task.found if task.found is not None else torch.zeros(len(task.y), dtype=torch.float64)
+    prop2 = _start(task)
+    start = found if prop2 is None else torch.maximum(found, prop2.double())
+    return local_radii(module, task.bounds.l2, task.x, task.y, task.norm, task.lower, task.upper, start=start,
+                       batch_size=task.batch_size).cpu()
+
+
+LMT = register(Method("lmt", "LMT Proposition 1: margin / (sqrt(2) L)", _prop1))
+LMT_PAIRWISE = register(Method("lmt-pairwise", "LMT Proposition 2 (with the last affine layer)", _prop2,
+                               _affine_logits))
+LIPLT = register(Method("liplt", "min_j (z_y - z_j) / L_yj with LipLT's pairwise bounds (CRM eq. 5)", _liplt))
+IBP = register(Method("ibp", "interval bound propagation", _ibp, _batched))
+BCP = register(Method("bcp", "box constraint propagation (Lee et al. 2020)", _bcp, _batched))
+LOCAL = register(Method("local", "local Cross-Lipschitz bounds (Hein & Andriushchenko Thm 2.1, gradient boxes "
+                        "over BCP's boxes)", _local, _batched))
+
+
+def help_text() -> str:
+    """The ``--method`` help: every method's name and summary, then ``best``."""
+    listed = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+    return (f"{listed}; {BEST}: all that apply, the largest radius per input (all are sound). Default: "
+            f"{LMT_PAIRWISE.name} when the logits come from an affine layer, else {LMT.name}.")
