@@ -47,3 +47,10 @@ def test_certified_at_is_strict():
     assert certified_at(radii, 0.5).tolist() == [False, False, True, True]
     assert certified_at(radii, 0.0).tolist() == [False, True, True, True]
     assert certified_accuracy(radii, 0.5) == 0.5
+
+
+def test_op_registry_refuses_duplicates():
+    from verifier.ops.base import Op, rule
+
+    with pytest.raises(ValueError, match="Relu version 14 is registered twice"):
+        rule("Relu", since=14)(type("AnotherRelu", (Op,), {}))

@@ -70,13 +70,17 @@ _REGISTRY: dict[str, list[tuple[int, type["Op"]]]] = {}
 
 
 def rule(op_type: str, since: int | Sequence[int] = 1) -> Callable[[type["Op"]], type["Op"]]:
-    """Register an op class for ``op_type`` from opset ``since`` on (several versions may share a class)."""
+    """Register an op class for ``op_type`` from opset ``since`` on (several versions may share a class). A
+    second registration of the same (op type, version) is refused, as onnx2torch's converter registry does."""
     versions = (since,) if isinstance(since, int) else tuple(since)
 
     def register(cls: type[Op]) -> type[Op]:
         entries = _REGISTRY.setdefault(op_type, [])
-        for v in versions:
-            entries.append((v, cls))
+        taken = {v for v, _ in entries}
+        twice = [v for v in versions if v in taken] or [v for i, v in enumerate(versions) if v in versions[:i]]
+        if twice:
+            raise ValueError(f"op {op_type} version {twice[0]} is registered twice ({cls.__name__})")
+        entries.extend((v, cls) for v in versions)
         entries.sort(key=lambda e: e[0])
         if not getattr(cls, "op_type", None):
             cls.op_type = op_type
