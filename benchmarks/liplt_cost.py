@@ -21,8 +21,8 @@ from torch import nn
 
 from common import ROOT  # noqa: F401,E402  (puts the repo on sys.path)
 from frontends import load_onnx  # noqa: E402
-from verifier.lipschitz import graph_lipschitz  # noqa: E402
 from verifier.liplt import liplt  # noqa: E402
+from verifier.lipschitz import graph_lipschitz  # noqa: E402
 
 
 def mlp(depth: int, width: int) -> nn.Module:

@@ -11,38 +11,21 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
-from frontends.data import load_dataset
 from verifier.attacks import pgd
 from verifier.bcp import _ball_box_min, bcp_radii, ibp_radii, verify_bcp, verify_ibp
 from verifier.methods import certified_radii
-from verifier.report import batched_logits, compute_bounds
+from verifier.report import compute_bounds
 
-from .conftest import REPO, run_main, shared_dir
+from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
+from .conftest import run_main
 from .onnx_graphs import torch_single_thread
-from .test_certify import blob_model
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
-BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
-ALL_METHODS = {"lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local"}  # what --method best runs on an MLP
 
 
 @pytest.fixture(scope="module")
 def smooth_model(tmp_path_factory):
-    """A ReLU/Tanh MLP trained on separable blobs (``test_certify.blob_model``); 120 of its points."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
-    path, data, x, y = blob_model(tmp_path_factory.mktemp("smooth_bcp"), net)
-    return path, data, x[:120], y[:120]
-
-
-def _cases(smooth_model):
-    path, _, x, y = smooth_model
-    yield "mlp", load_onnx(path), x, y, None, None
-    module = load_onnx(BUNDLED)
-    xs = torch.rand((12, *module.graph.sample_shape), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ys = module(xs).argmax(1)
-    yield "cnn", module, xs, ys, 0.0, 1.0
+    return relu_tanh_blobs(tmp_path_factory.mktemp("smooth_bcp"))
 
 
 def _check_pgd(module, x, y, radii, norm, lower, upper):
@@ -55,7 +38,7 @@ def _check_pgd(module, x, y, radii, norm, lower, upper):
 
 @pytest.mark.parametrize("norm", [2.0, math.inf], ids=["l2", "linf"])
 def test_ibp_radii_survive_pgd(smooth_model, norm):
-    for name, module, x, y, lower, upper in _cases(smooth_model):
+    for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
         report = compute_bounds(module, 2.0, input_dim=1).l2
         radii = ibp_radii(module, report, x, y, norm, lower, upper)
         _check_pgd(module, x, y, radii, norm, lower, upper)
@@ -64,7 +47,7 @@ def test_ibp_radii_survive_pgd(smooth_model, norm):
 
 
 def test_bcp_radii_survive_pgd_and_beat_prop2(smooth_model):
-    for name, module, x, y, lower, upper in _cases(smooth_model):
+    for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
         bounds = compute_bounds(module, 2.0, input_dim=1)
         with torch.no_grad():
             logits = module(x)
@@ -83,7 +66,7 @@ def test_bcp_radii_survive_pgd_and_beat_prop2(smooth_model):
 
 def test_bcp_linf_survives_pgd_and_beats_ibp(smooth_model):
     """l_inf BCP (§3.1): the box itself plus the l2 ball of radius sqrt(N) eps that circumscribes it."""
-    for name, module, x, y, lower, upper in _cases(smooth_model):
+    for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
         bounds = compute_bounds(module, 2.0, input_dim=1)
         radii = bcp_radii(module, bounds.l2, x, y, lower, upper, norm=math.inf)
         ibp = ibp_radii(module, bounds.l2, x, y, math.inf, lower, upper)
@@ -152,20 +135,6 @@ def test_cli_methods(smooth_model, capsys):
     code, out, _ = run_main(capsys, "certify", str(path), "--data", str(data), "--method", "bcp", "--norm", "inf",
                             "--limit", "30", "--json")
     assert code == 0 and sum(r > 0 for r in json.loads(out)["radii"]) > 15
-
-
-def mnist_net(limit: int):
-    """mnist-net_256x2 and the first ``limit`` MNIST test images: (module, data, bounds, logits, correct, lower,
-    upper); skips when ../shared is absent."""
-    root = shared_dir()
-    if root is None or not (root / "zoo" / "mnist_fc").is_dir() or not (root / "data" / "mnist").is_dir():
-        pytest.skip("../shared/zoo/mnist_fc or ../shared/data/mnist absent (set LIPVERIFY_SHARED)")
-    module = load_onnx(root / "zoo" / "mnist_fc" / "mnist-net_256x2.onnx")
-    ds = load_dataset(root / "data" / "mnist", module.graph.sample_shape, limit=limit)
-    bounds = compute_bounds(module, 2.0, input_dim=784)
-    logits = batched_logits(module, ds.x, limit, torch.device("cpu"))
-    lower, upper = ds.model_bounds()
-    return module, ds, bounds, logits, logits.argmax(1) == ds.y, lower, upper
 
 
 @pytest.mark.slow

@@ -14,45 +14,16 @@ from torch import nn
 from frontends import load_onnx
 from frontends.data import load_dataset
 from verifier.attacks import pgd
-from verifier.methods import certified_radii
 from verifier.lipschitz import graph_lipschitz
+from verifier.methods import certified_radii
 from verifier.power_iteration import PowerIteration, estimate
 from verifier.report import batched_logits, compute_bounds
 
-from .conftest import REPO, run_main, shared_dir
+from .cases.models import BUNDLED, blob_model
+from .conftest import run_main, shared_dir
 from .onnx_graphs import torch_single_thread
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
-BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
-
-
-def export(net: nn.Module, example: torch.Tensor, path) -> None:
-    import io
-    import warnings
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (example,), buffer, dynamo=False, opset_version=13, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
-    path.write_bytes(buffer.getvalue())
-
-
-def blob_model(folder, net: nn.Module):
-    """``net`` (6 inputs, 3 classes) trained in the test on separable blobs with weight decay, so that certified
-    radii are large; saved as ONNX with its data. Returns (model path, data path, x, y)."""
-    gen = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 6, generator=gen) * 3
-    y = torch.arange(300) % 3
-    x = centers[y] + 0.5 * torch.randn(300, 6, generator=gen)
-    opt = torch.optim.Adam(net.parameters(), lr=0.05, weight_decay=1e-3)
-    for _ in range(200):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    export(net, x[:1], folder / "mlp.onnx")
-    np.savez(folder / "data.npz", x=x.numpy(), y=y.numpy())
-    return folder / "mlp.onnx", folder / "data.npz", x, y
 
 
 @pytest.fixture(scope="module")

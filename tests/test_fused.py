@@ -10,8 +10,8 @@ from verifier import fused
 from verifier.bcp import _clean, prepare, walk
 from verifier.box import Box, training_arithmetic
 from verifier.report import compute_bounds
+from .cases.models import BUNDLED
 
-from .test_bcp import BUNDLED
 
 
 def _plain_intersect(ac, ar, bc, br):

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from verifier.box import Box
-from verifier.ibp import propagate
 from verifier.errors import NoRuleError
 from verifier.gradients import gradient_box
+from verifier.ibp import propagate
 from verifier.jacobian import dual_norm_bound
 from verifier.ops.activations import Activation
 from verifier.ops.base import _REGISTRY
 
+from .cases.boxes import AFFINE, CASES, module_of, random_bounds, sample_points
 from .onnx_graphs import torch_single_thread
-from .test_box import AFFINE, CASES, module_of, random_bounds, sample_points
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 

@@ -100,7 +100,8 @@ def test_the_checker_sees_lazy_and_type_checking_imports(tmp_path, monkeypatch):
     (root / "verifier").mkdir(parents=True)
     (root / "verifier" / "__init__.py").write_text("")
     (root / "verifier" / "a.py").write_text("def f():\n    from .b import g\n")
-    (root / "verifier" / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n")
+    (root / "verifier" / "b.py").write_text("from typing import TYPE_CHECKING\n"
+                                            "if TYPE_CHECKING:\n    from . import a\n")
     monkeypatch.setattr(me, "REPO", root)
     monkeypatch.setattr(me, "PACKAGES", ("verifier",))
     graph = me.import_graph()

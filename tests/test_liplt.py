@@ -13,13 +13,13 @@ from torch import nn
 from frontends import load_onnx
 from verifier.attacks import pgd
 from verifier.certify import pairwise_radii
-from verifier.methods import certified_radii
 from verifier.liplt import liplt
+from verifier.methods import certified_radii
 from verifier.report import compute_bounds
 
+from .cases.models import blob_model, export
 from .conftest import run_main, shared_dir
 from .onnx_graphs import torch_single_thread
-from .test_certify import blob_model, export
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 

@@ -13,16 +13,20 @@ from torch import nn
 
 from frontends import load_onnx
 from verifier.attacks import pgd
-from verifier.methods import certified_radii
 from verifier.local import local_bounds, local_radii, prepare_local, prop22_bounds
+from verifier.methods import certified_radii
 from verifier.report import compute_bounds
 
+from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
 from .conftest import run_main
 from .onnx_graphs import torch_single_thread
-from .test_bcp import ALL_METHODS, _cases, mnist_net, smooth_model  # noqa: F401 (fixture)
-from .test_certify import blob_model
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
+
+
+@pytest.fixture(scope="module")
+def smooth_model(tmp_path_factory):
+    return relu_tanh_blobs(tmp_path_factory.mktemp("smooth_local"))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def _sampled_gradient_norms(module, points, y, norm):
 @pytest.mark.parametrize("norm", [2.0, math.inf], ids=["l2", "linf"])
 def test_local_bounds_exceed_sampled_gradient_norms(smooth_model, norm):  # noqa: F811
     gen = torch.Generator().manual_seed(2)
-    for name, module, x, y, lower, upper in _cases(smooth_model):
+    for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
         report = compute_bounds(module, 2.0, input_dim=1).l2
         ctx = prepare_local(module, report, norm)
         x, y = x[:12].double(), y[:12]
@@ -146,7 +150,7 @@ def test_prop22_against_the_paper_formula_and_sampling(softplus_model):
 
 @pytest.mark.parametrize("norm", [2.0, math.inf], ids=["l2", "linf"])
 def test_local_radii_survive_pgd_and_beat_prop2(smooth_model, norm):  # noqa: F811
-    for name, module, x, y, lower, upper in _cases(smooth_model):
+    for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
         bounds = compute_bounds(module, norm, input_dim=math.prod(x.shape[1:]))
         with torch.no_grad():
             logits = module(x)

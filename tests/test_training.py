@@ -18,9 +18,9 @@ from training.loop import TrainConfig, train
 from training.losses import METHODS, Loss, Step
 from verifier.attacks import pgd
 from verifier.bcp import bcp_radii
-from verifier.methods import certified_radii
-from verifier.lipschitz import graph_lipschitz
 from verifier.liplt import liplt
+from verifier.lipschitz import graph_lipschitz
+from verifier.methods import certified_radii
 from verifier.parity import check_parity
 from verifier.report import compute_bounds
 

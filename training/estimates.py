@@ -20,8 +20,8 @@ from torch import Tensor
 
 from verifier.box import Box
 from verifier.ir import GraphModule, inference_mode
-from verifier.lipschitz import chain_function
 from verifier.liplt import _linear_graph, loop_units
+from verifier.lipschitz import chain_function
 from verifier.power_iteration import PowerIteration
 
 #: ops whose row norms are computed exactly by running them on ones with squared weights (no bias)

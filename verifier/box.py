@@ -45,8 +45,8 @@ How, with u the unit roundoff of the boxes' dtype (2^-24 for float32) and gamma_
 - An absolute ``tiny`` (2^-900 in float64, 2^-100 in float32: far above the subnormal spacing, and keeping radii
   normal numbers, see ``tiny``) covers underflow in every widened rule.
 - TF32 (which CUDA may use for float32 matmuls and convolutions, with u = 2^-11) is switched off during
-  ``ibp.propagate`` (``exact_float32``); FFT or Winograd convolution algorithms (cuDNN may pick them) have only normwise error bounds
-  and are not covered: on CUDA, compute boxes in float64 when in doubt.
+  ``ibp.propagate`` (``exact_float32``); FFT or Winograd convolution algorithms (cuDNN may pick them) have only
+  normwise error bounds and are not covered: on CUDA, compute boxes in float64 when in doubt.
 """
 from __future__ import annotations
 
