@@ -99,7 +99,7 @@ def test_training_walk_equals_the_certificate_walk():
         assert type(train).__name__ == "_Bounds"
         lo, hi = train.lo.detach(), train.hi.detach()
         assert float((sound.hi - sound.lo).max()) > 0.01  # not a vacuous comparison
-        # the certificate's box is the wider by its rounding slack (REL = 1e-9 relative, verifier.bcp) only
+        # the certificate's box is the wider by its rounding slack (REL64 = 1e-9 relative, verifier.rounding) only
         scale = float(torch.maximum(sound.lo.abs(), sound.hi.abs()).max())
         assert bool((sound.lo <= lo).all()) and bool((hi <= sound.hi).all())
         assert float((lo - sound.lo).max()) < 1e-7 * scale

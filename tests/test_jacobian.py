@@ -130,7 +130,7 @@ def test_affine_gradient_box_is_exact(spec):
         out = node.op.grad_interval(args, [Box(seed[:, 0], r[None])])
         k = next(i for i, a in enumerate(args) if isinstance(a, Box))
         expected = jac.abs().T @ r.reshape(-1)
-        allowance = 2e-9 * (jac.abs().T @ seed.abs().reshape(-1) + expected) + 1e-250  # GAMMA (|J|^T |c| + ...)
+        allowance = 2e-9 * (jac.abs().T @ seed.abs().reshape(-1) + expected) + 1e-250  # REL64 (|J|^T |c| + ...)
         got = out[k].radius.reshape(-1)
         assert bool((got >= expected * (1 - 1e-12)).all())
         assert bool((got <= expected + allowance).all()), float((got - expected - allowance).max())

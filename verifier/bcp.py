@@ -52,13 +52,12 @@ from torch import Tensor
 
 from . import fused
 from .box import Box, exact_float32, outward_rounding
-from .margins import FLOAT_SLACK
 from .errors import NoRuleError
 from .ir import GraphModule
 from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
+from .rounding import FLOAT_SLACK, REL64, TINY64
 
 #: relative safety factor on float64 norms and ball radii
-REL = 1e-9
 BISECTION_STEPS = 20
 
 
@@ -91,9 +90,9 @@ def prepare(module: GraphModule, report: LipschitzReport, bcp: bool = True) -> C
             nodes = [g.node(name) for name in seg.nodes]
             with torch.no_grad():
                 _, matrix = chain_matrix(module64, nodes, dynamic)
-            rows = matrix.double().norm(dim=1) * (1 + REL)
+            rows = matrix.double().norm(dim=1) * (1 + REL64)
         else:
-            rows = torch.full((n_out,), seg.bound * (1 + REL), dtype=torch.float64)
+            rows = torch.full((n_out,), seg.bound * (1 + REL64), dtype=torch.float64)
         ctx.row_norms[seg.output] = rows.reshape(out_shape)
         ctx.chain_input[seg.output] = seg.input
     return ctx
@@ -108,7 +107,7 @@ def _clean(ctx: Context, x: Tensor) -> dict[str, Tensor]:
 
 def _ball_box(center: Tensor, radius: Tensor) -> Box:
     """The box center +- radius, the radius widened for the float64 rounding of the centre."""
-    r = radius * (1 + REL) + REL * center.abs() + 2.0 ** -900
+    r = radius * (1 + REL64) + REL64 * center.abs() + TINY64
     return Box(center, r)
 
 
@@ -185,7 +184,7 @@ def _ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None, rounds:
     corner = torch.where(c > 0, lo, hi)  # the box face -c points to
     g0 = (c * corner).sum(-1)
     if rho is None:
-        return g0 - REL * (c.abs() * (lo.abs() + hi.abs())).sum(-1)
+        return g0 - REL64 * (c.abs() * (lo.abs() + hi.abs())).sum(-1)
     rho2 = (rho * rho)
     t = _iteration_t(c.detach(), lo.detach(), hi.detach(), corner.detach(), rho2.detach(), rounds)
     finite = torch.isfinite(t) & (t > 0)
@@ -194,7 +193,7 @@ def _ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None, rounds:
     d = torch.minimum(torch.maximum(-c / (2 * safe_mu[..., None]), lo), hi)
     g_mu = (c * d + safe_mu[..., None] * d * d).sum(-1) - safe_mu * rho2
     g = torch.where(finite, torch.maximum(g_mu, g0), g0)
-    slack = REL * ((c.abs() * (lo.abs() + hi.abs())).sum(-1) + safe_mu * rho2 * finite)
+    slack = REL64 * ((c.abs() * (lo.abs() + hi.abs())).sum(-1) + safe_mu * rho2 * finite)
     return g - slack
 
 
@@ -221,13 +220,13 @@ def _iteration_t(c: Tensor, lo: Tensor, hi: Tensor, corner: Tensor, rho2: Tensor
 def ball_radius(eps: Tensor, norm: float, n_in: int) -> Tensor:
     """The radius of the l2 ball around the input that BCP propagates for an l_p ball of radius eps: eps for
     p = 2, sqrt(N) eps for p = inf (the l2 ball circumscribing the box, BCP §3.1), rounded up."""
-    return eps if norm == 2 else eps * math.sqrt(n_in) * (1 + REL)
+    return eps if norm == 2 else eps * math.sqrt(n_in) * (1 + REL64)
 
 
 def _box_min_pairs(w: Tensor, y: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """``_ball_box_min`` without a ball for c = w_y - w_j, by matrix products instead of a (B, K, n) tensor:
     min over the box of c.d = c.m - |c|.r with m, r the box's centre and radius (B, n), and |w_y - w_j| for the
-    K^2 pairs computed once; the same REL slack for the rounding of the sums."""
+    K^2 pairs computed once; the same REL64 slack for the rounding of the sums."""
     k = w.shape[0]
     pairs = (w[:, None, :] - w[None, :, :]).abs().reshape(k * k, -1)  # row y * K + j: |w_y - w_j|
     m, r = (lo + hi) / 2, (hi - lo) / 2
@@ -235,7 +234,7 @@ def _box_min_pairs(w: Tensor, y: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     rows = y[:, None] * k + torch.arange(k)[None, :]
     spread = (r @ pairs.T).gather(1, rows)
     slack = ((lo.abs() + hi.abs()) @ pairs.T).gather(1, rows)
-    return (cm.gather(1, y[:, None]) - cm) - spread - REL * slack
+    return (cm.gather(1, y[:, None]) - cm) - spread - REL64 * slack
 
 
 def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: Any, bcp: bool,

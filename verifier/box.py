@@ -59,27 +59,7 @@ import torch
 from torch import Tensor
 
 from . import fused
-from .errors import NoRuleError
-
-
-def unit_roundoff(dtype: torch.dtype) -> float:
-    """The unit roundoff of ``dtype``: the rounding model of every rule on boxes of that dtype."""
-    return torch.finfo(dtype).eps / 2
-
-
-def tiny(dtype: torch.dtype) -> float:
-    """The absolute slack every widened rule adds for underflow: far above the subnormal spacing (the largest
-    error a gradual underflow can make), and large enough that radii times ordinary weights stay normal numbers
-    (subnormal arithmetic is ~100x slower on x86): 2^-900 in float64 (~1e-271), 2^-100 in float32 (~8e-31)."""
-    return 2.0 ** -900 if dtype == torch.float64 else 2.0 ** -100
-
-
-def gamma(n: int, dtype: torch.dtype = torch.float32) -> float:
-    """gamma_n = n u / (1 - n u): the relative error bound of n roundings (Higham §3.1)."""
-    nu = max(n, 1) * unit_roundoff(dtype)
-    if nu >= 0.5:
-        raise NoRuleError(f"an interval rule cannot bound the rounding of {n}-term sums in {dtype}")
-    return nu / (1.0 - nu)
+from .rounding import gamma, tiny, unit_roundoff
 
 
 def _toward(t: Tensor, direction: float) -> Tensor:

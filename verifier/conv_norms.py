@@ -24,8 +24,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from .rounding import SAFETY
+
 #: multiplicative safety factor on every float64 bound (see the module docstring)
-SAFETY = 1.0 + 1e-6
 _CHUNK_BYTES = 64 << 20  # complex matrices per eigenvalue batch
 
 

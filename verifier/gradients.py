@@ -5,7 +5,7 @@ whose docstring states the soundness claim) is applied in reverse topological or
 
 The walk is batched over (input, class pair): the gradients have batch B * P (P seeds per input, in that order)
 while the forward boxes have batch B. Gradients reaching a tensor along several paths are summed, widened by
-``GAMMA`` for the rounding of the sum.
+``REL64`` for the rounding of the sum.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from torch import Tensor
 from .box import Box, is_box
 from .errors import NoRuleError
 from .ir import GraphModule
-from .jacobian import GAMMA
+from .rounding import REL64
 
 
 def gradient_box(module: GraphModule, env: dict[str, Any], seeds: Tensor, output: str) -> Box:
@@ -49,8 +49,8 @@ def gradient_box(module: GraphModule, env: dict[str, Any], seeds: Tensor, output
                     continue
                 prev = grads.get(t)
                 if prev is not None:
-                    radius = (prev.radius + gi.radius) * (1 + GAMMA)
-                    gi = Box(prev.center + gi.center, radius + GAMMA * (prev.center.abs() + gi.center.abs()))
+                    radius = (prev.radius + gi.radius) * (1 + REL64)
+                    gi = Box(prev.center + gi.center, radius + REL64 * (prev.center.abs() + gi.center.abs()))
                 grads[t] = gi
     if g.input_name not in grads:
         zero = torch.zeros((batch, *env[g.input_name].shape[1:]), dtype=torch.float64)

@@ -19,7 +19,7 @@ contain (e.g. [0, 1] for ReLU at a box around 0); the mean-value inequality |g(x
 x|| holds with them for every Lipschitz g along a segment, which is all Theorem 2.1 uses.
 
 This module is the kit those rules are written in; the walk over the IR is ``verifier/gradients.py``.
-Everything runs in float64; every affine step widens the radius by ``GAMMA`` relative (the rounding of its sums,
+Everything runs in float64; every affine step widens the radius by ``REL64`` relative (the rounding of its sums,
 fan-in < 1e6) and activations by the float64 rounding of their slopes and products, so the boxes enclose the
 real-arithmetic gradients.
 """
@@ -32,11 +32,8 @@ from torch import Tensor
 
 from .box import Box, is_box
 from .errors import NoRuleError
+from .rounding import REL64, TINY64
 
-#: relative rounding allowance per float64 sum of nonnegative terms (gamma_n for n < 1e6 is < 1.2e-10)
-GAMMA = 1e-9
-#: absolute allowance for underflow (``verifier.box.tiny`` of float64)
-TINY = 2.0 ** -900
 
 
 def scaled(g: Box, s_lo: Tensor, s_hi: Tensor) -> Box:
@@ -55,7 +52,7 @@ def scaled(g: Box, s_lo: Tensor, s_hi: Tensor) -> Box:
         corners = torch.stack(torch.broadcast_tensors(s_lo * g_lo, s_lo * g_hi, s_hi * g_lo, s_hi * g_hi))
         lo, hi = corners.amin(0), corners.amax(0)
     center = (lo + hi) / 2
-    radius = (hi - lo) / 2 + GAMMA * (hi.abs() + lo.abs()) + TINY
+    radius = (hi - lo) / 2 + REL64 * (hi.abs() + lo.abs()) + TINY64
     return Box(center.reshape(shape), radius.reshape(shape))
 
 
@@ -63,7 +60,7 @@ def affine_transpose(op: Any, inputs: Sequence[Any], grads: Sequence[Box | None]
     """J^T g for an op that is affine in its input-dependent inputs (the Box entries of ``inputs``), for each
     such input: centre J^T c (autograd through ``op.forward``) and radius |J|^T r (autograd through the radius
     of ``op.interval`` at centre 0, which is |J| v up to its own rounding allowance, a factor 1 + O(1e-15) that
-    only enlarges the result), times 1 + GAMMA for the float64 sums."""
+    only enlarges the result), times 1 + REL64 for the float64 sums."""
     batch = next(g for g in grads if g is not None).shape[0]
     if any(is_box(x) and x.integer for x in inputs):
         raise no_gradient_rule(op)  # an integer tensor of the input: a step function, no mean-value bound
@@ -93,12 +90,12 @@ def affine_transpose(op: Any, inputs: Sequence[Any], grads: Sequence[Box | None]
         for k, v in zip(dyn, vs):
             args[k] = Box(torch.zeros_like(v), v)
         boxes = outputs(op.interval(*args))
-        pairs = [(b.radius, g.radius + GAMMA * g.center.abs()) for b, g in zip(boxes, grads) if g is not None]
+        pairs = [(b.radius, g.radius + REL64 * g.center.abs()) for b, g in zip(boxes, grads) if g is not None]
         radii = torch.autograd.grad([o for o, _ in pairs], vs, [r for _, r in pairs], allow_unused=True)
     out: list[Box | None] = [None] * len(inputs)
     for k, x, c, r in zip(dyn, xs, centers, radii):
         c = torch.zeros_like(x) if c is None else c.detach()
-        r = torch.zeros_like(x) if r is None else r.detach() * (1 + GAMMA)
+        r = torch.zeros_like(x) if r is None else r.detach() * (1 + REL64)
         out[k] = Box(c, r)
     return out
 
@@ -108,7 +105,7 @@ def dual_norm_bound(grad: Box, norm: float) -> Tensor:
     |centre| + radius (each coordinate's largest magnitude), rounded up."""
     mag = (grad.center.abs() + grad.radius).reshape(grad.shape[0], -1)
     value = mag.norm(dim=1) if norm == 2 else mag.sum(dim=1)
-    return value * (1 + GAMMA)
+    return value * (1 + REL64)
 
 
 def no_gradient_rule(op: Any) -> NoRuleError:

@@ -44,10 +44,9 @@ from .errors import NoRuleError
 from .ir import GraphModule, Node
 from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, _rule_args, graph_lipschitz
 from .ops.activations import Activation
-from .ops.base import SAFETY
+from .rounding import REL64, SAFETY
 
 #: relative slack on the exact vector norms (float64 back-propagation)
-VECTOR_SLACK = 1e-9
 #: the l2 refinement keeps materialized Jacobians up to this many entries in all
 REFINE_LIMIT = 2 ** 25
 #: it refines the pairwise rows (one SVD per pair and layer) when no activation layer has more units than this
@@ -258,7 +257,7 @@ def _naive_pairs(naive: LipschitzReport, norm: float) -> tuple[Tensor | None, Te
 
     w = naive.last_matrix.double()
     pairs = pair_norms(w, 2 if norm == 2 else math.inf) * naive.lipschitz_sub
-    classes = (w.norm(dim=1) if norm == 2 else w.abs().sum(dim=1)) * naive.lipschitz_sub * (1 + 1e-9)
+    classes = (w.norm(dim=1) if norm == 2 else w.abs().sum(dim=1)) * naive.lipschitz_sub * (1 + REL64)
     return pairs, classes
 
 
@@ -274,7 +273,7 @@ def _refine_rows(refiner: _Refiner, units: list[Unit], m: list[float], sources: 
             if r is None:
                 continue
             b = seed @ r
-            exact = float(b.norm()) * (1 + VECTOR_SLACK) + VECTOR_SLACK * float((seed.abs() @ r.abs()).norm())
+            exact = float(b.norm()) * (1 + REL64) + REL64 * float((seed.abs() @ r.abs()).norm())
             if s < 0:
                 total += exact
                 continue
@@ -370,8 +369,8 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
 
     def vector_norms(r: Tensor, seeds: Tensor) -> Tensor:
         v = seeds @ r
-        slack = VECTOR_SLACK * (seeds.abs() @ r.abs()).norm(p=dual, dim=1)
-        return v.norm(p=dual, dim=1) * (1 + VECTOR_SLACK) + slack
+        slack = REL64 * (seeds.abs() @ r.abs()).norm(p=dual, dim=1)
+        return v.norm(p=dual, dim=1) * (1 + REL64) + slack
 
     raw_pair = torch.zeros(k_out * k_out, dtype=torch.float64)
     raw_class = torch.zeros(k_out, dtype=torch.float64)

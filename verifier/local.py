@@ -39,15 +39,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .bcp import REL, Context, _bound, _clean, ball_radius, prepare, walk
+from .bcp import Context, _bound, _clean, ball_radius, prepare, walk
 from .box import Box
-from .margins import margin_ratios, margins, pair_norms
 from .errors import NoRuleError
-from .ir import GraphModule
 from .gradients import gradient_box
+from .ir import GraphModule
 from .jacobian import dual_norm_bound
 from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
+from .margins import margin_ratios, margins, pair_norms
 from .ops.activations import Activation
+from .rounding import REL64
 
 BISECTION_STEPS = 10
 #: most float64 entries of the gradient boxes of one chunk of inputs (B * K * largest tensor)
@@ -132,10 +133,10 @@ def prop22_bounds(ctx: LocalContext, env: dict[str, Any], y: Tensor) -> Tensor |
             up = ((a @ pos) * a).sum(1)
             down = ((b @ neg) * b).sum(1)
             # rounding: of the Gram entries (<= gamma_d (|U||U|^T)_rm, d the input size, so <= gamma_d
-            # || |U|^T (|d| a) ||^2 in all, as a >= b >= 0) and of the double sums (<= 1e-9 of their magnitudes)
+            # || |U|^T (|d| a) ||^2 in all, as a >= b >= 0) and of the double sums (<= REL64 of their magnitudes)
             gram_error = (((d.abs()[None, :] * a) @ one.u_abs) ** 2).sum(1) * (one.u_abs.shape[1] + 2) * 2.0 ** -52
-            value = (up + down).clamp_min(0.0) + 1e-9 * (up - down) + gram_error
-            bound = value.sqrt() * (1 + REL)
+            value = (up + down).clamp_min(0.0) + REL64 * (up - down) + gram_error
+            bound = value.sqrt() * (1 + REL64)
             other = torch.where(y[rows] == i, j, i)
             out[rows, other] = bound
     return out
@@ -175,7 +176,7 @@ def _rho(ctx: LocalContext, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper
     """Theorem 2.1's min(R, min_j m_j / L_j(R)) per input (``diff``: the margins of ``margins.margins``, inf at
     j = y), 0 where a margin is not positive."""
     ratio = margin_ratios(diff, local_bounds(ctx, x, y, eps, lower, upper, clean))
-    return torch.minimum(eps, ratio.min(dim=1).values * (1 - REL))
+    return torch.minimum(eps, ratio.min(dim=1).values * (1 - REL64))
 
 
 def _chunk(module: GraphModule, k: int, batch_size: int) -> int:

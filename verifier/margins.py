@@ -7,8 +7,7 @@ import math
 
 import torch
 
-#: margins are reduced by this times max(1, max |z|), for the rounding of the float32 forward pass
-FLOAT_SLACK = 1e-5
+from .rounding import FLOAT_SLACK, REL64
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +26,7 @@ def pair_norms(matrix: torch.Tensor, p: float) -> torch.Tensor:
     if p == 2:
         gram = w @ w.T
         sq = gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2.0 * gram
-        return sq.clamp_min(0.0).sqrt() * (1.0 + 1e-9)
+        return sq.clamp_min(0.0).sqrt() * (1.0 + REL64)
     return (w[:, None, :] - w[None, :, :]).abs().sum(-1) * (1.0 + 1e-12)
 
 

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..box import Box, is_box, outward_rounding, round_toward, unit_roundoff
+from ..box import Box, is_box, outward_rounding, round_toward
 from ..errors import NoRuleError
 from ..jacobian import no_gradient_rule, scaled
-from .base import SAFETY, Lipschitz, Op, RuleArgs, rule
+from ..rounding import SAFETY, TINY64, unit_roundoff
+from .base import Lipschitz, Op, RuleArgs, rule
 
 #: (x_lo, x_hi, v_lo, v_hi): where the box meets [x_lo, x_hi], the hull must also reach down to v_lo and up to
 #: v_hi (values of the function at an interior extreme point in [x_lo, x_hi], rounded outward)
@@ -98,7 +99,7 @@ class Activation(Op):
 
 def _rounded(s_lo: torch.Tensor, s_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A slope range computed with a few roundings (float64 transcendental functions), widened outward."""
-    return s_lo - 1e-12 * s_lo.abs() - 2.0 ** -900, s_hi + 1e-12 * s_hi.abs() + 2.0 ** -900
+    return s_lo - 1e-12 * s_lo.abs() - TINY64, s_hi + 1e-12 * s_hi.abs() + TINY64
 
 
 def _kink_range(lo: torch.Tensor, hi: torch.Tensor, left, right) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,6 @@ from ..jacobian import affine_transpose, no_gradient_rule
 Shape = tuple[int, ...]
 
 #: float safety factor on every bound computed in float64 (singular values are accurate to ~1e-15 relative)
-SAFETY = 1.0 + 1e-6
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Elementwise arithmetic (Add, Sub, Mul, Div, Neg; variadic Sum, Max, Min) with numpy broadcasting, and Cast.
 
 With a constant operand these are affine maps (input normalization, biases, scalings), bounded as linear maps
-(``verifier/lipschitz.py`` folds them into affine chains); with two input-dependent operands Add/Sub are sums of branches and Mul/Div are products.
+(``verifier/lipschitz.py`` folds them into affine chains); with two input-dependent operands Add/Sub are sums of
+branches and Mul/Div are products.
 Box rules: sums add radii (exact), products and quotients of two boxes take the hull of the corner values
 (exact interval arithmetic), a constant factor scales the radius by |c|; each is widened by a few ulps (of
 the boxes' dtype) for the one rounding per entry (verifier/box.py). Max/Min are monotone: max/min of lo and of hi.
@@ -11,8 +12,9 @@ from __future__ import annotations
 import onnx
 import torch
 
-from ..box import Box, is_box, is_integer, parts, unit_roundoff
-from .base import SAFETY, Lipschitz, Op, RuleArgs, rule
+from ..box import Box, is_box, is_integer, parts
+from ..rounding import SAFETY, unit_roundoff
+from .base import Lipschitz, Op, RuleArgs, rule
 
 
 def _box_of(xs) -> Box:

@@ -12,8 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..box import Box, affine, interval_matmul, is_box, unit_roundoff
-from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, rule
+from ..box import Box, affine, interval_matmul, is_box
+from ..rounding import SAFETY, unit_roundoff
+from .base import Lipschitz, Op, RuleArgs, ints, rule
 from .padding import CONV, CONV_T, pad_spatial, resolve_pads, symmetric
 
 

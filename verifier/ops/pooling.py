@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ..box import Box, affine, is_box
-from ..jacobian import GAMMA, TINY, no_gradient_rule
-from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, rule
+from ..jacobian import no_gradient_rule
+from ..rounding import REL64, SAFETY, TINY64
+from .base import Lipschitz, Op, RuleArgs, ints, rule
 from .padding import CONV, MAX_POOL, pad_spatial, resolve_pads
 
 
@@ -56,7 +57,7 @@ def window_max_transpose(lo: torch.Tensor, hi: torch.Tensor, g_c: torch.Tensor, 
         return out.reshape(-1, ch, h * w)
 
     center, radius = fold((c_lo + c_hi) / 2), fold((c_hi - c_lo) / 2)
-    return center, radius * (1 + GAMMA) + GAMMA * center.abs() + TINY
+    return center, radius * (1 + REL64) + REL64 * center.abs() + TINY64
 
 
 def nonnegative_map_norm(fn, in_shape, norm: float) -> float:

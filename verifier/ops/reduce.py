@@ -9,8 +9,9 @@ import math
 
 import torch
 
-from ..box import Box, gamma, outward, unit_roundoff
-from .base import SAFETY, Lipschitz, Op, RuleArgs, ints, norm_axis, rule
+from ..box import Box, outward
+from ..rounding import SAFETY, gamma, unit_roundoff
+from .base import Lipschitz, Op, RuleArgs, ints, norm_axis, rule
 from .pooling import average_interval, monotone_interval
 
 
