@@ -41,9 +41,10 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 #: the most values one input sample may have (1 GiB in float32): larger declared inputs are refused at import
 MAX_INPUT_VALUES = 2**28
 REMOVED_OPS = ("Identity", "Dropout")
-#: ops that only re-lay out a tensor: a weight seen through them (Keras-on-JAX writes Transpose(kernel)) stays a
-#: trainable weight, with the chain back to its initializer recorded for export
-LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast")
+#: ONNX ops that pass a constant through unchanged in value (besides those whose IR op ``permutes_entries``):
+#: a weight seen through them (Keras-on-JAX writes Transpose(kernel)) stays a trainable weight, with the chain back
+#: to its initializer recorded for export
+PASS_THROUGH_OPS = ("Identity", "Cast")
 
 
 def load_onnx(src: str | os.PathLike | onnx.ModelProto, output: str | None = None) -> GraphModule:
@@ -190,7 +191,7 @@ class Importer:
             if all(not t or t in self.const for t in ins):
                 for o, v in zip([o for o in node.output if o], self._fold(node)):
                     self.const[o] = v
-                if node.op_type in LAYOUT_OPS and ins and ins[0] in self.sources:
+                if self._layout(node) and ins and ins[0] in self.sources:
                     root, chain = self.sources[ins[0]]
                     if self.const[node.output[0]].dtype.kind == "f":
                         self.sources[node.output[0]] = (root, chain + [node])
@@ -214,6 +215,11 @@ class Importer:
         if out in self.const or out not in dyn:
             raise ModelImportError(f"output '{self.output}' does not depend on the model input")
         return self._finish(ir_nodes, out, shapes, probe_shape, leading)
+
+    def _layout(self, node: onnx.NodeProto) -> bool:
+        """Whether ``node`` only re-lays out its first input (``Op.permutes_entries``) or passes it through."""
+        cls = lookup(node.op_type, self.opset) if node.domain in DEFAULT_DOMAINS else None
+        return node.op_type in PASS_THROUGH_OPS or (cls is not None and cls.permutes_entries)
 
     def _cast_like(self, name: str, like: torch.Tensor) -> np.ndarray:
         value = self.const[name]

@@ -26,8 +26,6 @@ from verifier.power_iteration import PowerIteration
 
 #: ops whose row norms are computed exactly by running them on ones with squared weights (no bias)
 _SQUARED_ROW_OPS = ("Gemm", "MatMul", "Conv")
-#: ops that only move entries: each output entry is one input entry, so the rows are unit vectors
-LAYOUT_OPS = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity")
 
 
 def _rows(run, leaves: list[Tensor], k: int) -> list[Tensor | None]:
@@ -111,7 +109,7 @@ class GraphEstimate:
                 for node in chain:
                     ins = [None if not t else (t if t in self.pi.dynamic else m.tensor(t)) for t in node.inputs]
                     in_shape = (1, *g.shapes[prev_out][1:])
-                    if r is None and node.op_type in LAYOUT_OPS:
+                    if r is None and node.op.permutes_entries:  # rows stay unit vectors
                         prev_out = node.outputs[0]
                         continue
                     if r is None and node.op_type in _SQUARED_ROW_OPS and ins[0] == prev_out and \

@@ -80,7 +80,7 @@ def prepare(module: GraphModule, report: LipschitzReport, bcp: bool = True) -> C
     ctx = Context(module64, report)
     if not bcp:
         return ctx
-    dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+    dynamic = g.dependent_tensors()
     for seg in report.segments:
         if seg.output == report.output:
             continue  # the last chain is handled by problem (11)
@@ -150,7 +150,7 @@ def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, targe
         return env
     with exact_float32(), (contextlib.nullcontext() if grad else torch.no_grad()):
         for node in g.nodes():
-            args = [None if not t else (env[t] if t in env else module.tensor(t)) for t in node.inputs]
+            args = module.node_args(node, env)
             out = node.op.interval(*args)
             outs = out if isinstance(out, tuple) else (out,)
             for o, v in zip(node.outputs, outs):

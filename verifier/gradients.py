@@ -36,7 +36,7 @@ def gradient_box(module: GraphModule, env: dict[str, Any], seeds: Tensor, output
             outs = [grads.get(o) if o else None for o in node.outputs]
             if all(o is None for o in outs):
                 continue
-            args = [None if not t else (env[t] if t in env else module.tensor(t)) for t in node.inputs]
+            args = module.node_args(node, env)
             if not any(is_box(a) for a in args):
                 continue
             for t, a in zip(node.inputs, args):

@@ -21,7 +21,7 @@ def _walk(module: GraphModule, box: Box, target: str) -> dict[str, Box]:
     if target == g.input_name:
         return env
     for node in g.nodes():
-        args = [None if not t else (env[t] if t in env else module.tensor(t)) for t in node.inputs]
+        args = module.node_args(node, env)
         out = node.op.interval(*args)
         if isinstance(out, tuple):
             env.update((o, v) for o, v in zip(node.outputs, out) if o)
@@ -44,7 +44,7 @@ def propagate(module: GraphModule, box: Box, upto: str | None = None) -> dict[st
     """
     g = module.graph
     target = g.logits_tensor() if upto is None else upto
-    known = {g.input_name} | {o for n in g.nodes() for o in n.outputs if o}
+    known = g.dependent_tensors()
     if target not in known:
         raise ValueError(f"no tensor '{target}' in the graph")
     expected = tuple(g.sample_shape)

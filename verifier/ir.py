@@ -84,6 +84,11 @@ class Graph:
             return last.inputs[0]
         return self.output_name
 
+    def dependent_tensors(self) -> set[str]:
+        """The tensors that depend on the model input: the input and every IR node's outputs (everything else was
+        folded into constants at import)."""
+        return {self.input_name} | {o for n in self.nodes() for o in n.outputs if o}
+
     def nodes_up_to(self, tensor: str) -> list[Node]:
         """The nodes in topological order up to the one producing ``tensor`` (what a bound on it depends on)."""
         nodes = []
@@ -162,6 +167,11 @@ class GraphModule(nn.Module):
         """The current value of the constant or weight ``name`` (its ONNX tensor name)."""
         return getattr(self, self._keys[name])
 
+    def node_args(self, node: Node, env: dict[str, Any]) -> list[Any]:
+        """``node``'s inputs for any walk: the walk's value of each input-dependent tensor (``env``: a tensor, a
+        box...), the module's constant otherwise, None for absent or static inputs."""
+        return [None if not t else (env[t] if t in env else self.tensor(t)) for t in node.inputs]
+
     def onnx_weights(self) -> dict[str, nn.Parameter]:
         """Trainable weights keyed by their ONNX tensor names (for export): initializers, or tensors the file
         derives from one by layout ops (``graph.weight_sources`` says how)."""
@@ -202,7 +212,7 @@ class GraphModule(nn.Module):
         env: dict[str, torch.Tensor] = {self.graph.input_name: x}
         kept: dict[str, torch.Tensor] = {}
         for step, node in enumerate(self.graph.nodes()):
-            args = [None if not t else (env[t] if t in env else self.tensor(t)) for t in node.inputs]
+            args = self.node_args(node, env)
             out = node.op.forward(*args)
             if isinstance(out, tuple):
                 env.update((o, v) for o, v in zip(node.outputs, out) if o)

@@ -152,7 +152,7 @@ class LipLTReport:
 def loop_units(module: GraphModule, out: str) -> list[Unit]:
     """The activation nodes up to ``out``, in topological order; NoRuleError for a node LipLT cannot map."""
     g = module.graph
-    dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+    dynamic = g.dependent_tensors()
     units = []
     for node in module.graph.nodes_up_to(out):
         dyn = [bool(t) and t in dynamic for t in node.inputs]
@@ -186,7 +186,7 @@ def _linear_graph(module64: GraphModule, units: list[Unit], out: str):
                 ys[j] = env[node.inputs[0]]
                 env[node.outputs[0]] = units[j].center * ys[j] + us[j]
                 continue
-            ins = [None if not t else (env[t] if t in env else module64.tensor(t)) for t in node.inputs]
+            ins = module64.node_args(node, env)
             res = node.op.forward(*ins)
             for o, v in zip(node.outputs, res if isinstance(res, tuple) else (res,)):
                 if o:
@@ -309,7 +309,7 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
         return LipLTReport(norm, naive.lipschitz, pairs, classes, naive.lipschitz, pairs, classes, naive.lipschitz,
                            naive_pair, naive_class, [], [], {}, fallback=str(e))
     run = _linear_graph(module64, units, out)
-    dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+    dynamic = g.dependent_tensors()
     nodes = module64.graph.nodes_up_to(out)
     args = {n.name: _rule_args(module64, n, dynamic, norm) for n in nodes if n.name not in
             {u.node.name for u in units}}

@@ -24,8 +24,6 @@ from .ops.base import Lipschitz, RuleArgs
 
 #: chains whose matrix has at most this many entries are materialized (float64: 32 MiB)
 MATERIALIZE_LIMIT = 2 ** 22
-#: ops that scale channels (or add constants) around a convolution and fold into its kernel
-CHANNEL_OPS = ("BatchNormalization", "Mul", "Div", "Add", "Sub", "Neg")
 
 
 @dataclass
@@ -140,7 +138,7 @@ def chain_function(module64: GraphModule, chain: list[Node], dynamic_tensors: se
     def run(x: torch.Tensor) -> torch.Tensor:
         env = {first_input: x}
         for node in chain:
-            ins = [None if not t else (env[t] if t in env else module64.tensor(t)) for t in node.inputs]
+            ins = module64.node_args(node, env)
             env[node.outputs[0]] = node.op.forward(*ins)
         return env[chain[-1].outputs[0]]
 
@@ -177,7 +175,7 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
                           "need a model that runs whole batches")
     module64 = copy.deepcopy(module).double().eval()
     out = module.graph.logits_tensor()
-    dynamic_tensors = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+    dynamic_tensors = g.dependent_tensors()
     nodes = module.graph.nodes_up_to(out)
     args = {n.name: _rule_args(module64, n, dynamic_tensors, norm) for n in nodes}
     with torch.no_grad():
@@ -225,36 +223,13 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
         tensor_bounds=bounds)
 
 
-def _channel_scale(node: Node, a: RuleArgs, channels: int) -> torch.Tensor | None:
-    """The per-channel factor of a channel-wise affine node (axis 1), or None if it is not one."""
-    if node.op_type == "Neg":
-        return -torch.ones(channels, dtype=torch.float64)
-    if node.op_type == "BatchNormalization":
-        scale, var = a.values[1], a.values[4]
-        return scale / torch.sqrt(var + node.op.epsilon)
-    if node.op_type in ("Add", "Sub"):
-        return torch.ones(channels, dtype=torch.float64)
-    k = a.dynamic.index(True)
-    if node.op_type == "Div" and k != 0:
-        return None
-    c = a.values[1 - k]
-    rank = len(a.in_shapes[k])
-    if c.numel() == 1:
-        s = c.reshape(1).expand(channels)
-    elif c.numel() == channels and c.dim() >= rank - 1 and c.shape[c.dim() - (rank - 1)] == channels:
-        s = c.reshape(-1)
-    else:
-        return None
-    return 1.0 / s if node.op_type == "Div" else s
-
-
 def _fused_conv_bound(chain: list[Node], args: dict[str, RuleArgs]) -> float | None:
     """A chain [channel ops..., Conv, channel ops...] is one convolution with a rescaled kernel
     W'[o, c] = s_out[o] W[o, c] s_in[c] (biases do not matter): its DFT bound (Sedghi et al. 2019)."""
     from .conv_norms import conv_l2_bound
 
     convs = [i for i, n in enumerate(chain) if n.op_type == "Conv"]
-    if len(convs) != 1 or any(n.op_type not in CHANNEL_OPS for i, n in enumerate(chain) if i != convs[0]):
+    if len(convs) != 1:
         return None
     conv = chain[convs[0]]
     ca = args[conv.name]
@@ -266,7 +241,7 @@ def _fused_conv_bound(chain: list[Node], args: dict[str, RuleArgs]) -> float | N
     for i, n in enumerate(chain):
         if i == convs[0]:
             continue
-        scale = _channel_scale(n, args[n.name], c_in_g * group if i < convs[0] else c_out)
+        scale = n.op.channel_scale(args[n.name], c_in_g * group if i < convs[0] else c_out)
         if scale is None:
             return None
         if i < convs[0]:

@@ -100,7 +100,7 @@ def _one_hidden(ctx: Context) -> OneHidden | None:
     n_in, n_hidden = math.prod(g.shapes[first.input][1:]), math.prod(g.shapes[first.output][1:])
     if n_in * n_hidden > MATERIALIZE_LIMIT:
         return None
-    dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+    dynamic = g.dependent_tensors()
     with torch.no_grad():
         _, u = chain_matrix(ctx.module64, [g.node(n) for n in first.nodes], dynamic)
     u = u.double()
@@ -233,7 +233,7 @@ def check_supported(module: GraphModule, report: LipschitzReport) -> None:
     from .ops.base import Op
 
     g = module.graph
-    dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+    dynamic = g.dependent_tensors()
     for node in g.nodes():
         dyn = [bool(t) and t in dynamic for t in node.inputs]
         if not any(dyn):

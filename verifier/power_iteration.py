@@ -27,7 +27,7 @@ class PowerIteration:
         g = module.graph
         self.output = module.graph.logits_tensor()
         self.nodes = module.graph.nodes_up_to(self.output)
-        self.dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
+        self.dynamic = g.dependent_tensors()
         with inference_mode(self.nodes):  # a module in training mode is bounded as at inference
             self.chains = _chains(module, self._args(), self.output)
         #: the affine chain that produces the logits (LMT Prop. 2's last layer), if any

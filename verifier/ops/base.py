@@ -120,6 +120,9 @@ class Op:
     #: whether the op keeps the argmax of its input (Softmax, LogSoftmax): a trailing one can be skipped, and
     #: certificates bound the logits before it
     keeps_argmax: ClassVar[bool] = False
+    #: whether the op only rearranges entries, a bijection (Flatten, Reshape, Transpose, Squeeze, Unsqueeze):
+    #: each output entry is one input entry, so a weight seen through it stays a weight and rows stay unit vectors
+    permutes_entries: ClassVar[bool] = False
 
     def __init__(self, attrs: dict[str, Any], static: dict[int, np.ndarray | None], opset: int, name: str,
                  n_outputs: int = 1):
@@ -181,6 +184,12 @@ class Op:
         if not self.linear_in_inputs([is_box(x) for x in inputs]):
             raise no_gradient_rule(self)
         return affine_transpose(self, inputs, grads)
+
+    def channel_scale(self, args: RuleArgs, channels: int) -> torch.Tensor | None:
+        """The per-channel factor (axis 1, float64) when the op is a channel-wise affine map of its one
+        input-dependent input, as ``args`` (the Lipschitz rule's arguments) describe it; None otherwise. A
+        convolution between such maps is one convolution with a rescaled kernel (``verifier/lipschitz.py``)."""
+        return None
 
     def no_box(self, why: str) -> NoRuleError:
         return NoRuleError(f"no box rule for {self.op_type} (node '{self.name}'): {why}")

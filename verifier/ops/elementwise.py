@@ -72,6 +72,9 @@ class _Additive(Op):
     def interval(self, a, b):
         return add_boxes(a, b, -1.0 if self.op_type == "Sub" else 1.0)
 
+    def channel_scale(self, args: RuleArgs, channels: int) -> torch.Tensor | None:
+        return torch.ones(channels, dtype=torch.float64) if self.is_affine(args.dynamic) else None
+
 
 class _Scaling(Op):
     """x * c or x / c with a constant c: a diagonal map, norm max |c| (max |1/c|), times the broadcast copies."""
@@ -88,6 +91,21 @@ class _Scaling(Op):
         c = args.values[1 - k].double().abs()
         scale = float((1.0 / c).max()) if self.divides else float(c.max())
         return Lipschitz([scale * SAFETY * args.duplication(k)], "exact")
+
+    def channel_scale(self, args: RuleArgs, channels: int) -> torch.Tensor | None:
+        """c (1 / c) when the constant is a scalar or one value per channel of axis 1."""
+        if not self.is_affine(args.dynamic):
+            return None
+        k = args.dynamic.index(True)
+        c = args.values[1 - k]
+        rank = len(args.in_shapes[k])
+        if c.numel() == 1:
+            s = c.reshape(1).expand(channels)
+        elif c.numel() == channels and c.dim() >= rank - 1 and c.shape[c.dim() - (rank - 1)] == channels:
+            s = c.reshape(-1)
+        else:
+            return None
+        return 1.0 / s if self.divides else s
 
     def interval(self, a, b):
         """Box times (over) a constant: centre through the forward, radius |c| r (r / |c|). Otherwise the hull
@@ -210,6 +228,9 @@ class Min(_Variadic):
 class Neg(Op):
     def forward(self, x):
         return -x
+
+    def channel_scale(self, args: RuleArgs, channels: int) -> torch.Tensor | None:
+        return -torch.ones(channels, dtype=torch.float64)
 
     def is_affine(self, dynamic):
         return True

@@ -318,6 +318,11 @@ class BatchNormalization(Op):
 
     weight_inputs = (1, 2)
 
+    def channel_scale(self, args: RuleArgs, channels: int) -> torch.Tensor | None:
+        """scale / sqrt(var + epsilon) per channel (inference)."""
+        scale, var = args.values[1], args.values[4]
+        return scale / torch.sqrt(var + self.epsilon)
+
     def setup(self) -> None:
         self.epsilon = float(self.attr("epsilon", 1e-5))
         self.momentum = float(self.attr("momentum", 0.9))

@@ -40,6 +40,7 @@ class Movement(Op):
 
 @rule("Flatten", since=(1, 9, 11, 13, 21))
 class Flatten(Movement):
+    permutes_entries = True
     """Reshape to 2-D: (prod(shape[:axis]), prod(shape[axis:]))."""
 
     def setup(self) -> None:
@@ -57,6 +58,7 @@ class Flatten(Movement):
 
 @rule("Reshape", since=(1, 5, 13, 14, 19, 21))
 class Reshape(Movement):
+    permutes_entries = True
     """Reshape to a constant target: 0 copies the input dimension (unless allowzero), -1 is inferred."""
 
     static_inputs = (1,)
@@ -78,6 +80,7 @@ class Reshape(Movement):
 
 @rule("Transpose", since=(1, 13, 21))
 class Transpose(Movement):
+    permutes_entries = True
     def setup(self) -> None:
         self.perm = ints(self.attr("perm")) or None
 
@@ -88,6 +91,7 @@ class Transpose(Movement):
 
 @rule("Squeeze", since=(1, 11, 13, 21))
 class Squeeze(Movement):
+    permutes_entries = True
     """Remove size-1 axes (attribute before opset 13, input from 13 on; all size-1 axes when none given)."""
 
     static_inputs = (1,)
@@ -110,6 +114,7 @@ class Squeeze(Movement):
 
 @rule("Unsqueeze", since=(1, 11, 13, 21))
 class Unsqueeze(Movement):
+    permutes_entries = True
     """Insert size-1 axes at the given positions of the output."""
 
     static_inputs = (1,)
