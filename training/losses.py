@@ -27,8 +27,8 @@ from verifier.ir import GraphModule
 
 from .bcp_bound import worst_translated_logits
 from .estimates import GraphEstimate, LipLTEstimate
+from .methods import METHODS
 
-METHODS = ("standard", "lmt", "crm", "bcp", "cross-lipschitz")
 #: power-iteration steps run once before training starts
 WARMUP = 20
 

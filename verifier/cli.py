@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from frontends.outputs import OutputPaths
+from training.methods import METHODS as TRAINING_METHODS
 
 from .cli_values import COUNT, FRACTION, POSITIVE, RADIUS, SEED, Number, Shape, Values
 from .errors import LipverifyError, UnsupportedOpsError
@@ -262,7 +263,7 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
               "split). Default: Fashion-MNIST from ../shared/data or /usr/share/datasets.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Which IDX split to train on (the last --val samples are held out).")
-@click.option("--method", type=click.Choice(["standard", "lmt", "crm", "bcp", "cross-lipschitz"]),
+@click.option("--method", type=click.Choice(TRAINING_METHODS),
               default="standard", show_default=True)
 @click.option("--eps", type=RADIUS, default=1.0, show_default=True, help="Target l2 radius (the data's space).")
 @click.option("--epochs", type=COUNT, default=10, show_default=True)
