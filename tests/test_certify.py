@@ -17,7 +17,8 @@ from verifier.attacks import pgd
 from verifier.lipschitz import graph_lipschitz
 from verifier.methods import certified_radii
 from verifier.power_iteration import PowerIteration, estimate
-from verifier.report import batched_logits, compute_bounds
+from verifier.logits import batched_logits
+from verifier.report import compute_bounds
 
 from .cases.models import BUNDLED, blob_model
 from .conftest import run_main, shared_dir

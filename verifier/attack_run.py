@@ -24,8 +24,8 @@ from torch import nn
 from .certify import certified_accuracy
 from .errors import LipverifyError
 from .ir import GraphModule
-from .loading import load_inputs
-from .report import Timer, norm_label, progress
+from .loading import load_inputs, norm_label
+from .report import Timer, progress
 
 METHODS = ("pgd", "deepfool")
 #: the relative tolerance of the bisection (``attack_radius``'s ``tol``)

@@ -7,9 +7,10 @@ import torch
 
 from .certify import certified_accuracy
 from .errors import LipverifyError
-from .loading import load_inputs
+from .loading import load_inputs, norm_label
 from .methods import BEST, METHODS, Method, Task, default_method
-from .report import LogitEngine, Timer, batched_logits, compute_bounds, norm_label, summarize
+from .logits import LogitEngine, batched_logits
+from .report import Timer, compute_bounds, summarize
 
 
 def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: str = "2",

@@ -118,7 +118,8 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool, method: 
     global, per-class and pairwise bounds beside the naive ones."""
     from .loading import import_model
     from .lipschitz import graph_lipschitz
-    from .report import format_lipschitz, format_liplt, norm_value
+    from .loading import norm_value
+    from .report import format_lipschitz, format_liplt
 
     _, module = import_model(model, output)
     report = graph_lipschitz(module, norm_value(norm))

@@ -16,7 +16,16 @@ from frontends.onnx_io import read_model
 
 from .errors import LipverifyError, ModelImportError
 from .ir import GraphModule
-from .report import norm_value
+
+
+def norm_value(norm: str) -> float:
+    """A norm as the command line names it ('2' or 'inf') -> its p."""
+    return math.inf if str(norm) == "inf" else 2.0
+
+
+def norm_label(norm: float) -> str:
+    """p -> the norm's name in reports ('2' or 'inf')."""
+    return "inf" if norm == math.inf else "2"
 
 
 def import_model(path: str | os.PathLike, output: str | None = None) -> tuple[onnx.ModelProto, GraphModule]:

@@ -1,4 +1,6 @@
-"""Running `lipverify lipschitz`, `certify` and `attack`, and formatting what they found."""
+"""What the commands report: the Lipschitz, LipLT, certify and attack tables, the certified-accuracy curve,
+the bounds a certificate needs (`compute_bounds`), summaries, a progress bar and a timer; the logits come from
+`verifier/logits.py`, the loaders from `verifier/loading.py`."""
 from __future__ import annotations
 
 import contextlib
@@ -15,14 +17,7 @@ from .certify import Bounds, certified_accuracy
 from .errors import LipverifyError
 from .ir import GraphModule
 from .lipschitz import LipschitzReport, graph_lipschitz
-
-
-def norm_value(norm: str) -> float:
-    return math.inf if str(norm) == "inf" else 2.0
-
-
-def norm_label(norm: float) -> str:
-    return "inf" if norm == math.inf else "2"
+from .loading import norm_label
 
 
 def format_lipschitz(report: LipschitzReport, model: str) -> str:
@@ -47,67 +42,6 @@ def compute_bounds(module: GraphModule, norm: float, input_dim: int) -> Bounds:
     l2 = graph_lipschitz(module, 2.0)
     linf = graph_lipschitz(module, math.inf) if norm == math.inf else None
     return Bounds(l2=l2, linf=linf, input_dim=input_dim)
-
-
-class LogitEngine:
-    """Computes logits (the tensor before a trailing Softmax) for batches: with onnxruntime on the CPU when the
-    file runs whole batches there and its output is the logits (it is the reference implementation, and faster
-    than torch for small convolutions), else with the IR (on the GPU when asked). ``name`` says which."""
-
-    def __init__(self, module: GraphModule, device: torch.device, model=None):
-        self.module, self.device = module, device
-        self.output = module.graph.logits_tensor()
-        self.session = None
-        g = module.graph
-        if model is not None and device.type == "cpu" and self.output == g.output_name and g.leading_batch \
-                and g.output_leading_batch:
-            self.session = _batched_session(model, module)
-        self.name = "onnxruntime" if self.session is not None else "ir"
-
-    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
-        self.module.check_input(chunk)
-        if self.session is not None:
-            run, dtype = self.session
-            return torch.from_numpy(run(chunk.numpy().astype(dtype))).reshape(len(chunk), -1).float()
-        chunk = chunk.to(device=self.device, dtype=self.module.float_dtype)
-        g = self.module.graph
-        logits = self.module.run(chunk, keep={self.output})[self.output] if self.output != g.output_name \
-            else self.module(chunk)
-        return logits.reshape(len(chunk), -1).cpu()
-
-
-def _batched_session(model, module: GraphModule):
-    """An onnxruntime runner for whole batches, if the file accepts them and matches the IR on a probe."""
-    import numpy as np
-
-    from .parity import _input_dtype, reference_runner
-
-    try:
-        name, run = reference_runner(model)
-        if name != "onnxruntime":
-            return None
-        g = module.graph
-        dtype = _input_dtype(model, g.input_name)
-        probe = torch.rand((3, *g.sample_shape), generator=torch.Generator().manual_seed(0))
-        y = run(g.info.get("output", g.output_name), g.input_name, probe.numpy().astype(dtype))
-        with torch.no_grad():
-            ours = module(probe).numpy()
-        if y.shape != ours.shape or not np.allclose(y, ours, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(ours).max())):
-            return None
-        output = g.info.get("output", g.output_name)
-        return (lambda x: run(output, g.input_name, x)), dtype
-    except Exception:
-        return None
-
-
-def batched_logits(module: GraphModule, x: torch.Tensor, batch_size: int, device: torch.device,
-                   label: str = "certifying", engine: LogitEngine | None = None) -> torch.Tensor:
-    """Logits for all inputs, in batches, with a progress bar on stderr when there are many."""
-    engine = engine or LogitEngine(module, device)
-    chunks = list(torch.split(x, batch_size))
-    with torch.no_grad(), progress(chunks, label) as bar:
-        results = [engine(chunk) for chunk in bar]
-    return torch.cat(results) if results else torch.zeros((0, 1))
 
 
 @contextlib.contextmanager

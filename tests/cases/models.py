@@ -9,7 +9,8 @@ from torch import nn
 
 from frontends import load_onnx
 from frontends.data import load_dataset
-from verifier.report import batched_logits, compute_bounds
+from verifier.logits import batched_logits
+from verifier.report import compute_bounds
 
 from ..conftest import REPO, shared_dir
 
