@@ -11,15 +11,12 @@ import numpy as np
 
 from verifier.errors import LipverifyError
 
+from .arrays import MAX_ARRAY_BYTES, checked_size
+
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-#: the largest array an IDX file may hold, as stored and as the float32 images it becomes (2^29 values),
-#: checked from its header before anything is allocated
-MAX_IDX_BYTES = 2 * 2**30
-
-
-def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
     """The array stored in an IDX file (magic: two zero bytes, a dtype code, the number of dimensions, then
     one big-endian uint32 per dimension). The header is checked (at least one dimension, at most ``max_bytes``
     of data) before the data are read, and only that many bytes are read (a gzip file is not inflated past
@@ -39,12 +36,8 @@ def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndar
                 raise LipverifyError(f"{path}: truncated IDX file")
             dims = [int.from_bytes(raw[4 * k:4 * k + 4], "big") for k in range(ndim)]
             dtype = np.dtype(_DTYPES[head[2]])
+            size = checked_size(str(path), dims, dtype, max_bytes)
             count = math.prod(dims)
-            size = count * dtype.itemsize
-            if count * max(dtype.itemsize, 4) > max_bytes:
-                raise LipverifyError(f"{path}: its header claims shape {tuple(dims)} ("
-                                     f"{count * max(dtype.itemsize, 4) / 2**30:.3g} GiB as float32); the limit is "
-                                     f"{max_bytes / 2**30:g} GiB")
             if opener is open and os.fstat(f.fileno()).st_size < 4 + 4 * ndim + size:
                 raise LipverifyError(f"{path}: truncated IDX file (its header claims shape {tuple(dims)})")
             data = f.read(size)

@@ -11,15 +11,12 @@ import numpy as np
 
 from verifier.errors import LipverifyError
 
-
-#: the largest array a data file may hold, as stored and as the float32 samples it becomes (2^29 values),
-#: checked from its header before anything is allocated
-MAX_ARRAY_BYTES = 2 * 2**30
+from .arrays import checked_size
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Arrays ``x`` and ``y`` of an ``.npz``, each checked from its ``.npy`` header before it is read: numbers
-    only (no pickled objects), at most ``MAX_ARRAY_BYTES``, and exactly as many bytes as the header says."""
+    only (no pickled objects), within ``arrays.MAX_ARRAY_BYTES``, and exactly as many bytes as the header says."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -55,12 +52,8 @@ def _read_member(z: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
         if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
             raise LipverifyError(f"{path}: array '{key}' has dtype {dtype}; expected numbers (pickled objects are "
                                  "refused)")
+        size = checked_size(f"{path}: array '{key}'", shape, dtype)
         count = math.prod(shape)
-        size = count * dtype.itemsize
-        if count * max(dtype.itemsize, 4) > MAX_ARRAY_BYTES:
-            raise LipverifyError(f"{path}: array '{key}' of shape {tuple(shape)} would take "
-                                 f"{count * max(dtype.itemsize, 4) / 2**30:.3g} GiB; the limit is "
-                                 f"{MAX_ARRAY_BYTES / 2**30:g} GiB")
         if info.file_size != f.tell() + size:
             raise LipverifyError(f"{path}: array '{key}' holds {info.file_size - f.tell()} bytes of data but its "
                                  f"header (shape {tuple(shape)}, {dtype}) needs {size}; truncated or corrupt")

@@ -16,20 +16,7 @@ from .ir import GraphModule
 
 
 def _walk(module: GraphModule, box: Box, target: str) -> dict[str, Box]:
-    g = module.graph
-    env: dict[str, Box] = {g.input_name: box}
-    if target == g.input_name:
-        return env
-    for node in g.nodes():
-        args = module.node_args(node, env)
-        out = node.op.interval(*args)
-        if isinstance(out, tuple):
-            env.update((o, v) for o, v in zip(node.outputs, out) if o)
-        else:
-            env[node.outputs[0]] = out
-        if target in node.outputs:
-            break
-    return env
+    return module.walk({module.graph.input_name: box}, lambda node, args: node.op.interval(*args), upto=target)
 
 
 def propagate(module: GraphModule, box: Box, upto: str | None = None) -> dict[str, Box]:

@@ -11,7 +11,7 @@ import contextlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import networkx as nx
 import torch
@@ -204,30 +204,44 @@ class GraphModule(nn.Module):
             return self.run(x)
         return self.run_per_sample(x)
 
+    def walk(self, start: dict[str, Any], rule: Callable[[Node, list[Any]], Any], upto: str | None = None,
+             keep: set[str] | None = None) -> dict[str, Any]:
+        """The walk engines share: ``rule(node, args)`` (the node's forward, its box rule...) on every node in
+        topological order, ``args`` from ``node_args`` over the values so far (``start``: tensor name -> value,
+        the input's at least), stopping once ``upto`` is computed. Returns the values computed. With ``keep``,
+        each value is released after its last use (a forward pass's memory) except the tensors in ``keep`` and
+        the graph output."""
+        env = dict(start)
+        kept: dict[str, Any] = {}
+        if upto is not None and upto in env:
+            return env
+        for step, node in enumerate(self.graph.nodes()):
+            out = rule(node, self.node_args(node, env))
+            if isinstance(out, tuple):
+                env.update((o, v) for o, v in zip(node.outputs, out) if o)
+            else:
+                env[node.outputs[0]] = out
+            if keep is not None:
+                for t in node.inputs:
+                    if t in env and self._last_use.get(t) == step:
+                        if t in keep:
+                            kept[t] = env[t]
+                        del env[t]
+            if upto is not None and upto in node.outputs:
+                break
+        env.update(kept)
+        return env
+
     def run(self, x: torch.Tensor, keep: set[str] | None = None) -> torch.Tensor:
         """One pass over the nodes with ``x`` bound to the graph input (the file's layout, batch in front).
 
         ``keep``: tensor names to return as well (then a dict name -> tensor including the output).
         """
-        env: dict[str, torch.Tensor] = {self.graph.input_name: x}
-        kept: dict[str, torch.Tensor] = {}
-        for step, node in enumerate(self.graph.nodes()):
-            args = self.node_args(node, env)
-            out = node.op.forward(*args)
-            if isinstance(out, tuple):
-                env.update((o, v) for o, v in zip(node.outputs, out) if o)
-            else:
-                env[node.outputs[0]] = out
-            for t in node.inputs:
-                if t in env and self._last_use.get(t) == step:
-                    if keep and t in keep:
-                        kept[t] = env[t]
-                    del env[t]
+        out = self.graph.output_name
+        env = self.walk({self.graph.input_name: x}, lambda node, args: node.op.forward(*args), keep=keep or set())
         if keep is not None:
-            kept.update((t, env[t]) for t in keep if t in env)
-            kept[self.graph.output_name] = env[self.graph.output_name]
-            return kept  # type: ignore[return-value]
-        return env[self.graph.output_name]
+            return {t: env[t] for t in keep | {out} if t in env}  # type: ignore[return-value]
+        return env[out]
 
     def run_per_sample(self, x: torch.Tensor) -> torch.Tensor:
         """The file's exact semantics, one sample at a time (for graphs that mix the batch axis)."""
