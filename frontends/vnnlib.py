@@ -36,55 +36,58 @@ MAX_DEPTH = 64
 MAX_BYTES = 512 * 2**20
 
 
-class Atom(str):
-    """A token of an s-expression, with the line it is on."""
-
-    line: int
-
-    def __new__(cls, text: str, line: int) -> "Atom":
-        atom = super().__new__(cls, text)
-        atom.line = line
-        return atom
-
-
 @dataclass
 class SList:
-    """A parenthesized s-expression: its items and the line of its '('."""
+    """A parenthesized s-expression: its items (nested ``SList``s and atoms, plain strings) and the line of its
+    '('."""
 
-    items: list["SList | Atom"]
+    items: list["SList | str"]
     line: int
 
 
-def parse_sexprs(text: str, where: str) -> list[SList | Atom]:
-    """The top-level s-expressions of ``text`` (comments start with ';'). Unbalanced parentheses, nesting
-    deeper than ``MAX_DEPTH`` and string literals are refused with one line naming the line."""
+#: one token: a comment, a newline (to count lines), a parenthesis, a quote (refused) or an atom
+_TOKEN = re.compile(r';[^\n]*|\n|[()"]|[^\s();"]+')
+
+
+def parse_sexprs(text: str, where: str) -> list[SList]:
+    """The top-level s-expressions of ``text`` (comments start with ';'). Unbalanced parentheses, atoms outside
+    parentheses, nesting deeper than ``MAX_DEPTH`` and string literals are refused with one line naming the
+    line."""
     stack: list[SList] = []
-    top: list[SList | Atom] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        code = line.split(";", 1)[0]
-        if '"' in code:
+    top: list[SList] = []
+    number = 1
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        first = token[0]
+        if first == "\n":
+            number += 1
+        elif first == ";":
+            continue
+        elif first == "(":
+            if len(stack) >= MAX_DEPTH:
+                raise LipverifyError(f"{where}: line {number}: expressions nested deeper than {MAX_DEPTH}")
+            stack.append(SList([], number))
+        elif first == ")":
+            if not stack:
+                raise LipverifyError(f"{where}: line {number}: unexpected ')' with no '(' open")
+            done = stack.pop()
+            (stack[-1].items if stack else top).append(done)
+        elif first == '"':
             raise LipverifyError(f"{where}: line {number}: unexpected '\"' (VNN-LIB has no strings)")
-        for token in re.findall(r"[()]|[^\s()]+", code):
-            if token == "(":
-                if len(stack) >= MAX_DEPTH:
-                    raise LipverifyError(f"{where}: line {number}: expressions nested deeper than {MAX_DEPTH}")
-                stack.append(SList([], number))
-            elif token == ")":
-                if not stack:
-                    raise LipverifyError(f"{where}: line {number}: unexpected ')' with no '(' open")
-                done = stack.pop()
-                (stack[-1].items if stack else top).append(done)
-            else:
-                (stack[-1].items if stack else top).append(Atom(token, number))
+        elif stack:
+            stack[-1].items.append(token)
+        else:
+            raise LipverifyError(f"{where}: line {number}: expected (declare-const ...) or (assert ...), got "
+                                 f"'{token}'")
     if stack:
         raise LipverifyError(f"{where}: line {stack[-1].line}: '(' opened here is never closed")
     return top
 
 
-def _show(e: SList | Atom) -> str:
-    if isinstance(e, Atom):
+def _show(e: SList | str) -> str:
+    if isinstance(e, str):
         return f"'{e}'"
-    head = e.items[0] if e.items and isinstance(e.items[0], Atom) else "..."
+    head = e.items[0] if e.items and isinstance(e.items[0], str) else "..."
     return f"'({head} ...)'" if e.items else "'()'"
 
 
@@ -108,13 +111,13 @@ class _Reader:
     def fail(self, line: int, message: str) -> LipverifyError:
         return LipverifyError(f"{self.where}: line {line}: {message}")
 
-    def variable(self, atom: Atom) -> tuple[str, int] | None:
+    def variable(self, atom: str) -> tuple[str, int] | None:
         """('X' or 'Y', index) for a variable name, None for anything else."""
         m = _VARIABLE.fullmatch(atom)
         return (m.group(1), int(m.group(2))) if m else None
 
-    def form(self, e: SList | Atom) -> None:
-        if isinstance(e, Atom) or not e.items or not isinstance(e.items[0], Atom):
+    def form(self, e: SList) -> None:
+        if not e.items or not isinstance(e.items[0], str):
             raise self.fail(e.line, f"expected (declare-const ...) or (assert ...), got {_show(e)}")
         head = e.items[0]
         if head == "declare-const":
@@ -122,13 +125,13 @@ class _Reader:
         elif head == "assert":
             if len(e.items) != 2:
                 raise self.fail(e.line, "expected (assert EXPRESSION) with one expression")
-            has_y = self.expression(e.items[1], top=True)
+            has_y = self.expression(e.items[1], e.line, top=True)
             self.constrains_outputs |= has_y
         else:
             raise self.fail(e.line, f"expected (declare-const ...) or (assert ...), got {_show(e)}")
 
     def declare(self, e: SList) -> None:
-        if len(e.items) != 3 or not all(isinstance(i, Atom) for i in e.items[1:]):
+        if len(e.items) != 3 or not all(isinstance(i, str) for i in e.items[1:]):
             raise self.fail(e.line, "expected (declare-const NAME Real)")
         name, kind = e.items[1], e.items[2]
         var = self.variable(name)
@@ -141,48 +144,51 @@ class _Reader:
                                     f"{self.declared[var[0]][var[1]]})")
         self.declared[var[0]][var[1]] = e.line
 
-    def term(self, e: SList | Atom) -> tuple[set[str], float | None, tuple[str, int] | None]:
-        """(kinds of the variables in the term, its value if constant, the variable if it is one)."""
-        if isinstance(e, Atom):
+    def term(self, e: SList | str, line: int) -> tuple[set[str], float | None, tuple[str, int] | None]:
+        """(kinds of the variables in the term, its value if constant, the variable if it is one); ``line``: the
+        line of the enclosing expression (an atom's)."""
+        if isinstance(e, str):
             var = self.variable(e)
             if var is not None:
                 if var[1] not in self.declared[var[0]]:
-                    raise self.fail(e.line, f"variable '{e}' is used but not declared")
+                    raise self.fail(line, f"variable '{e}' is used but not declared")
                 return {var[0]}, None, var
             if e[:2] in ("X_", "Y_"):
-                raise self.fail(e.line, f"variable '{e}': expected X_<index> or Y_<index> (index 0, 1, 2, ...)")
+                raise self.fail(line, f"variable '{e}': expected X_<index> or Y_<index> (index 0, 1, 2, ...)")
             try:
                 value = float(e)
             except ValueError:
-                raise self.fail(e.line, f"expected a number or a declared variable, got '{e}'")
+                raise self.fail(line, f"expected a number or a declared variable, got '{e}'")
             if not math.isfinite(value):
-                raise self.fail(e.line, f"expected a finite number, got '{e}'")
+                raise self.fail(line, f"expected a finite number, got '{e}'")
             return set(), value, None
-        if not e.items or not isinstance(e.items[0], Atom) or e.items[0] not in _ARITHMETIC:
+        if not e.items or not isinstance(e.items[0], str) or e.items[0] not in _ARITHMETIC:
             raise self.fail(e.line, f"expected a term (a number, a variable, (+ ...), (- ...) or (* ...)), got "
                                     f"{_show(e)}")
         if len(e.items) < 2:
             raise self.fail(e.line, f"'({e.items[0]})' needs at least one operand")
         kinds: set[str] = set()
         for item in e.items[1:]:
-            kinds |= self.term(item)[0]
+            kinds |= self.term(item, e.line)[0]
         return kinds, None, None
 
-    def expression(self, e: SList | Atom, top: bool) -> bool:
-        """Check one boolean expression; record bounds and comparisons. Returns whether it involves Y."""
-        if isinstance(e, Atom) or not e.items or not isinstance(e.items[0], Atom):
-            raise self.fail(e.line, f"expected a comparison, (and ...) or (or ...), got {_show(e)}")
+    def expression(self, e: SList | str, line: int, top: bool) -> bool:
+        """Check one boolean expression (``line``: its enclosing one's); record bounds and comparisons. Returns
+        whether it involves Y."""
+        if isinstance(e, str) or not e.items or not isinstance(e.items[0], str):
+            raise self.fail(line if isinstance(e, str) else e.line,
+                            f"expected a comparison, (and ...) or (or ...), got {_show(e)}")
         head = e.items[0]
         if head in ("and", "or"):
             if len(e.items) < 2:
                 raise self.fail(e.line, f"'({head})' needs at least one operand")
-            found = [self.expression(item, top=top and head == "and") for item in e.items[1:]]
+            found = [self.expression(item, e.line, top=top and head == "and") for item in e.items[1:]]
             return any(found)
         if head not in _COMPARISONS:
             raise self.fail(e.line, f"expected a comparison (<=, >=, <, >), (and ...) or (or ...), got {_show(e)}")
         if len(e.items) != 3:
             raise self.fail(e.line, f"'({head} ...)' compares exactly two terms")
-        (ka, va, a), (kb, vb, b) = self.term(e.items[1]), self.term(e.items[2])
+        (ka, va, a), (kb, vb, b) = self.term(e.items[1], e.line), self.term(e.items[2], e.line)
         if va is not None and vb is not None:
             raise self.fail(e.line, "a comparison of two numbers constrains nothing")
         if "X" in ka | kb and "Y" not in ka | kb:
@@ -204,7 +210,7 @@ class _Reader:
             raise self.fail(e.line, "an input constraint that is not a bound on one input X_i (not supported as "
                                     "data)")
 
-    def finish(self, forms: list[SList | Atom]) -> _Property:
+    def finish(self, forms: list[SList]) -> _Property:
         for e in forms:
             self.form(e)
         for kind in ("X", "Y"):
