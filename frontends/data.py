@@ -243,7 +243,20 @@ def load_dataset(
         ds.x = ds.to_model(x_user.double()).float().contiguous()
         ds.space = (f"{base_space}; radii are stated in this space, before the map {_describe(scale, mean_t, std_t)} "
                     "to the model's input (certified radii are converted back conservatively)")
+        _check_map(ds, path)
     return ds
+
+
+def _check_map(ds: Dataset, path: Path) -> None:
+    """The map to the model's input must keep numbers finite and scales positive in the arithmetic certificates
+    use (a scale that overflows or underflows would turn bounds into inf or NaN)."""
+    box = ds.model_bounds()
+    f32 = torch.finfo(torch.float32)
+    finite = bool((ds.scale >= f32.tiny).all() and (ds.scale <= f32.max).all() and torch.isfinite(ds.shift).all()
+                  and torch.isfinite(ds.x).all())
+    if not finite or (box is not None and not bool(torch.isfinite(box[0]).all() and torch.isfinite(box[1]).all())):
+        raise LipverifyError(f"{path}: the map {_describe(ds.input_scale, ds.mean, ds.std)} to the model's input "
+                             "overflows or underflows float32 on these data; check --input-scale, --mean and --std")
 
 
 def _describe(scale: float, mean: torch.Tensor, std: torch.Tensor) -> str:

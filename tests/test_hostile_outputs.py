@@ -134,6 +134,14 @@ def test_outputs_are_written_and_nothing_else(ws):
     TRAIN + ("--out", "o.onnx", "--cross-lambda", "nan"), TRAIN + ("--out", "o.onnx", "--lmt-c", "-1"),
     TRAIN + ("--out", "o.onnx", "--limit", "0"), TRAIN[:-4] + ("--val", "0", "--out", "o.onnx"),
     TRAIN + ("--out", "o.onnx", "--resume"),
+    # finite values whose effect is not: the data map overflows float32, training diverges, a model too large
+    CERTIFY + ("--std", "1e-320"), CERTIFY + ("--input-scale", "1e308"), CERTIFY + ("--mean", "1e308"),
+    CERTIFY + ("--method", "bcp", "--std", "1e-39"), TRAIN + ("--out", "o.onnx", "--lr", "1e30", "--epochs", "3"),
+    TRAIN + ("--out", "o.onnx", "--method", "lmt", "--lmt-c", "1e300", "--epochs", "3"),
+    TRAIN + ("--out", "o.onnx", "--method", "crm", "--crm-t", "1e-300", "--epochs", "3"),
+    ("train", "--arch", "mlp-100000000", "--data", "d.npz", "--input-shape", "4", "--classes", "3", "--out",
+     "o.onnx"),
+    ("train", "--arch", "4C3F", "--data", "idx", "--split", "test", "--input-shape", "1,2,2", "--out", "o.onnx"),
 ])
 def test_bad_values_are_usage_errors(capsys, ws, args):
     run_refused(capsys, ws, *args)

@@ -14,6 +14,7 @@ used by CRM §5 and BCP §5):
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 
@@ -23,6 +24,8 @@ from torch import nn
 
 from verifier.errors import LipverifyError
 
+#: the most parameters a built architecture may have (512 MiB in float32)
+MAX_PARAMETERS = 2**27
 #: (out channels, kernel, stride, padding) per convolution, and the hidden dense widths
 FAMILIES: dict[str, tuple[list[tuple[int, int, int, int]], list[int]]] = {
     "2C2F": ([(16, 4, 2, 1), (32, 4, 2, 1)], [100]),
@@ -44,14 +47,11 @@ def build(name: str, input_shape: tuple[int, ...] = (1, 28, 28), classes: int = 
     def scaled(n: int) -> int:
         return max(1, round(n * width))
 
-    layers: list[nn.Module] = []
+    specs: list[tuple[str, tuple[int, ...]]] = []  # ("conv", (c_in, c_out, k, s, p)) or ("dense", (n_in, n_out))
     mlp = re.fullmatch(r"mlp((?:-\d+)+)", name)
     if mlp:
         hidden = [scaled(int(h)) for h in mlp.group(1).strip("-").split("-")]
-        features = 1
-        for d in input_shape:
-            features *= d
-        layers.append(nn.Flatten())
+        features = math.prod(input_shape)
     elif name in FAMILIES:
         if len(input_shape) != 3:
             raise LipverifyError(f"--arch {name} takes images (C, H, W); the data has samples of shape "
@@ -60,16 +60,29 @@ def build(name: str, input_shape: tuple[int, ...] = (1, 28, 28), classes: int = 
         c, h, w = input_shape
         for out, k, s, p in convs:
             out = scaled(out)
-            layers += [nn.Conv2d(c, out, k, stride=s, padding=p), nn.ReLU()]
+            specs.append(("conv", (c, out, k, s, p)))
             c, h, w = out, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        layers.append(nn.Flatten())
+            if h < 1 or w < 1:
+                raise LipverifyError(f"--arch {name}: inputs of shape {tuple(input_shape)} are too small for its "
+                                     "convolutions")
         features, hidden = c * h * w, [scaled(n) for n in dense]
     else:
         raise LipverifyError(f"unknown architecture '{name}'; one of {', '.join(names())}")
-    for n in hidden:
-        layers += [nn.Linear(features, n), nn.ReLU()]
+    for n in [*hidden, classes]:
+        specs.append(("dense", (features, n)))
         features = n
-    layers.append(nn.Linear(features, classes))
+    count = sum(a[0] * a[1] * (a[2] ** 2 if kind == "conv" else 1) + a[1] for kind, a in specs)
+    if count > MAX_PARAMETERS:
+        raise LipverifyError(f"--arch {name} at --width {width:g} has {count:,} parameters; the limit is "
+                             f"{MAX_PARAMETERS:,}")
+    layers: list[nn.Module] = [] if specs[0][0] == "conv" else [nn.Flatten()]
+    for i, (kind, a) in enumerate(specs):
+        if kind == "conv":
+            layers += [nn.Conv2d(a[0], a[1], a[2], stride=a[3], padding=a[4]), nn.ReLU()]
+            if specs[i + 1][0] == "dense":
+                layers.append(nn.Flatten())
+        else:
+            layers += [nn.Linear(*a)] + ([nn.ReLU()] if i + 1 < len(specs) else [])
     return nn.Sequential(*layers)
 
 

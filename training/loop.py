@@ -86,6 +86,11 @@ class Progress:
             sys.stderr.flush()
 
 
+def _diverged(what: str) -> LipverifyError:
+    """Training that leaves finite numbers is a problem of its settings, said in one line (nothing is written)."""
+    return LipverifyError(f"training diverged ({what}): lower --lr, or the method's eps, lambda or c")
+
+
 def train(module: GraphModule, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor, config: TrainConfig, *,
           eps_model: float, bounds: tuple[Tensor, Tensor] | None = None, checkpoint: str | Path | None = None,
           resume: bool = False, progress: bool = True,
@@ -126,15 +131,20 @@ def train(module: GraphModule, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tenso
                 group["lr"] = lr
             xb, yb = x[idx].to(device), y[idx].to(device)
             value, z = loss_fn(xb, yb, Step(eps_model * eps_frac, lam, lower, upper))
+            loss = float(value.detach())
+            if not math.isfinite(loss):
+                raise _diverged(f"loss {loss} at epoch {epoch + 1}, step {i + 1}")
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
-            sum_loss += float(value.detach()) * len(idx)
+            sum_loss += loss * len(idx)
             correct += int((z.argmax(1) == yb).sum())
             seen += len(idx)
             bar.update(f"epoch {epoch + 1}/{config.epochs} [{'=' * (20 * (i + 1) // per_epoch):<20}] "
                        f"loss {sum_loss / seen:.4f} acc {correct / seen:.3f} eps {eps_model * eps_frac:.3g}")
         elapsed += time.time() - t0
+        if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+            raise _diverged(f"weights not finite after epoch {epoch + 1}")
         module.eval()
         metrics = evaluate(module, x_eval, y_eval, eps_model, config.method, lower, upper,
                            final=epoch + 1 == config.epochs)
