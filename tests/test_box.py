@@ -32,6 +32,24 @@ single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread
 
 
 # --- the Box type ------------------------------------------------------------------------------------------
+def test_intersect_lets_a_nan_bound_give_way_and_refuses_real_gaps():
+    """A NaN bound (an overflow upstream) bounds nothing: the other box's bound stands; two NaNs stay NaN (no
+    certificate accepts them); a real gap still means an unsound box."""
+    a = Box.from_bounds(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 2.0, 3.0],
+                                                                                        dtype=torch.float64))
+    nan = float("nan")
+    b = Box(torch.tensor([nan, 1.5, 2.5], dtype=torch.float64), torch.tensor([1.0, 0.1, nan], dtype=torch.float64))
+    r = a.intersect(b)
+    assert -1e-12 < float(r.lo[0]) <= 0.0 and 1.0 <= float(r.hi[0]) < 1.0 + 1e-12
+    assert 1.4 - 1e-12 < float(r.lo[1]) and float(r.hi[1]) < 1.6 + 1e-12
+    assert -1e-12 < float(r.lo[2]) - 2.0 and float(r.hi[2]) - 3.0 < 1e-12
+    both = Box(torch.tensor([nan], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64))
+    assert bool(torch.isnan(both.intersect(both).lo).all())
+    with pytest.raises(EmptyIntersectionError):
+        a.intersect(Box.from_bounds(torch.full((3,), 5.0, dtype=torch.float64), torch.full((3,), 6.0,
+                                                                                           dtype=torch.float64)))
+
+
 def test_from_bounds_encloses_and_rounds_outward():
     gen = torch.Generator().manual_seed(0)
     lo = torch.randn(1000, generator=gen) * 10

@@ -139,6 +139,7 @@ def test_outputs_are_written_and_nothing_else(ws):
     CERTIFY + ("--method", "bcp", "--std", "1e-39"), TRAIN + ("--out", "o.onnx", "--lr", "1e30", "--epochs", "3"),
     TRAIN + ("--out", "o.onnx", "--method", "lmt", "--lmt-c", "1e300", "--epochs", "3"),
     TRAIN + ("--out", "o.onnx", "--method", "crm", "--crm-t", "1e-300", "--epochs", "3"),
+    TRAIN + ("--out", "o.onnx", "--method", "bcp", "--eps", "1e308"),
     ("train", "--arch", "mlp-100000000", "--data", "d.npz", "--input-shape", "4", "--classes", "3", "--out",
      "o.onnx"),
     ("train", "--arch", "4C3F", "--data", "idx", "--split", "test", "--input-shape", "1,2,2", "--out", "o.onnx"),

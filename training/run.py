@@ -15,6 +15,8 @@ from verifier.errors import LipverifyError
 
 from .loop import TrainConfig, train
 
+#: the largest target radius (model space) training takes: radius times a Lipschitz bound must stay a float32
+MAX_TRAIN_EPS = 2.0 ** 60
 #: where Fashion-MNIST is looked for when --data is not given
 FASHION_MNIST = ("$LIPVERIFY_SHARED/data/fashion-mnist", "../shared/data/fashion-mnist",
                  "/usr/share/datasets/fashion-mnist")
@@ -86,6 +88,9 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
     x, y = data.x[:-val], data.y[:-val]
     x_val, y_val = data.x[-val:], data.y[-val:]
     eps_model = float(data.radius_to_model(config.eps)) if config.eps > 0 else 0.0
+    if eps_model > MAX_TRAIN_EPS:
+        raise LipverifyError(f"--eps {config.eps:g} is {eps_model:.3g} in the model's input space; training "
+                             f"arithmetic (float32, times Lipschitz bounds) holds radii up to {MAX_TRAIN_EPS:.3g}")
     result = train(module, x, y, x_val, y_val, config, eps_model=eps_model, bounds=data.model_bounds(),
                    checkpoint=checkpoint, resume=resume, progress=progress)
 

@@ -239,17 +239,18 @@ class Box:
     # --- set operations -------------------------------------------------------------------------------------
     def intersect(self, other: "Box") -> "Box":
         """The intersection (lo = max, hi = min). Both boxes are meant to enclose the same set, so an empty
-        intersection means that one of them is unsound: ``EmptyIntersectionError``."""
+        intersection means that one of them is unsound: ``EmptyIntersectionError``. A NaN bound (an overflow
+        upstream: it bounds nothing) gives way to the other box's bound; where both are NaN the result stays NaN,
+        which no certificate accepts (every comparison with NaN is false)."""
         if not _OUTWARD[-1]:  # training: one fused pass (verifier.fused), no emptiness check
             lo, hi = fused.intersect_bounds(self.center, self.radius, other.center, other.radius)
             return _Bounds(lo, hi, self.integer and other.integer)
-        lo = torch.maximum(self.lo, other.lo)
-        hi = torch.minimum(self.hi, other.hi)
-        bad = ~(lo <= hi)
+        lo = torch.fmax(self.lo, other.lo)
+        hi = torch.fmin(self.hi, other.hi)
+        bad = lo > hi
         if bool(bad.any()):
-            gap = float((lo - hi)[bad].max()) if bool((lo > hi).any()) else float("nan")
             raise EmptyIntersectionError(f"empty intersection of two boxes at {int(bad.sum())} entries (largest "
-                                         f"gap {gap:.3g}): one of them is unsound")
+                                         f"gap {float((lo - hi)[bad].max()):.3g}): one of them is unsound")
         return Box.from_bounds(lo, hi, self.integer and other.integer, check=False)
 
     def contains(self, x: Tensor, tol: float = 0.0) -> bool:
