@@ -215,7 +215,7 @@ def load_dataset(
         raise LipverifyError(f"{path}: no such file or folder (expected an .npz with arrays x and y, a folder of "
                              "MNIST-format IDX files, or VNN-LIB properties)")
 
-    for key, array in (("x", x), ("y", y)):
+    for key, array in (("x", x), ("y", y)):  # before len() and --limit's slicing
         if array.ndim < 1:
             raise InputShapeError(f"{path}: {key} is a scalar; expected an array with one entry per sample")
     if len(x) != len(y):
@@ -231,7 +231,7 @@ def load_dataset(
         source += f", {len(x)} samples"
 
     x = _check_x(x, path)
-    y = _check_y(y, len(x), path, num_classes)
+    y = _check_y(y, path, num_classes)
     x, layout = _to_sample_shape(x, sample_shape)
 
     scale, mean_t, std_t, axis = _preprocessing(input_scale, mean, std, sample_shape)
@@ -269,8 +269,6 @@ def _describe(scale: float, mean: torch.Tensor, std: torch.Tensor) -> str:
 
 
 def _check_x(x: np.ndarray, path: Path) -> np.ndarray:
-    if x.ndim < 1:
-        raise InputShapeError(f"{path}: x is a scalar; expected an array of samples (N, ...)")
     if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise LipverifyError(f"{path}: x has dtype {x.dtype}; expected numbers")
     x = x.astype(np.float32)
@@ -279,7 +277,7 @@ def _check_x(x: np.ndarray, path: Path) -> np.ndarray:
     return x
 
 
-def _check_y(y: np.ndarray, n: int, path: Path, num_classes: int | None) -> np.ndarray:
+def _check_y(y: np.ndarray, path: Path, num_classes: int | None) -> np.ndarray:
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == np.bool_):
         raise LipverifyError(f"{path}: labels y have dtype {y.dtype}; expected integers")
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot or scores
@@ -294,8 +292,6 @@ def _check_y(y: np.ndarray, n: int, path: Path, num_classes: int | None) -> np.n
     if y.ndim != 1:
         raise InputShapeError(f"{path}: labels y have shape {_fmt(y.shape)}; expected (N,) integers or (N, K) "
                               "one-hot")
-    if len(y) != n:
-        raise InputShapeError(f"{path}: {n} samples in x but {len(y)} labels in y")
     if np.issubdtype(y.dtype, np.floating):
         if not np.isfinite(y).all() or (y != np.round(y)).any():
             raise LipverifyError(f"{path}: labels y are not integers")

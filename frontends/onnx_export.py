@@ -20,7 +20,6 @@ from verifier.errors import LipverifyError
 from verifier.ir import GraphModule
 
 from .onnx_io import read_model
-from .outputs import atomic_write
 
 
 def _tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -99,9 +98,3 @@ def serialize(model: onnx.ModelProto) -> bytes:
     except Exception as e:
         raise LipverifyError(f"the exported model does not pass onnx.checker: {str(e).splitlines()[0]}")
     return model.SerializeToString()
-
-
-def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write ``model`` (``serialize``) to ``path`` atomically."""
-    data = serialize(model)
-    atomic_write(path, lambda f: f.write(data), "--out")

@@ -10,7 +10,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from verifier.errors import ModelImportError
 
-from .outputs import check_path_text
+from .outputs import OutputPaths, check_path_text
 
 
 #: protobuf cannot hold one message of 2 GiB or more: a larger ONNX model keeps its weights as external data
@@ -19,12 +19,13 @@ MAX_MODEL_BYTES = 2**31 - 1
 _MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
 
 
-def read_model(src: str | os.PathLike | onnx.ModelProto, files: list[Path] | None = None) -> onnx.ModelProto:
+def read_model(src: str | os.PathLike | onnx.ModelProto, protect: OutputPaths | None = None) -> onnx.ModelProto:
     """A ModelProto from a path (external data loaded, after checking where it lives) or a ModelProto.
 
     A file is refused from its size and first bytes before it is read whole: empty, 2 GiB or larger (no
-    protobuf message can be), or not starting with the tag of a ModelProto field. ``files``, when given,
-    receives the path of every file read (the model and its external data files)."""
+    protobuf message can be), or not starting with the tag of a ModelProto field. ``protect``: a command's
+    output paths, checked against every file read (the model and its external data files), which are inputs
+    no output may overwrite."""
     if isinstance(src, onnx.ModelProto):
         return src
     path = check_path_text(src, "model")
@@ -42,8 +43,8 @@ def read_model(src: str | os.PathLike | onnx.ModelProto, files: list[Path] | Non
     if not model.HasField("graph") or model.ir_version <= 0:
         raise ModelImportError(f"{path}: not a valid ONNX file (no graph or no IR version)")
     external = _load_external_data(model, path.parent)
-    if files is not None:
-        files += [path, *external]
+    if protect is not None:
+        protect.protect([path, *external])
     return model
 
 

@@ -108,17 +108,16 @@ class Loss:
         count, shape or dtype, or non-finite entries."""
         if not isinstance(state, dict):
             raise LipverifyError(f"{source}: no power-iteration vectors")
-        owners = (("graph", None if self.graph_est is None else self.graph_est.pi, "vectors"),
-                  ("liplt", self.liplt_est, "vectors"))
-        for key, owner, attr in owners:
+        owners = {"graph": None if self.graph_est is None else self.graph_est.pi, "liplt": self.liplt_est}
+        for key, owner in owners.items():  # each keeps its persistent vectors in ``vectors``
             if owner is None or key not in state:
                 continue
-            current, saved = getattr(owner, attr), state[key]
+            current, saved = owner.vectors, state[key]
             if not isinstance(saved, list) or len(saved) != len(current) or not all(
                     isinstance(s, torch.Tensor) and s.shape == c.shape and s.dtype == c.dtype
                     and bool(torch.isfinite(s).all()) for s, c in zip(saved, current)):
                 raise LipverifyError(f"{source}: the power-iteration vectors do not fit this model")
-            setattr(owner, attr, [s.to(c.device) for s, c in zip(saved, current)])
+            owner.vectors = [s.to(c.device) for s, c in zip(saved, current)]
 
     def standard(self, x: Tensor, y: Tensor, step: Step) -> tuple[Tensor, Tensor]:
         z = _logits(self.module, x)

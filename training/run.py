@@ -39,10 +39,7 @@ def _source(model_path: str | None, arch: str | None, width: float, input_shape:
     if (model_path is None) == (arch is None):
         raise LipverifyError("give either MODEL.onnx or --arch NAME")
     if model_path is not None:
-        files: list[Path] = []
-        model = read_model(model_path, files)
-        outputs.protect(files)  # its external data files are inputs too
-        return model
+        return read_model(model_path, outputs)  # its files (external data too) are inputs no output overwrites
     from .arch import build, to_onnx
 
     return to_onnx(build(arch, input_shape, classes, width), input_shape)

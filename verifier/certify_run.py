@@ -8,8 +8,8 @@ import torch
 from .certify import certified_accuracy
 from .errors import LipverifyError
 from .loading import load_inputs, norm_label
-from .methods import BEST, METHODS, Method, Task, default_method
 from .logits import LogitEngine, batched_logits
+from .methods import BEST, METHODS, Method, Task, default_method
 from .report import Timer, compute_bounds, summarize
 
 

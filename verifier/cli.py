@@ -166,6 +166,8 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
     input of --data: a proof that no perturbation of smaller norm changes MODEL's prediction. Exit 0 ok, 1 when
     --min-certified-accuracy is not met, 2 bad input, 3 when --attack finds an adversarial example inside a
     certified radius (a soundness bug)."""
+    from frontends.onnx_io import read_model
+
     from .certify_run import run_certify
     from .report import certify_curves, plot_curve, plot_format
 
@@ -173,7 +175,7 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
         raise click.UsageError("--min-certified-accuracy and --at-eps go together")
     outputs = OutputPaths({"--report": report_path, "--plot": plot_path}, inputs=[model, data_path])
     fmt = plot_format(plot_path) if plot_path else None
-    source = _read_model(model, outputs)
+    source = read_model(model, outputs)  # once, before any work; its files are inputs too
     result = run_certify(model, data_path, split=split, norm=norm, eps_list=eps_list, method=method, limit=limit,
                          batch_size=batch_size, device=device, input_scale=input_scale, mean=mean, std=std,
                          output=output, gate=gate, gate_eps=gate_eps, attack=attack,
@@ -201,16 +203,6 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
     sys.exit(EXIT_FAILED if "gate" in result and not result["gate"]["passed"] else EXIT_OK)
 
 
-def _read_model(path: str, outputs: OutputPaths):
-    """MODEL read once, before any work; its external data files join the inputs no output may overwrite."""
-    from frontends.onnx_io import read_model
-
-    files: list = []
-    model = read_model(path, files)
-    outputs.protect(files)
-    return model
-
-
 def _write_report(result: dict[str, Any], outputs: OutputPaths) -> None:
     outputs.write_bytes("--report", json.dumps(result, default=_json_default).encode())
 
@@ -236,10 +228,12 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
     """Upper bounds on the robust radius of every input of --data: the distance of the closest adversarial
     example found (PGD with bisection, or DeepFool), in the data's own space and inside its box ([0, 1] for
     IDX pixels). 0 for misclassified inputs; inf (JSON null) when nothing is found. Exit 0 ok, 2 bad input."""
+    from frontends.onnx_io import read_model
+
     from .attack_run import format_attack, run_attack
 
     outputs = OutputPaths({"--report": report_path}, inputs=[model, data_path])
-    source = _read_model(model, outputs)
+    source = read_model(model, outputs)
     result = run_attack(model, data_path, split=split, norm=norm, eps_list=eps_list, limit=limit,
                         batch_size=batch_size, device=device, input_scale=input_scale, mean=mean, std=std,
                         output=output, steps=steps, restarts=restarts, method=method, source=source)

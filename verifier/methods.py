@@ -13,7 +13,7 @@ a method's name is written here and nowhere else.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import LipverifyError, NoRuleError
@@ -45,6 +45,22 @@ class Task:
     upper: Tensor | None = None
     batch_size: int = 256
     found: Tensor | None = None
+    _cpu: Any = field(default=None, init=False, repr=False)
+    _prop2: Any = field(default=None, init=False, repr=False)
+
+    def cpu_module(self) -> GraphModule:
+        """The module itself on the CPU, else one CPU copy for every method (LipLT, IBP, BCP and local bound
+        in float64 on the CPU)."""
+        if self._cpu is None:
+            self._cpu = copy.deepcopy(self.module).cpu() if self.module.device.type != "cpu" else self.module
+        return self._cpu
+
+    def start(self) -> Tensor | None:
+        """LMT Prop. 2's radii (a sound lower end for BCP's and local's searches) when they apply, computed
+        once."""
+        if self._prop2 is None and _affine_logits(self) is None:
+            self._prop2 = _prop2(self).cpu()
+        return self._prop2
 
 
 @dataclass(frozen=True)
@@ -105,11 +121,6 @@ def _batched(task: Task) -> str | None:
     return None
 
 
-def _on_cpu(module: Any) -> Any:
-    """The module itself on the CPU, else a CPU copy: the local and LipLT bounds run in float64 on the CPU."""
-    return copy.deepcopy(module).cpu() if module.device.type != "cpu" else module
-
-
 def _prop1(task: Task) -> Tensor:
     from .certify import prop1_radii
 
@@ -128,29 +139,24 @@ def _liplt(task: Task) -> Tensor:
 
     report = task.bounds.l2 if task.norm == 2 else task.bounds.linf
     try:
-        pairs = liplt(_on_cpu(task.module), task.norm, naive=report).pairwise  # naive where LipLT cannot map
+        pairs = liplt(task.cpu_module(), task.norm, naive=report).pairwise  # naive where LipLT cannot map
     except NoRuleError as e:
         raise LipverifyError(f"--method liplt: {e}")
     return pairwise_radii(task.logits.cpu(), task.y.cpu(), pairs)
 
 
-def _start(task: Task) -> Tensor | None:
-    """LMT Prop. 2's radii (a sound lower end for BCP's and local's searches) when they apply."""
-    return _prop2(task).cpu() if _affine_logits(task) is None else None
-
-
 def _ibp(task: Task) -> Tensor:
     from .bcp import ibp_radii
 
-    return ibp_radii(_on_cpu(task.module), task.bounds.l2, task.x, task.y, task.norm, task.lower, task.upper,
+    return ibp_radii(task.cpu_module(), task.bounds.l2, task.x, task.y, task.norm, task.lower, task.upper,
                      batch_size=task.batch_size).cpu()
 
 
 def _bcp(task: Task) -> Tensor:
     from .bcp import bcp_radii
 
-    return bcp_radii(_on_cpu(task.module), task.bounds.l2, task.x, task.y, task.lower, task.upper,
-                     prop2=_start(task), norm=task.norm, batch_size=task.batch_size).cpu()
+    return bcp_radii(task.cpu_module(), task.bounds.l2, task.x, task.y, task.lower, task.upper,
+                     prop2=task.start(), norm=task.norm, batch_size=task.batch_size).cpu()
 
 
 def _local(task: Task) -> Tensor:
@@ -159,13 +165,13 @@ def _local(task: Task) -> Tensor:
 
     from .local import check_supported, local_radii
 
-    module = _on_cpu(task.module)
+    module = task.cpu_module()
     try:
         check_supported(module, task.bounds.l2)
     except NoRuleError as e:
         raise LipverifyError(f"--method local: {e}")
     found = task.found if task.found is not None else torch.zeros(len(task.y), dtype=torch.float64)
-    prop2 = _start(task)
+    prop2 = task.start()
     start = found if prop2 is None else torch.maximum(found, prop2.double())
     return local_radii(module, task.bounds.l2, task.x, task.y, task.norm, task.lower, task.upper, start=start,
                        batch_size=task.batch_size).cpu()
