@@ -22,6 +22,7 @@ from frontends.onnx_import import load_onnx  # noqa: E402
 from training.loop import TrainConfig  # noqa: E402
 from training.run import run_train  # noqa: E402
 from verifier.bcp import bcp_radii  # noqa: E402
+from verifier.problem import RadiusProblem  # noqa: E402
 from verifier.methods import certified_radii  # noqa: E402
 from verifier.report import compute_bounds  # noqa: E402
 
@@ -33,7 +34,7 @@ def radii(path: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor
         z = module(x).reshape(len(x), -1)
     prop2 = certified_radii(z, y, bounds, 2.0, "lmt-pairwise").double()
     lo, hi = torch.zeros(module.graph.sample_shape), torch.ones(module.graph.sample_shape)
-    bcp = bcp_radii(module, bounds.l2, x, y, lo, hi, prop2=prop2.float())
+    bcp = bcp_radii(module, bounds.l2, RadiusProblem(x, y, 2.0, lo, hi), start=prop2.float())
     return {"clean": (z.argmax(1) == y).double(), "lmt-pairwise": prop2, "bcp": bcp}
 
 

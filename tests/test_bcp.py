@@ -12,8 +12,10 @@ from torch import nn
 
 from frontends import load_onnx
 from verifier.attacks import pgd
-from verifier.bcp import _ball_box_min, bcp_radii, ibp_radii, verify_bcp, verify_ibp
+from verifier.bcp import bcp_radii, ibp_radii, verify_bcp, verify_ibp
+from verifier.last_layer import ball_box_min
 from verifier.methods import certified_radii
+from verifier.problem import RadiusProblem
 from verifier.report import compute_bounds
 
 from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
@@ -40,10 +42,11 @@ def _check_pgd(module, x, y, radii, norm, lower, upper):
 def test_ibp_radii_survive_pgd(smooth_model, norm):
     for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
         report = compute_bounds(module, 2.0, input_dim=1).l2
-        radii = ibp_radii(module, report, x, y, norm, lower, upper)
+        balls = RadiusProblem(x, y, norm, lower, upper)
+        radii = ibp_radii(module, report, balls)
         _check_pgd(module, x, y, radii, norm, lower, upper)
         # verification holds at the radius found
-        assert verify_ibp(module, report, x, y, radii, norm, lower, upper)[radii > 0].all()
+        assert verify_ibp(module, report, balls.at(radii))[radii > 0].all()
 
 
 def test_bcp_radii_survive_pgd_and_beat_prop2(smooth_model):
@@ -52,15 +55,16 @@ def test_bcp_radii_survive_pgd_and_beat_prop2(smooth_model):
         with torch.no_grad():
             logits = module(x)
         prop2 = certified_radii(logits, y, bounds, 2.0, "lmt-pairwise").double()
-        radii = bcp_radii(module, bounds.l2, x, y, lower, upper, prop2=prop2)
+        balls = RadiusProblem(x, y, 2.0, lower, upper)
+        radii = bcp_radii(module, bounds.l2, balls, start=prop2)
         assert (radii >= prop2 * (1 - 1e-6)).all()
         # the bisection alone (no prop2 floor) also reaches prop2 up to its tolerance
-        alone = bcp_radii(module, bounds.l2, x, y, lower, upper)
+        alone = bcp_radii(module, bounds.l2, balls)
         assert (alone >= prop2 * 0.999 - 1e-9).all(), name
         # and BCP is at least as good as IBP in l2 (the ball only tightens the boxes)
-        ibp = ibp_radii(module, bounds.l2, x, y, 2.0, lower, upper)
+        ibp = ibp_radii(module, bounds.l2, balls)
         assert (alone >= ibp * 0.999 - 1e-9).all(), name
-        assert verify_bcp(module, bounds.l2, x, y, alone, lower, upper)[alone > 0].all()
+        assert verify_bcp(module, bounds.l2, balls.at(alone))[alone > 0].all()
         _check_pgd(module, x, y, radii, 2.0, lower, upper)
 
 
@@ -68,10 +72,11 @@ def test_bcp_linf_survives_pgd_and_beats_ibp(smooth_model):
     """l_inf BCP (§3.1): the box itself plus the l2 ball of radius sqrt(N) eps that circumscribes it."""
     for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
         bounds = compute_bounds(module, 2.0, input_dim=1)
-        radii = bcp_radii(module, bounds.l2, x, y, lower, upper, norm=math.inf)
-        ibp = ibp_radii(module, bounds.l2, x, y, math.inf, lower, upper)
+        balls = RadiusProblem(x, y, math.inf, lower, upper)
+        radii = bcp_radii(module, bounds.l2, balls)
+        ibp = ibp_radii(module, bounds.l2, balls)
         assert (radii >= ibp * 0.999 - 1e-9).all(), name
-        assert verify_bcp(module, bounds.l2, x, y, radii, lower, upper, norm=math.inf)[radii > 0].all()
+        assert verify_bcp(module, bounds.l2, balls.at(radii))[radii > 0].all()
         _check_pgd(module, x, y, radii, math.inf, lower, upper)
 
 
@@ -87,8 +92,9 @@ def test_bcp_on_logits_after_an_activation(tmp_path_factory):
     x, y = x[keep][:80], y[keep][:80]
     report = compute_bounds(module, 2.0, input_dim=6).l2
     assert report.last_matrix is None
-    radii = bcp_radii(module, report, x, y)
-    assert (radii >= ibp_radii(module, report, x, y, 2.0) * 0.999 - 1e-9).all()
+    balls = RadiusProblem(x, y, 2.0)
+    radii = bcp_radii(module, report, balls)
+    assert (radii >= ibp_radii(module, report, balls) * 0.999 - 1e-9).all()
     _check_pgd(module, x, y, radii, 2.0, None, None)
 
 
@@ -102,7 +108,7 @@ def test_problem_11_against_brute_force():
         lo = -torch.rand(1, 1, n, generator=gen, dtype=torch.float64)
         hi = torch.rand(1, 1, n, generator=gen, dtype=torch.float64)
         rho = torch.tensor([[0.7]], dtype=torch.float64)
-        ours = _ball_box_min(c, lo, hi, rho)[0]
+        ours = ball_box_min(c, lo, hi, rho)[0]
         # the KKT point by bisection on t for ||clip(-t c)|| = rho (independent of the paper's iteration)
         t_lo, t_hi = torch.zeros(40, dtype=torch.float64), torch.full((40,), 1e6, dtype=torch.float64)
         for _ in range(200):
@@ -119,7 +125,7 @@ def test_problem_11_against_brute_force():
             brute = (c[0] @ grid[inside].T).min(dim=1).values
             assert (ours <= brute + 1e-9).all() and (ours >= brute - 0.02).all()
         # without the ball: the box minimum, never above the ball-and-box one
-        box = _ball_box_min(c, lo, hi, None)[0]
+        box = ball_box_min(c, lo, hi, None)[0]
         assert (box <= ours + 1e-9).all()
 
 
@@ -141,8 +147,9 @@ def test_cli_methods(smooth_model, capsys):
 def test_mnist_net_medians():
     module, ds, bounds, logits, correct, lower, upper = mnist_net(20)
     prop2 = certified_radii(logits, ds.y, bounds, 2.0, "lmt-pairwise").double()
-    ibp = ibp_radii(module, bounds.l2, ds.x, ds.y, 2.0, lower, upper)
-    bcp = bcp_radii(module, bounds.l2, ds.x, ds.y, lower, upper, prop2=prop2)
+    balls = RadiusProblem(ds.x, ds.y, 2.0, lower, upper)
+    ibp = ibp_radii(module, bounds.l2, balls)
+    bcp = bcp_radii(module, bounds.l2, balls, start=prop2)
     med = {k: float(v[correct].median()) for k, v in (("lmt-pairwise", prop2), ("ibp", ibp), ("bcp", bcp))}
     print("median l2 radii, first 20 MNIST images:", med)
     assert med["bcp"] > 10 * med["lmt-pairwise"] and med["bcp"] > med["ibp"]

@@ -22,6 +22,7 @@ from verifier.box import Box, EmptyIntersectionError
 from verifier.errors import NoRuleError
 from verifier.ibp import ibp, logit_box, propagate
 from verifier.ops.base import _REGISTRY
+from verifier.problem import LpBall
 
 from .cases.boxes import (AFFINE, CASES, ELEMENTWISE_CHAINS, TURNS, ZOO_PARAMS, assert_inside, module_of, outputs,
                           random_bounds, sample_points, zoo_inputs)
@@ -297,8 +298,9 @@ def test_zoo_box_shrinks_to_the_point(path):
     with torch.no_grad():
         z = module64(x.double())
         for m, dtype in ((module, torch.float32), (module64, torch.float64)):
-            widths = [float(ibp(m, x.to(dtype), eps).width.max()) for eps in (1e-2, 1e-3, 1e-4, 1e-6, 0.0)]
+            widths = [float(ibp(m, LpBall(x.to(dtype), eps, math.inf)).width.max())
+                      for eps in (1e-2, 1e-3, 1e-4, 1e-6, 0.0)]
             assert all(a >= b for a, b in zip(widths, widths[1:])), widths
-        point = ibp(module64, x.double(), 1e-12)
+        point = ibp(module64, LpBall(x.double(), 1e-12, math.inf))
         assert float(point.width.max()) <= 1e-6 * (1 + float(z.abs().max()))
         assert_inside(point, z, "point")

@@ -19,7 +19,8 @@ PACKAGES = ("verifier", "frontends", "training")
 #: layer of each module, lowest first; a prefix ending in '.' covers a package's modules
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("numeric kit and value types", ("verifier", "verifier.errors", "verifier.rounding", "verifier.fused",
-                                     "verifier.box", "verifier.jacobian", "verifier.conv_norms", "verifier.margins")),
+                                     "verifier.box", "verifier.jacobian", "verifier.conv_norms", "verifier.margins",
+                                     "verifier.last_layer", "verifier.problem")),
     ("ops", ("verifier.ops", "verifier.ops.")),
     ("IR", ("verifier.ir", "verifier.rewrite")),
     ("engines and frontends", ("verifier.ibp", "verifier.gradients", "verifier.lipschitz", "verifier.liplt",

@@ -14,6 +14,7 @@ from torch import nn
 from frontends import load_onnx
 from verifier.attacks import pgd
 from verifier.local import local_bounds, local_radii, prepare_local, prop22_bounds
+from verifier.problem import RadiusProblem
 from verifier.methods import certified_radii
 from verifier.report import compute_bounds
 
@@ -81,12 +82,12 @@ def test_local_bounds_exceed_sampled_gradient_norms(smooth_model, norm):  # noqa
         x, y = x[:12].double(), y[:12]
         for eps in (0.01, 0.1, 0.5):
             radius = torch.full((len(x),), eps, dtype=torch.float64)
-            bounds = local_bounds(ctx, x, y, radius, lower, upper)
+            bounds = local_bounds(ctx, RadiusProblem(x, y, norm, lower, upper).at(radius))
             pts = _ball_points(x, radius, norm, 48, gen, lower, upper)
             sampled = _sampled_gradient_norms(load_onnx_like(module), pts, y, norm)
             assert bool((bounds >= sampled * (1 - 1e-9)).all()), (name, eps)
         # small balls: the bound tends to the gradient norm at x (ReLU nets: exact once no unit is unstable)
-        tiny = local_bounds(ctx, x, y, torch.full((len(x),), 1e-7, dtype=torch.float64), lower, upper)
+        tiny = local_bounds(ctx, RadiusProblem(x, y, norm, lower, upper).at(1e-7))
         at_x = _sampled_gradient_norms(load_onnx_like(module), x[None], y, norm)
         assert bool((tiny <= at_x * 1.01 + 1e-9).all()), name
 
@@ -135,13 +136,13 @@ def test_prop22_against_the_paper_formula_and_sampling(softplus_model):
         sampled = _sampled_gradient_norms(m64, _ball_points(x, radius, 2, 64, gen), y, 2)
         assert bool((ours >= sampled * (1 - 1e-9)).all())
         assert bool((ours <= paper * (1 + 1e-6) + 1e-12).all())  # BCP's pre-activation box is inside the range
-        interval = local_bounds(ctx, x, y, radius)  # min(interval, Prop. 2.2, global)
+        interval = local_bounds(ctx, RadiusProblem(x, y, 2.0).at(radius))  # min(interval, Prop. 2.2, global)
         assert bool((interval <= ours * (1 + 1e-9)).all()) and bool((interval >= sampled * (1 - 1e-9)).all())
         mask = torch.ones_like(ours, dtype=torch.bool)
         mask[torch.arange(len(y)), y] = False
         plain = prepare_local(module, report, 2.0)
         plain.one_hidden, plain.pair_bounds = None, None  # the interval-Jacobian bound alone
-        alone = local_bounds(plain, x, y, radius)
+        alone = local_bounds(plain, RadiusProblem(x, y, 2.0).at(radius))
         assert bool((alone >= sampled * (1 - 1e-9)).all())
         ratios.append((eps, float((ours[mask] / sampled[mask]).median()),
                        float((alone[mask] / sampled[mask]).median())))
@@ -155,7 +156,7 @@ def test_local_radii_survive_pgd_and_beat_prop2(smooth_model, norm):  # noqa: F8
         with torch.no_grad():
             logits = module(x)
         prop2 = certified_radii(logits, y, bounds, norm, "lmt-pairwise").double()
-        radii = local_radii(module, bounds.l2, x, y, norm, lower, upper)
+        radii = local_radii(module, bounds.l2, RadiusProblem(x, y, norm, lower, upper))
         assert (radii > 0).float().mean() > 0.5, name
         if norm == 2:  # the global pairwise bound caps L_j, so rho(R) >= R for R up to Prop. 2's radius
             assert (radii >= prop2 * 0.999 - 1e-9).all(), name
@@ -169,7 +170,7 @@ def test_softplus_radii_survive_pgd(softplus_model):
     path, _, x, y = softplus_model
     module = load_onnx(path)
     bounds = compute_bounds(module, 2.0, input_dim=6)
-    radii = local_radii(module, bounds.l2, x, y, 2.0)
+    radii = local_radii(module, bounds.l2, RadiusProblem(x, y, 2.0))
     assert (radii > 0.1).float().mean() > 0.8
     _, success = pgd(module, x, y, radii.float() * 0.999, norm=2, steps=100, restarts=10)
     assert not success.any()
@@ -180,7 +181,7 @@ def test_mnist_net_median_radius_and_pgd():
     """The issue's target: mnist-net_256x2, first 100 MNIST test images, l2: median >= 0.13 (the issue measured
     0.139 for a local interval-Jacobian bound), and strong PGD finds nothing inside any certified radius."""
     module, ds, bounds, _, correct, lower, upper = mnist_net(100)
-    radii = local_radii(module, bounds.l2, ds.x, ds.y, 2.0, lower, upper)
+    radii = local_radii(module, bounds.l2, RadiusProblem(ds.x, ds.y, 2.0, lower, upper))
     median = float(radii[correct].median())
     print("mnist-net_256x2 local median l2 radius, 100 images:", median)
     assert median >= 0.13

@@ -18,6 +18,7 @@ from training.loop import TrainConfig, train
 from training.losses import METHODS, Loss, Step
 from verifier.attacks import pgd
 from verifier.bcp import bcp_radii
+from verifier.problem import RadiusProblem
 from verifier.liplt import liplt
 from verifier.lipschitz import graph_lipschitz
 from verifier.methods import certified_radii
@@ -90,7 +91,7 @@ def test_certified_points_of_trained_models_survive_pgd(trained):
         with torch.no_grad():
             z = module(x)
         prop2 = certified_radii(z, y, bounds, 2.0, "lmt-pairwise")
-        radii = torch.maximum(prop2.double(), bcp_radii(module, bounds.l2, x, y, prop2=prop2))
+        radii = torch.maximum(prop2.double(), bcp_radii(module, bounds.l2, RadiusProblem(x, y), start=prop2))
         pairs = liplt(module, 2.0, naive=bounds.l2).pairwise
         from verifier.certify import pairwise_radii
 
@@ -241,7 +242,7 @@ def test_evaluate_reports_sound_certificates(trained):
     with torch.no_grad():
         z = module(xv[:100])
     prop2 = certified_radii(z, yv[:100], bounds, 2.0, "lmt-pairwise")
-    radii = torch.maximum(prop2.double(), bcp_radii(module, bounds.l2, xv[:100], yv[:100], prop2=prop2))
+    radii = torch.maximum(prop2.double(), bcp_radii(module, bounds.l2, RadiusProblem(xv[:100], yv[:100]), start=prop2))
     assert metrics["certified_accuracy"] <= float((radii >= 0.5).float().mean()) + 1e-9
     assert math.isclose(metrics["clean_accuracy"], float((z.argmax(1) == yv[:100]).float().mean()))
 

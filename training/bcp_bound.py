@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from verifier.bcp import _ball_box_min, walk
+from verifier.bcp import walk
+from verifier.last_layer import ball_box_min
 from verifier.box import Box, training_arithmetic
 from verifier.errors import NoRuleError
 from verifier.ir import inference_mode
@@ -53,6 +54,6 @@ def worst_translated_logits(est: GraphEstimate, x: Tensor, y: Tensor, eps: float
     w = est.last_rows()
     c = w[y][:, None, :] - w[None, :, :]  # (B, K, n): w_y - w_m
     rho = (eps * est.bounds[est.last_input]).reshape(1, 1).expand(b, 1)
-    low = (z.gather(1, y[:, None]) - z) + _ball_box_min(c, lo[:, None, :], hi[:, None, :], rho, rounds=ROUNDS)
+    low = (z.gather(1, y[:, None]) - z) + ball_box_min(c, lo[:, None, :], hi[:, None, :], rho, rounds=ROUNDS)
     worst = z.gather(1, y[:, None]) - low
     return worst.scatter(1, y[:, None], z.gather(1, y[:, None])), z

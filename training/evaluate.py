@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from verifier.bcp import verify_bcp
-from verifier.certify import Bounds, certified_at, pairwise_radii
-from verifier.errors import NoRuleError
+from verifier.certify import Bounds
+from verifier.errors import LipverifyError
 from verifier.ir import GraphModule
 from verifier.lipschitz import graph_lipschitz
 from verifier.methods import BCP, LIPLT, Task, default_method
+from verifier.problem import RadiusProblem
 
 
 #: chains up to this many entries are materialized for the held-out bound (the certificate's default is 2^22)
@@ -40,19 +40,17 @@ def evaluate(module: GraphModule, x: Tensor, y: Tensor, eps: float, method: str,
                     input_dim=math.prod(mod.graph.sample_shape))
     chosen = default_method(bounds)
     name = chosen.name
-    certified = certified_at(chosen.radii(Task(x=None, y=y, logits=z.float(), bounds=bounds, norm=2.0)), eps)
+    lo = None if lower is None else lower.cpu()
+    hi = None if upper is None else upper.cpu()
+    task = Task(RadiusProblem(x, y, 2.0, lo, hi), logits=z.float(), bounds=bounds, module=mod)
+    certified = chosen.verified(task, eps)
     if method == "crm" and final:
-        from verifier.liplt import liplt
-
         try:
-            pairs = liplt(mod, 2.0, naive=bounds.l2).pairwise
-            certified |= certified_at(pairwise_radii(z.float(), y, pairs), eps)
+            certified |= LIPLT.verified(task, eps)
             name = LIPLT.name
-        except NoRuleError:
+        except LipverifyError:  # LipLT has no rule for some op: the default certificate stands
             pass
     if method == "bcp" and bounds.l2.last_matrix is not None:
-        lo = None if lower is None else lower.cpu()
-        hi = None if upper is None else upper.cpu()
-        certified |= verify_bcp(mod, bounds.l2, x, y, eps, lo, hi)  # proves the closed ball of radius eps
+        certified |= BCP.verified(task, eps)  # proves the closed ball of radius eps
         name = BCP.name
     return {"clean_accuracy": clean, "certified_accuracy": float(certified.float().mean()), "certificate": name}

@@ -10,9 +10,9 @@ real-arithmetic image (their rounding rules cover float64 evaluation), the Lipsc
 are. Both methods need a model that runs whole batches (as the Lipschitz bounds do).
 
 IBP (``verify_ibp``)
-    The input set is the l_inf box x +- eps (for l2 this box contains the l2 ball), intersected with the
-    domain [lower, upper]. Boxes are propagated to h = the input of the last affine chain z = W h + b, and
-    the last layer is bounded exactly over the box of h: min over the box of (w_y - w_j).h + (b_y - b_j)
+    The input set's enclosing box: for a ball the l_inf box x +- eps (for l2 it contains the l2 ball),
+    intersected with the domain [lower, upper]. Boxes are propagated to h = the input of the last affine chain
+    z = W h + b, and the last layer is bounded exactly over the box of h: min over the box of (w_y - w_j).h + (b_y - b_j)
     = (w_y - w_j).(h(x)) + (b_y - b_j) + sum_i min(c_i lo_i, c_i hi_i) with c = w_y - w_j and [lo, hi] the
     box of h - h(x) (a linear function attains its minimum over a box at the corner picked coordinatewise).
     (w_y - w_j).h(x) + b_y - b_j = z_y(x) - z_j(x) since the chain is affine.
@@ -30,10 +30,16 @@ BCP (``verify_bcp``, l2)
     Every set enclosing the reachable values can be intersected with every other, so the box of each tensor is
     the intersection of its interval image with (a), and at chain outputs with (b). At the last chain input h
     the reachable set lies in the ball ||h - h(x)|| <= rho = eps L(h) AND the box, and problem (11)
-    min c.(h - h(x)) over that intersection is solved for all class pairs in parallel (``_ball_box_min``).
+    min c.(h - h(x)) over that intersection is solved for all class pairs in parallel
+    (``last_layer.ball_box_min``).
     l_inf balls (BCP §3.1): the input box is the l_inf ball itself and the Lipschitz ball the l2 ball of radius
-    sqrt(N) eps that circumscribes it (``ball_radius``). Models whose logits do not come from an affine layer
+    sqrt(N) eps that circumscribes it (``LpBall.l2_ball``). Models whose logits do not come from an affine layer
     (e.g. a final ReLU) bound z_y - z_j by the tightened box of the logits, lo_y - hi_j.
+
+Problems (``verifier.problem``): the input set is an l_p ball within the domain or a plain box (whose l2 ball is
+the one around its midpoint through its farthest corner, ``InputBox.l2_ball``), the spec any linear rows
+C z + d > 0 (``_spec_low``: the same last-layer problem for the rows c = C W) or their disjunction; the
+robustness spec keeps its faster pairwise form (``_robust``).
 
 Radii (``ibp_radii``, ``bcp_radii``) bisect eps on all inputs at once; the lower end of the bisection is
 always an eps at which verification succeeded (or 0), so the radius returned is certified whatever the
@@ -54,7 +60,9 @@ from . import fused
 from .box import Box, exact_float32, outward_rounding
 from .errors import NoRuleError
 from .ir import GraphModule
+from .last_layer import ball_box_min, box_min_pairs
 from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
+from .problem import Conjunction, Disjunction, Problem, RadiusProblem
 from .rounding import FLOAT_SLACK, REL64, TINY64
 
 #: relative safety factor on float64 norms and ball radii
@@ -161,118 +169,85 @@ def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, targe
     return env
 
 
-def _ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None, rounds: int | None = None) -> Tensor:
-    """A lower bound of min c.d over {lo <= d <= hi} (and ||d||_2 <= rho when given), for every row of c.
-
-    Shapes: c (B, K, n), lo/hi (B, 1, n) with lo <= 0 <= hi (d = h - h(x); the clean point is feasible), rho
-    (B, 1). Returns (B, K).
-
-    Without rho: sum_i min(c_i lo_i, c_i hi_i), the exact minimum over the box.
-
-    With rho, problem (11). The iteration of Proposition 2 (Lee et al.): start at d = -rho c / ||c|| (the ball
-    minimizer), put the coordinates that leave the box into the clipped set I (fixed at the box face that
-    -c points to), rescale the free ones, d_F = -t c_F with t = sqrt(rho^2 - ||d_I||^2) / ||c_F||, so that d is
-    on the sphere, and repeat until no free coordinate leaves the box: at most n rounds, as I only grows.
-    Soundness does not rest on that iteration: for any mu >= 0, weak Lagrangian duality gives, for every
-    feasible d, c.d >= c.d + mu (||d||^2 - rho^2) >= min over the box of the same = G(mu), a separable
-    problem solved by d_i = clip(-c_i / (2 mu), lo_i, hi_i) (a convex parabola on an interval). ``rounds``
-    caps the iteration (training): the result stays a lower bound, only possibly a looser one. We return
-    max(G(1 / (2 t)), G(0)) with the t of the iteration; when the iteration is exact (Proposition 2) the KKT
-    conditions hold with mu = 1 / (2 t) and G(mu) equals the minimum (strong duality), so nothing is lost.
-    """
-    lo, hi = torch.broadcast_to(lo, c.shape), torch.broadcast_to(hi, c.shape)
-    corner = torch.where(c > 0, lo, hi)  # the box face -c points to
-    g0 = (c * corner).sum(-1)
-    if rho is None:
-        return g0 - REL64 * (c.abs() * (lo.abs() + hi.abs())).sum(-1)
-    rho2 = (rho * rho)
-    t = _iteration_t(c.detach(), lo.detach(), hi.detach(), corner.detach(), rho2.detach(), rounds)
-    finite = torch.isfinite(t) & (t > 0)
-    mu = torch.where(finite, 0.5 / t.clamp_min(torch.finfo(t.dtype).tiny), torch.zeros_like(t))
-    safe_mu = torch.where(finite, mu, torch.ones_like(mu))
-    d = torch.minimum(torch.maximum(-c / (2 * safe_mu[..., None]), lo), hi)
-    g_mu = (c * d + safe_mu[..., None] * d * d).sum(-1) - safe_mu * rho2
-    g = torch.where(finite, torch.maximum(g_mu, g0), g0)
-    slack = REL64 * ((c.abs() * (lo.abs() + hi.abs())).sum(-1) + safe_mu * rho2 * finite)
-    return g - slack
-
-
-def _iteration_t(c: Tensor, lo: Tensor, hi: Tensor, corner: Tensor, rho2: Tensor, rounds: int | None) -> Tensor:
-    """Proposition 2's iteration (see ``_ball_box_min``): the scale t of the free coordinates, per row. It only
-    picks the dual variable mu = 1 / (2 t), so it runs without autograd (training differentiates G(mu))."""
-    with torch.no_grad():
-        clipped = torch.zeros_like(c, dtype=torch.bool)
-        t = torch.zeros(c.shape[:-1], dtype=c.dtype, device=c.device)
-        for _ in range(c.shape[-1] + 1 if rounds is None else rounds):
-            dI2 = torch.where(clipped, corner * corner, torch.zeros_like(c)).sum(-1)
-            cF = torch.where(clipped, torch.zeros_like(c), c).norm(dim=-1)
-            s2 = (rho2 - dI2).clamp_min(0.0)
-            t = torch.where(cF > 0, s2.sqrt() / cF.clamp_min(torch.finfo(c.dtype).tiny),
-                            torch.full_like(cF, math.inf))
-            d = -t[..., None] * c
-            new = ~clipped & (c != 0) & ((d < lo) | (d > hi))
-            if not bool(new.any()):
-                break
-            clipped |= new
-    return t
-
-
-def ball_radius(eps: Tensor, norm: float, n_in: int) -> Tensor:
-    """The radius of the l2 ball around the input that BCP propagates for an l_p ball of radius eps: eps for
-    p = 2, sqrt(N) eps for p = inf (the l2 ball circumscribing the box, BCP §3.1), rounded up."""
-    return eps if norm == 2 else eps * math.sqrt(n_in) * (1 + REL64)
-
-
-def _box_min_pairs(w: Tensor, y: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """``_ball_box_min`` without a ball for c = w_y - w_j, by matrix products instead of a (B, K, n) tensor:
-    min over the box of c.d = c.m - |c|.r with m, r the box's centre and radius (B, n), and |w_y - w_j| for the
-    K^2 pairs computed once; the same REL64 slack for the rounding of the sums."""
-    k = w.shape[0]
-    pairs = (w[:, None, :] - w[None, :, :]).abs().reshape(k * k, -1)  # row y * K + j: |w_y - w_j|
-    m, r = (lo + hi) / 2, (hi - lo) / 2
-    cm = m @ w.T  # (B, K): w_j . m
-    rows = y[:, None] * k + torch.arange(k)[None, :]
-    spread = (r @ pairs.T).gather(1, rows)
-    slack = ((lo.abs() + hi.abs()) @ pairs.T).gather(1, rows)
-    return (cm.gather(1, y[:, None]) - cm) - spread - REL64 * slack
-
-
-def _verify(ctx: Context, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: Any, bcp: bool,
-            clean: dict[str, Tensor] | None = None, norm: float = 2) -> Tensor:
-    report = ctx.report
-    x64 = x.to(torch.float64)
-    y = y.to(torch.long)
-    eps = torch.as_tensor(eps, dtype=torch.float64).expand(len(x64)).clone() if torch.as_tensor(eps).dim() == 0 \
-        else torch.as_tensor(eps, dtype=torch.float64)
+def _verify(ctx: Context, problem: Problem, bcp: bool, clean: dict[str, Tensor] | None = None) -> Tensor:
+    """Per input: whether the spec provably holds on the input set (IBP's boxes, or BCP's with ``bcp``)."""
+    spec = problem.spec
+    if isinstance(spec, Disjunction):
+        return torch.stack([_verify(ctx, Problem(problem.inputs, part), bcp, clean) for part in spec.parts]).any(0)
+    centre, rho = problem.inputs.l2_ball()
+    x64 = centre.to(torch.float64)
     clean = _clean(ctx, x64) if clean is None else clean
-    z = clean[report.output].double().reshape(len(x64), -1)
+    z = clean[ctx.report.output].double().reshape(len(x64), -1)
+    box = problem.inputs.box(torch.float64)
+    ball = rho if bcp else None
+    if spec.is_robustness:
+        return _robust(ctx, spec.labels, z, box, ball, clean)
+    return (_spec_low(ctx, spec, z, box, ball, clean) > 0).all(dim=1)
+
+
+def _robust(ctx: Context, y: Tensor, z: Tensor, box: Box, ball: Tensor | None, clean: dict[str, Tensor]) -> Tensor:
+    """The robustness spec z_y - z_j > 0 by its pairwise form: K^2 row differences of the last layer computed
+    once, problem (11) only for the (input, class) pairs the box alone does not prove."""
+    report = ctx.report
+    n = len(z)
     correct = z.argmax(1) == y
-    box = Box.ball(x64, eps, _bound(lower), _bound(upper))
-    ball = ball_radius(eps, norm, math.prod(x64.shape[1:])) if bcp else None
     slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
     if report.last_matrix is None or report.last_input is None:
         # no affine last layer: bound z_y - z_j by the logit box (BCP's boxes, tightened by the ball, or IBP's)
         zb = walk(ctx, box, clean, ball, target=report.output)[report.output]
-        lo, hi = zb.lo.reshape(len(x64), -1), zb.hi.reshape(len(x64), -1)
+        lo, hi = zb.lo.reshape(n, -1), zb.hi.reshape(n, -1)
         low = lo.gather(1, y[:, None]) - hi
     else:
-        hbox = walk(ctx, box, clean, ball)[report.last_input]
-        h = clean[report.last_input].double().reshape(len(x64), -1)
-        lo = (hbox.lo.reshape(len(x64), -1) - h).clamp_max(0.0)
-        hi = (hbox.hi.reshape(len(x64), -1) - h).clamp_min(0.0)
+        lo, hi = _last_box(ctx, box, clean, ball, n)
         w = report.last_matrix.to(torch.float64)
-        low = (z.gather(1, y[:, None]) - z) + _box_min_pairs(w, y, lo, hi)
+        low = (z.gather(1, y[:, None]) - z) + box_min_pairs(w, y, lo, hi)
         rows, cols = ((low - slack).scatter(1, y[:, None], math.inf) <= 0).nonzero(as_tuple=True)
-        if bcp and len(rows):  # problem (11) for the (input, class) pairs the box alone does not prove
+        if ball is not None and len(rows):
             yr = y[rows]
             c = (w[yr] - w[cols])[:, None, :]
             rho = (ball[rows] * report.tensor_bounds[report.last_input])[:, None]
-            ball_low = (z[rows, yr] - z[rows, cols]) + _ball_box_min(c, lo[rows, None, :], hi[rows, None, :],
-                                                                      rho)[:, 0]
+            ball_low = (z[rows, yr] - z[rows, cols]) + ball_box_min(c, lo[rows, None, :], hi[rows, None, :], rho)[:, 0]
             low[rows, cols] = torch.maximum(low[rows, cols], ball_low)
     low = low - slack
     low.scatter_(1, y[:, None], math.inf)
     return correct & (low > 0).all(dim=1)
+
+
+def _last_box(ctx: Context, box: Box, clean: dict[str, Tensor], ball: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
+    """The box of h - h(x) at the last affine layer's input h (flattened, (B, n)), lo <= 0 <= hi."""
+    last = ctx.report.last_input
+    hbox = walk(ctx, box, clean, ball)[last]
+    h = clean[last].double().reshape(n, -1)
+    return (hbox.lo.reshape(n, -1) - h).clamp_max(0.0), (hbox.hi.reshape(n, -1) - h).clamp_min(0.0)
+
+
+def _spec_low(ctx: Context, spec: Conjunction, z: Tensor, box: Box, ball: Tensor | None,
+              clean: dict[str, Tensor]) -> Tensor:
+    """(B, R) lower bounds of C z + d over the input set, for any linear rows, less the float32 forward's
+    allowance (``FLOAT_SLACK`` x max(1, max |z|) per unit of a row's l1 norm over 2: a robustness row's is 2).
+
+    With an affine last layer z = W h + b: C z(x') + d = C z(x) + d + (C W)(h(x') - h(x)), minimized over the box
+    of h (and BCP's ball at h) by ``ball_box_min``; the rounding of C W and of the sums is covered by ``REL64``
+    of |C||W| and of the magnitudes summed. Otherwise sum_k min(C_rk lo_k, C_rk hi_k) + d_r over the logit box."""
+    report = ctx.report
+    n = len(z)
+    c, d = spec.rows()
+    c, d = c.to(z.device), d.to(z.device)
+    if report.last_matrix is None or report.last_input is None:
+        zb = walk(ctx, box, clean, ball, target=report.output)[report.output]
+        lo, hi = zb.lo.reshape(n, 1, -1), zb.hi.reshape(n, 1, -1)
+        low = torch.minimum(c * lo, c * hi).sum(-1) + d
+        err = REL64 * ((c.abs() * (lo.abs() + hi.abs())).sum(-1) + d.abs())
+    else:
+        lo, hi = _last_box(ctx, box, clean, ball, n)
+        w = report.last_matrix.to(torch.float64)
+        cw = c @ w  # (B, R, n)
+        rho = None if ball is None else (ball * report.tensor_bounds[report.last_input])[:, None]
+        low = spec.values(z) + ball_box_min(cw, lo[:, None, :], hi[:, None, :], rho)
+        err = REL64 * ((c.abs() @ w.abs()) * (lo.abs() + hi.abs())[:, None, :]).sum(-1) \
+            + REL64 * ((c.abs() * z.abs()[:, None, :]).sum(-1) + d.abs())
+    slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0) * (c.abs().sum(-1) / 2).clamp_min(1.0)
+    return low - err - slack
 
 
 def _bound(b: Any) -> Any:
@@ -281,40 +256,33 @@ def _bound(b: Any) -> Any:
     return torch.as_tensor(b).to(torch.float64)
 
 
-def verify_ibp(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tensor, eps: float | Tensor,
-               norm: float = 2, lower: Any = None, upper: Any = None, ctx: Context | None = None) -> Tensor:
-    """Per input: whether the prediction y provably holds on the l_p ball of radius eps (l_inf: the box; l2:
-    the l_inf box of the same radius, which contains the ball) within [lower, upper]. ``norm`` only says which
-    ball; both use the same box."""
-    if norm not in (2, math.inf):
-        raise ValueError("norm must be 2 or inf")
+def verify_ibp(module: GraphModule, report: LipschitzReport, problem: Problem, ctx: Context | None = None) -> Tensor:
+    """Per input: whether IBP proves ``problem`` (its input set's enclosing box: for an l2 ball the l_inf ball
+    of the same radius, which contains it)."""
     ctx = ctx or prepare(module, report, bcp=False)
-    return _verify(ctx, x, y, torch.as_tensor(eps, dtype=torch.float64), lower, upper, bcp=False)
+    return _verify(ctx, problem, bcp=False)
 
 
-def verify_bcp(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tensor, eps: float | Tensor,
-               lower: Any = None, upper: Any = None, ctx: Context | None = None, norm: float = 2) -> Tensor:
-    """Per input: whether BCP proves the prediction y on the l_p ball (p = ``norm``, 2 or inf) of radius eps
-    within [lower, upper]. ``report`` must be the l2 report (``graph_lipschitz(module, 2)``)."""
+def verify_bcp(module: GraphModule, report: LipschitzReport, problem: Problem, ctx: Context | None = None) -> Tensor:
+    """Per input: whether BCP proves ``problem`` (any input set: its l2 ball, ``l2_ball()``, tightens the boxes).
+    ``report`` must be the l2 report (``graph_lipschitz(module, 2)``)."""
     if report.norm != 2:
         raise ValueError("BCP needs the l2 Lipschitz report")
-    if norm not in (2, math.inf):
-        raise ValueError("norm must be 2 or inf")
     ctx = ctx or prepare(module, report, bcp=True)
-    return _verify(ctx, x, y, torch.as_tensor(eps, dtype=torch.float64), lower, upper, bcp=True, norm=norm)
+    return _verify(ctx, problem, bcp=True)
 
 
-def _radii(ctx: Context, x: Tensor, y: Tensor, bcp: bool, lower: Any, upper: Any, start: Tensor | None,
-           steps: int, batch_size: int, norm: float = 2) -> Tensor:
+def _radii(ctx: Context, balls: RadiusProblem, bcp: bool, start: Tensor | None, steps: int,
+           batch_size: int) -> Tensor:
     out = []
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(torch.float64), y[i:i + batch_size].to(torch.long)
-        clean = _clean(ctx, xb)
+    for i in range(0, len(balls), batch_size):
+        part = balls[i:i + batch_size].to(torch.float64)
+        clean = _clean(ctx, part.center)
 
         def ok(eps: Tensor) -> Tensor:
-            return _verify(ctx, xb, yb, eps, lower, upper, bcp, clean, norm)
+            return _verify(ctx, part.at(eps), bcp, clean)
 
-        n = len(xb)
+        n = len(part)
         base = torch.zeros(n, dtype=torch.float64) if start is None else start[i:i + batch_size].double().clamp_min(0)
         correct = ok(torch.zeros(n, dtype=torch.float64))
         lo = torch.where(correct, base, torch.zeros_like(base))
@@ -335,25 +303,21 @@ def _radii(ctx: Context, x: Tensor, y: Tensor, bcp: bool, lower: Any, upper: Any
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
-def ibp_radii(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tensor, norm: float = 2,
-              lower: Any = None, upper: Any = None, steps: int = BISECTION_STEPS, batch_size: int = 256) -> Tensor:
-    """The largest eps (model space, bisection) at which ``verify_ibp`` holds, per input (0 if misclassified)."""
-    if norm not in (2, math.inf):
-        raise ValueError("norm must be 2 or inf")
+def ibp_radii(module: GraphModule, report: LipschitzReport, balls: RadiusProblem, steps: int = BISECTION_STEPS,
+              batch_size: int = 256) -> Tensor:
+    """The largest eps (model space, bisection) at which ``verify_ibp`` proves ``balls.at(eps)``, per input (0 if
+    misclassified)."""
     ctx = prepare(module, report, bcp=False)
-    return _radii(ctx, x, y, False, lower, upper, None, steps, batch_size)
+    return _radii(ctx, balls, False, None, steps, batch_size)
 
 
-def bcp_radii(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tensor, lower: Any = None,
-              upper: Any = None, prop2: Tensor | None = None, steps: int = BISECTION_STEPS,
-              batch_size: int = 256, norm: float = 2) -> Tensor:
-    """The largest l_p eps (p = ``norm``; model space) at which ``verify_bcp`` holds, per input, by bisection
-    from ``prop2`` (the LMT Prop. 2 radii in that norm, a sound lower end) when given; the result is
-    max(bisection, prop2)."""
-    if norm not in (2, math.inf):
-        raise ValueError("norm must be 2 or inf")
+def bcp_radii(module: GraphModule, report: LipschitzReport, balls: RadiusProblem, start: Tensor | None = None,
+              steps: int = BISECTION_STEPS, batch_size: int = 256) -> Tensor:
+    """The largest eps (model space) at which ``verify_bcp`` proves ``balls.at(eps)``, per input, by bisection
+    from ``start`` (radii already certified, e.g. LMT Prop. 2's in that norm, a sound lower end) when given; the
+    result is max(bisection, start)."""
     ctx = prepare(module, report, bcp=True)
-    r = _radii(ctx, x, y, True, lower, upper, prop2, steps, batch_size, norm)
-    if prop2 is not None:
-        r = torch.maximum(r, prop2.double().cpu())
+    r = _radii(ctx, balls, True, start, steps, batch_size)
+    if start is not None:
+        r = torch.maximum(r, start.double().cpu())
     return r

@@ -10,6 +10,7 @@ from .errors import LipverifyError
 from .loading import load_inputs, norm_label
 from .logits import LogitEngine, batched_logits
 from .methods import BEST, METHODS, Method, Task, default_method
+from .problem import RadiusProblem
 from .report import Timer, compute_bounds, summarize
 
 
@@ -36,7 +37,7 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         module = module.to(dev)
         engine = LogitEngine(module, dev, model)
         if method != BEST:  # a method that cannot apply is refused before any work
-            why = chosen[0].applies(Task(x=None, y=data.y, logits=torch.zeros(0), bounds=bounds, norm=p,
+            why = chosen[0].applies(Task(RadiusProblem(None, data.y, p), logits=torch.zeros(0), bounds=bounds,
                                          module=module))
             if why is not None:
                 raise LipverifyError(f"--method {method} {why}")
@@ -47,9 +48,10 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
             raise LipverifyError(f"labels go up to {int(data.y.max())} but the model has {logits.shape[1]} classes")
         correct = logits.argmax(dim=1) == data.y
         box = data.model_bounds()
-        task = Task(x=data.x.cpu(), y=data.y.cpu(), logits=logits, bounds=bounds, norm=p, module=module,
-                    lower=None if box is None else box[0], upper=None if box is None else box[1],
-                    batch_size=batch_size, found=torch.zeros(len(data.y), dtype=torch.float64))
+        problem = RadiusProblem(data.x.cpu(), data.y.cpu(), p, None if box is None else box[0],
+                                None if box is None else box[1])
+        task = Task(problem, logits=logits, bounds=bounds, module=module, batch_size=batch_size,
+                    found=torch.zeros(len(data.y), dtype=torch.float64))
         by_method, skipped = _run_methods(chosen, task, data, portfolio=method == BEST)
         radii = torch.stack(list(by_method.values())).amax(dim=0)
     result: dict[str, Any] = {

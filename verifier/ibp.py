@@ -6,13 +6,10 @@ the input box.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor
-
 from .box import Box, exact_float32
 from .errors import InputShapeError
 from .ir import GraphModule
+from .problem import InputSet
 
 
 def _walk(module: GraphModule, box: Box, target: str) -> dict[str, Box]:
@@ -62,6 +59,7 @@ def logit_box(module: GraphModule, box: Box) -> Box:
     return propagate(module, box)[module.graph.logits_tensor()]
 
 
-def ibp(module: GraphModule, x: Tensor, eps: float | Tensor, lower: Any = None, upper: Any = None) -> Box:
-    """IBP for the l_inf ball of radius ``eps`` around ``x`` (within [lower, upper]): the box of the logits."""
-    return logit_box(module, Box.ball(x.to(module.float_dtype), eps, lower, upper))
+def ibp(module: GraphModule, inputs: InputSet) -> Box:
+    """IBP over an input set (``verifier.problem``: an l_p ball within the domain, by its enclosing l_inf box,
+    or a plain box): the box of the logits."""
+    return logit_box(module, inputs.box(module.float_dtype))

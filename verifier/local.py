@@ -39,8 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .bcp import Context, _bound, _clean, ball_radius, prepare, walk
-from .box import Box
+from .bcp import Context, _clean, prepare, walk
 from .errors import NoRuleError
 from .gradients import gradient_box
 from .ir import GraphModule
@@ -48,6 +47,7 @@ from .jacobian import dual_norm_bound
 from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
 from .margins import margin_ratios, margins, pair_norms
 from .ops.activations import Activation
+from .problem import Problem, RadiusProblem
 from .rounding import REL64
 
 BISECTION_STEPS = 10
@@ -149,16 +149,21 @@ def _seeds(y: Tensor, k: int, out_shape: tuple[int, ...]) -> Tensor:
     return s.reshape(len(y), k, *out_shape)
 
 
-def local_bounds(ctx: LocalContext, x: Tensor, y: Tensor, eps: Tensor, lower: Any = None, upper: Any = None,
-                 clean: dict[str, Tensor] | None = None) -> Tensor:
-    """(B, K): for each input and class j, an upper bound of ||grad (z_y - z_j)||_q over the ball of radius eps
-    (one per input) around x within [lower, upper] (0 at j = y)."""
+def local_bounds(ctx: LocalContext, problem: Problem, clean: dict[str, Tensor] | None = None) -> Tensor:
+    """(B, K): for each input and class j, an upper bound of ||grad (z_y - z_j)||_q over the input set of
+    ``problem`` (an l_p ball in ``ctx.norm`` within the domain; its spec the robustness spec of labels y), 0 at
+    j = y."""
+    if not problem.spec.is_robustness:
+        raise NoRuleError("the local Cross-Lipschitz bounds are for robustness specs (z_y - z_j > 0)")
+    if getattr(problem.inputs, "norm", ctx.norm) != ctx.norm:
+        raise ValueError(f"an l{problem.inputs.norm} ball for bounds prepared for the l{ctx.norm} ball")
+    y = problem.spec.labels
     bctx = ctx.bcp
     report, module = bctx.report, bctx.module64
-    x64 = x.to(torch.float64)
+    centre, rho = problem.inputs.l2_ball()
+    x64 = centre.to(torch.float64)
     clean = _clean(bctx, x64) if clean is None else clean
-    box = Box.ball(x64, eps, _bound(lower), _bound(upper))
-    env = walk(bctx, box, clean, ball_radius(eps, ctx.norm, math.prod(x64.shape[1:])), target=report.output)
+    env = walk(bctx, problem.inputs.box(torch.float64), clean, rho, target=report.output)
     out_shape = tuple(module.graph.shapes[report.output][1:])
     k = math.prod(out_shape)
     grad = gradient_box(module, env, _seeds(y, k, out_shape), report.output)
@@ -171,12 +176,11 @@ def local_bounds(ctx: LocalContext, x: Tensor, y: Tensor, eps: Tensor, lower: An
     return bounds
 
 
-def _rho(ctx: LocalContext, x: Tensor, y: Tensor, eps: Tensor, lower: Any, upper: Any,
-         clean: dict[str, Tensor], diff: Tensor) -> Tensor:
+def _rho(ctx: LocalContext, problem: Problem, clean: dict[str, Tensor], diff: Tensor) -> Tensor:
     """Theorem 2.1's min(R, min_j m_j / L_j(R)) per input (``diff``: the margins of ``margins.margins``, inf at
     j = y), 0 where a margin is not positive."""
-    ratio = margin_ratios(diff, local_bounds(ctx, x, y, eps, lower, upper, clean))
-    return torch.minimum(eps, ratio.min(dim=1).values * (1 - REL64))
+    ratio = margin_ratios(diff, local_bounds(ctx, problem, clean))
+    return torch.minimum(problem.inputs.eps, ratio.min(dim=1).values * (1 - REL64))
 
 
 def _chunk(module: GraphModule, k: int, batch_size: int) -> int:
@@ -185,28 +189,27 @@ def _chunk(module: GraphModule, k: int, batch_size: int) -> int:
     return max(1, min(batch_size, GRADIENT_BUDGET // max(1, k * largest)))
 
 
-def local_radii(module: GraphModule, report: LipschitzReport, x: Tensor, y: Tensor, norm: float = 2.0,
-                lower: Any = None, upper: Any = None, start: Tensor | None = None, steps: int = BISECTION_STEPS,
-                batch_size: int = 256) -> Tensor:
+def local_radii(module: GraphModule, report: LipschitzReport, balls: RadiusProblem, start: Tensor | None = None,
+                steps: int = BISECTION_STEPS, batch_size: int = 256) -> Tensor:
     """Per input, the local Cross-Lipschitz certified radius (model space, 0 if misclassified): the largest
     rho(R) of Theorem 2.1 over the radii R tried. R starts at ``start`` (e.g. another method's radius; 1e-3
     where absent or 0), grows x4 while rho(R) = R, then bisects; a failed R gives the certified rho(R) < R,
     which becomes the lower end of the bracket (the optimum lies in [rho(R), R] when L_j grows with R)."""
-    ctx = prepare_local(module, report, norm)
+    ctx = prepare_local(module, report, balls.norm)
     out_shape = tuple(module.graph.shapes[report.output][1:])
     n = _chunk(module, math.prod(out_shape), batch_size)
     radii = []
-    for i in range(0, len(x), n):
-        xb, yb = x[i:i + n].to(torch.float64), y[i:i + n].to(torch.long)
-        clean = _clean(ctx.bcp, xb)
-        diff, correct = margins(clean[report.output], yb)
+    for i in range(0, len(balls), n):
+        part = balls[i:i + n].to(torch.float64)
+        clean = _clean(ctx.bcp, part.center)
+        diff, correct = margins(clean[report.output], part.labels)
 
         def rho(eps: Tensor) -> Tensor:
-            return _rho(ctx, xb, yb, eps, lower, upper, clean, diff)
+            return _rho(ctx, part.at(eps), clean, diff)
 
-        first = torch.zeros(len(xb), dtype=torch.float64) if start is None \
+        first = torch.zeros(len(part), dtype=torch.float64) if start is None \
             else start[i:i + n].double().cpu().clamp_min(0)
-        best = torch.zeros(len(xb), dtype=torch.float64)
+        best = torch.zeros(len(part), dtype=torch.float64)
         lo = torch.zeros_like(best)
         hi = torch.where(first > 0, first, torch.full_like(first, 1e-3))
         for _ in range(40):

@@ -3,7 +3,9 @@
 Each method is a ``Method``, registered once (a second registration of a name is refused): its name, one line
 for ``--help``, ``applies(task)`` (None, or the reason it does not apply to this model), and ``radii(task)``:
 the certified radius of every input of the ``Task`` in the model's input space, each a proof that no
-perturbation of smaller norm changes the prediction (0 where the input is misclassified). The command line's
+perturbation of smaller norm changes the prediction (0 where the input is misclassified), and
+``verified(task, eps)``: per input, whether the closed ball of radius eps is proved (a direct check at eps for
+the methods that have one, IBP and BCP; else their radii, ``certified_at``). The command line's
 choices, ``--method best``'s portfolio (every registered method, in registration order, keeping the largest
 radius per input: all are sound), ``methods_skipped`` and training's held-out evaluation read the registry, so
 a method's name is written here and nowhere else.
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from .certify import Bounds
+    from .problem import RadiusProblem
     from .ir import GraphModule
 
 #: the name of the portfolio: every method that applies, the largest radius per input
@@ -30,23 +33,28 @@ BEST = "best"
 
 @dataclass
 class Task:
-    """What every method certifies: inputs ``x`` (model space, CPU) with labels ``y`` inside the domain box
-    [``lower``, ``upper``] (model space; None: unbounded), the model (``module``, on its device; None when only
-    the logits are needed), its Lipschitz ``bounds``, its ``logits`` on ``x``, the ``norm`` (2 or inf), a batch
-    size, and ``found``: the largest radii the methods run before found (a sound start for searches)."""
+    """What every method certifies: the ``problem`` (``verifier.problem.RadiusProblem``: inputs in model space
+    on the CPU, their labels, the norm 2 or inf, the domain box; no centres when only the logits are needed),
+    the model (``module``, on its device; None when only the logits are needed), its Lipschitz ``bounds``, its
+    ``logits`` on the inputs, a batch size, and ``found``: the largest radii the methods run before found (a
+    sound start for searches)."""
 
-    x: Tensor | None
-    y: Tensor
+    problem: RadiusProblem
     logits: Tensor
     bounds: Bounds
-    norm: float
     module: GraphModule | None = None
-    lower: Tensor | None = None
-    upper: Tensor | None = None
     batch_size: int = 256
     found: Tensor | None = None
     _cpu: Any = field(default=None, init=False, repr=False)
     _prop2: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def y(self) -> Tensor:
+        return self.problem.labels
+
+    @property
+    def norm(self) -> float:
+        return self.problem.norm
 
     def cpu_module(self) -> GraphModule:
         """The module itself on the CPU, else one CPU copy for every method (LipLT, IBP, BCP and local bound
@@ -65,12 +73,14 @@ class Task:
 
 @dataclass(frozen=True)
 class Method:
-    """One certificate method (see the module docstring)."""
+    """One certificate method (see the module docstring). ``check``, when given, decides a radius directly
+    (one verification at eps instead of a radius search)."""
 
     name: str
     summary: str
     compute: Callable[[Task], Tensor]
     condition: Callable[[Task], str | None] = lambda task: None
+    check: Callable[[Task, float], Tensor] | None = None
 
     def applies(self, task: Task) -> str | None:
         """None when the method applies to ``task``'s model, else why not (one line)."""
@@ -78,10 +88,23 @@ class Method:
 
     def radii(self, task: Task) -> Tensor:
         """Model-space certified radii, one per input; ``LipverifyError`` when it does not apply."""
+        self._refuse(task)
+        return self.compute(task)
+
+    def verified(self, task: Task, eps: float) -> Tensor:
+        """Per input, whether the method proves the prediction on the closed ball of radius ``eps`` (model space):
+        ``certified_at`` its radii, or its direct check at eps where it has one."""
+        from .certify import certified_at
+
+        self._refuse(task)
+        if self.check is not None:
+            return self.check(task, eps)
+        return certified_at(self.compute(task), eps)
+
+    def _refuse(self, task: Task) -> None:
         why = self.applies(task)
         if why is not None:
             raise LipverifyError(f"--method {self.name} {why}")
-        return self.compute(task)
 
 
 METHODS: dict[str, Method] = {}
@@ -102,9 +125,11 @@ def default_method(bounds: Bounds) -> Method:
 
 def certified_radii(logits: Tensor, y: Tensor, bounds: Bounds, norm: float, method: str) -> Tensor:
     """Radii of a method that needs only the logits and the Lipschitz bounds (``lmt``, ``lmt-pairwise``)."""
+    from .problem import RadiusProblem
+
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    return METHODS[method].radii(Task(x=None, y=y, logits=logits, bounds=bounds, norm=norm))
+    return METHODS[method].radii(Task(RadiusProblem(None, y, norm), logits=logits, bounds=bounds))
 
 
 # ------------------------------------------------------------------------------------------------ the methods
@@ -148,15 +173,30 @@ def _liplt(task: Task) -> Tensor:
 def _ibp(task: Task) -> Tensor:
     from .bcp import ibp_radii
 
-    return ibp_radii(task.cpu_module(), task.bounds.l2, task.x, task.y, task.norm, task.lower, task.upper,
-                     batch_size=task.batch_size).cpu()
+    return ibp_radii(task.cpu_module(), task.bounds.l2, task.problem, batch_size=task.batch_size).cpu()
+
+
+def _ibp_check(task: Task, eps: float) -> Tensor:
+    from .bcp import verify_ibp
+
+    return verify_ibp(task.cpu_module(), task.bounds.l2, task.problem.at(eps)).cpu()
 
 
 def _bcp(task: Task) -> Tensor:
     from .bcp import bcp_radii
 
-    return bcp_radii(task.cpu_module(), task.bounds.l2, task.x, task.y, task.lower, task.upper,
-                     prop2=task.start(), norm=task.norm, batch_size=task.batch_size).cpu()
+    return bcp_radii(task.cpu_module(), task.bounds.l2, task.problem, start=task.start(),
+                     batch_size=task.batch_size).cpu()
+
+
+def _bcp_check(task: Task, eps: float) -> Tensor:
+    """BCP at eps, or LMT Prop. 2 (``bcp_radii`` starts from it) where it applies."""
+    from .bcp import verify_bcp
+    from .certify import certified_at
+
+    ok = verify_bcp(task.cpu_module(), task.bounds.l2, task.problem.at(eps)).cpu()
+    start = task.start()
+    return ok if start is None else ok | certified_at(start, eps)
 
 
 def _local(task: Task) -> Tensor:
@@ -173,16 +213,15 @@ def _local(task: Task) -> Tensor:
     found = task.found if task.found is not None else torch.zeros(len(task.y), dtype=torch.float64)
     prop2 = task.start()
     start = found if prop2 is None else torch.maximum(found, prop2.double())
-    return local_radii(module, task.bounds.l2, task.x, task.y, task.norm, task.lower, task.upper, start=start,
-                       batch_size=task.batch_size).cpu()
+    return local_radii(module, task.bounds.l2, task.problem, start=start, batch_size=task.batch_size).cpu()
 
 
 LMT = register(Method("lmt", "LMT Proposition 1: margin / (sqrt(2) L)", _prop1))
 LMT_PAIRWISE = register(Method("lmt-pairwise", "LMT Proposition 2 (with the last affine layer)", _prop2,
                                _affine_logits))
 LIPLT = register(Method("liplt", "min_j (z_y - z_j) / L_yj with LipLT's pairwise bounds (CRM eq. 5)", _liplt))
-IBP = register(Method("ibp", "interval bound propagation", _ibp, _batched))
-BCP = register(Method("bcp", "box constraint propagation (Lee et al. 2020)", _bcp, _batched))
+IBP = register(Method("ibp", "interval bound propagation", _ibp, _batched, _ibp_check))
+BCP = register(Method("bcp", "box constraint propagation (Lee et al. 2020)", _bcp, _batched, _bcp_check))
 LOCAL = register(Method("local", "local Cross-Lipschitz bounds (Hein & Andriushchenko Thm 2.1, gradient boxes "
                         "over BCP's boxes)", _local, _batched))
 
