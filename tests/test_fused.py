@@ -1,4 +1,4 @@
-"""The fused training steps of ``verifier.fused`` and the box arithmetic of training (``box.training_arithmetic``):
+"""The fused training steps of ``verifier.fused`` and the box arithmetic of training (``rounding.training_arithmetic``):
 the same values and gradients as the plain formulas, and the same boxes as the certificate's walk."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from frontends import load_onnx
 from verifier import fused
 from verifier.bcp import _clean, prepare, walk
-from verifier.box import Box, training_arithmetic
+from verifier.box import Box
+from verifier.rounding import training_arithmetic
 from verifier.report import compute_bounds
 from .cases.models import BUNDLED
 

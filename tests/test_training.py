@@ -248,13 +248,20 @@ def test_evaluate_reports_sound_certificates(trained):
 
 
 def test_training_arithmetic_is_scoped():
-    """Certificates never see the unrounded box arithmetic of training, even after an error inside it."""
-    from verifier import box
+    """Certificates never see the unrounded box arithmetic of training: not after an error inside it, and not in
+    another thread while it is on."""
+    import threading
 
+    from verifier import box, rounding
+
+    seen = []
     with pytest.raises(RuntimeError):
-        with box.training_arithmetic():
-            assert box._OUTWARD[-1] is False
+        with rounding.training_arithmetic():
+            assert rounding.outward_rounding() is False
+            other = threading.Thread(target=lambda: seen.append(rounding.outward_rounding()))
+            other.start()
+            other.join()
             raise RuntimeError("inside")
-    assert box._OUTWARD == [True]
+    assert seen == [True] and rounding.outward_rounding() is True
     up = box._add_rounded(torch.tensor([1.0]), torch.tensor([1e-9]), up=True)
     assert float(up) > 1.0  # outward rounding is back

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from verifier.bcp import walk
 from verifier.last_layer import ball_box_min
-from verifier.box import Box, training_arithmetic
+from verifier.box import Box
+from verifier.rounding import training_arithmetic
 from verifier.errors import NoRuleError
 from verifier.ir import inference_mode
 

@@ -57,13 +57,13 @@ import torch
 from torch import Tensor
 
 from . import fused
-from .box import Box, exact_float32, outward_rounding
+from .box import Box, exact_float32
 from .errors import NoRuleError
 from .ir import GraphModule
 from .last_layer import ball_box_min, box_min_pairs
 from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
 from .problem import Conjunction, Disjunction, Problem, RadiusProblem
-from .rounding import FLOAT_SLACK, REL64, TINY64
+from .rounding import FLOAT_SLACK, REL64, TINY64, outward_rounding
 
 #: relative safety factor on float64 norms and ball radii
 BISECTION_STEPS = 20

@@ -59,39 +59,17 @@ import torch
 from torch import Tensor
 
 from . import fused
-from .rounding import gamma, tiny, unit_roundoff
+from .rounding import gamma, outward_rounding, tiny, unit_roundoff
 
 
 def _toward(t: Tensor, direction: float) -> Tensor:
     return torch.nextafter(t, torch.full_like(t, direction))
 
 
-#: False only inside ``training_arithmetic()``
-_OUTWARD = [True]
-
-
-@contextlib.contextmanager
-def training_arithmetic() -> Iterator[None]:
-    """For training losses only (``training.bcp_bound``): lo/hi, affine images and intersections without
-    outward rounding or slack and without emptiness checks, boxes kept as bounds where rules produce bounds
-    (``_Bounds``), intersections as one fused step (``verifier.fused``): several times faster. Boxes computed
-    inside are NOT sound for floating point; certificates never run inside this context."""
-    _OUTWARD.append(False)
-    try:
-        yield
-    finally:
-        _OUTWARD.pop()
-
-
-def outward_rounding() -> bool:
-    """False inside ``training_arithmetic()``: rules may then skip their rounding slack."""
-    return _OUTWARD[-1]
-
-
 def _add_rounded(a: Tensor, b: Tensor, up: bool) -> Tensor:
     """a + b rounded up (or down): the float sum, one ulp further where it is inexact on the wrong side. The
     rounding error is exact by TwoSum (Knuth): s + err == a + b exactly in round-to-nearest."""
-    if not _OUTWARD[-1]:
+    if not outward_rounding():
         return a + b
     s = a + b
     bb = s - a
@@ -136,7 +114,7 @@ class Box:
     def from_bounds(cls, lo: Tensor, hi: Tensor, integer: bool = False, check: bool = True) -> "Box":
         """The box [lo, hi] (entrywise, finite); the radius is rounded up so that the box contains [lo, hi]."""
         lo, hi = torch.broadcast_tensors(lo, hi)
-        if not _OUTWARD[-1]:  # training: kept as bounds, unchecked (see _Bounds)
+        if not outward_rounding():  # training: kept as bounds, unchecked (see _Bounds)
             return _Bounds(lo, hi, integer)
         if check and not bool((lo <= hi).all()):
             raise ValueError("empty box: lo > hi (or NaN) somewhere")
@@ -176,7 +154,7 @@ class Box:
     @property
     def lo(self) -> Tensor:
         """Lower bounds c - r, rounded down."""
-        if not _OUTWARD[-1]:
+        if not outward_rounding():
             return self.center - self.radius
         return _add_rounded(self.center, -self.radius, up=False)
 
@@ -242,7 +220,7 @@ class Box:
         intersection means that one of them is unsound: ``EmptyIntersectionError``. A NaN bound (an overflow
         upstream: it bounds nothing) gives way to the other box's bound; where both are NaN the result stays NaN,
         which no certificate accepts (every comparison with NaN is false)."""
-        if not _OUTWARD[-1]:  # training: one fused pass (verifier.fused), no emptiness check
+        if not outward_rounding():  # training: one fused pass (verifier.fused), no emptiness check
             lo, hi = fused.intersect_bounds(self.center, self.radius, other.center, other.radius)
             return _Bounds(lo, hi, self.integer and other.integer)
         lo = torch.fmax(self.lo, other.lo)
@@ -261,7 +239,7 @@ class Box:
     def widen(self, rel: float, mag: Tensor | None = None) -> "Box":
         """Radius r -> r + rel (r + mag) (mag defaults to |centre|; a tensor broadcastable to the box), rounded
         up, plus ``tiny``: the slack that covers rounding errors of at most rel * (|value| + mag)."""
-        if not _OUTWARD[-1]:  # training: no rounding slack
+        if not outward_rounding():  # training: no rounding slack
             return self
         mag = self.center.abs() if mag is None else mag
         u = unit_roundoff(self.dtype)
@@ -273,7 +251,8 @@ class Box:
 
 
 class _Bounds(Box):
-    """Training arithmetic only (``training_arithmetic``): a box kept as [lo, hi] as the rules that produce it
+    """Training arithmetic only (``rounding.training_arithmetic``): a box kept as [lo, hi] as the rules that
+    produce it
     (intersections, activations) compute it, its centre and radius computed when a rule asks for them (affine
     maps), so that a walk does not convert back and forth at every tensor. A bound pair that crosses (lo > hi,
     possible when the training estimates disagree) has radius 0 at its midpoint."""
@@ -334,7 +313,7 @@ def affine(box: Box, forward: Callable[[Tensor], Tensor], abs_forward: Callable[
     divided back by that: the final factor (1 + 2 g).
     """
     c = forward(box.center)
-    if not _OUTWARD[-1]:  # training: the exact-arithmetic image only
+    if not outward_rounding():  # training: the exact-arithmetic image only
         return Box(c, torch.broadcast_to(abs_forward(box.radius, 0.0), c.shape), integer)
     g = gamma(fan_in + 4, box.dtype)
     v = box.radius * (1 + g) + box.center.abs() * (2 * g)

@@ -1,4 +1,4 @@
-"""Fused elementwise steps of the training-time box walk (``verifier.box.training_arithmetic``), as autograd
+"""Fused elementwise steps of the training-time box walk (``verifier.rounding.training_arithmetic``), as autograd
 functions with hand-written backward passes.
 
 BCP training (Lee et al. 2020, eq. 7-8 and the ball of §3.2) spends most of its time not in the convolutions

@@ -3,8 +3,17 @@ constant. ``verifier/box.py`` states how the box rules use them (Higham's gamma_
 elementwise ops and activations, ``tiny`` for underflow); the Lipschitz rules multiply float64 norms by
 ``SAFETY``; float64 engines (gradient boxes, BCP, LipLT's vectors) widen by ``REL64``; margins are reduced by
 ``FLOAT_SLACK`` for the float32 forward.
+
+The one switch of that policy is ``training_arithmetic()``: inside it (training losses only) the box kit drops
+its outward rounding and slack. The switch is a context variable, so it holds for the code run inside the
+``with`` block in that thread (or task) only: a certificate computed in another thread never sees it, and it
+is undone however the block exits.
 """
 from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator
 
 import torch
 
@@ -40,3 +49,24 @@ def gamma(n: int, dtype: torch.dtype = torch.float32) -> float:
     if nu >= 0.5:
         raise NoRuleError(f"an interval rule cannot bound the rounding of {n}-term sums in {dtype}")
     return nu / (1.0 - nu)
+
+
+_OUTWARD: ContextVar[bool] = ContextVar("lipverify_outward_rounding", default=True)
+
+
+@contextlib.contextmanager
+def training_arithmetic() -> Iterator[None]:
+    """For training losses only (``training.bcp_bound``): the box kit's lo/hi, affine images and intersections
+    without outward rounding or slack and without emptiness checks, boxes kept as bounds where rules produce
+    bounds, intersections as one fused step (``verifier.fused``): several times faster. Boxes computed inside
+    are NOT sound for floating point; certificates never run inside this context."""
+    token = _OUTWARD.set(False)
+    try:
+        yield
+    finally:
+        _OUTWARD.reset(token)
+
+
+def outward_rounding() -> bool:
+    """False inside ``training_arithmetic()`` (in this thread): rules may then skip their rounding slack."""
+    return _OUTWARD.get()

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..box import Box, is_box, outward_rounding, round_toward
+from ..box import Box, is_box, round_toward
+from ..rounding import outward_rounding
 from ..errors import NoRuleError
 from ..jacobian import no_gradient_rule, scaled
 from ..rounding import SAFETY, TINY64, unit_roundoff
