@@ -7,7 +7,7 @@ import torch
 
 from frontends import load_onnx
 from verifier import fused
-from verifier.bcp import _clean, prepare, walk
+from verifier.bcp import clean_values, prepare, walk
 from verifier.box import Box
 from verifier.rounding import training_arithmetic
 from verifier.report import compute_bounds
@@ -90,7 +90,7 @@ def test_training_walk_equals_the_certificate_walk():
     ctx = prepare(module, report)
     x = torch.rand((8, *module.graph.sample_shape), generator=torch.Generator().manual_seed(0),
                    dtype=torch.float64)
-    clean = _clean(ctx, x)
+    clean = clean_values(ctx, x)
     eps = torch.full((8,), 0.3, dtype=torch.float64)
     for chains_only in (False, True):
         sound = walk(ctx, Box.ball(x, eps, 0.0, 1.0), clean, eps, chains_only=chains_only)[report.last_input]
@@ -121,7 +121,7 @@ def test_training_walk_survives_inconsistent_estimates():
                           report=SimpleNamespace(tensor_bounds=shrunk, last_input=report.last_input))
     x = torch.rand((8, *module.graph.sample_shape), generator=torch.Generator().manual_seed(0),
                    dtype=torch.float64)
-    clean = _clean(ctx, x)
+    clean = clean_values(ctx, x)
     clean = {k: v + 0.5 for k, v in clean.items()}  # and off-centre: the ball and the box are disjoint
     eps = torch.full((8,), 0.3, dtype=torch.float64)
     with training_arithmetic():
@@ -161,7 +161,7 @@ def test_training_walk_equals_the_certificate_walk_for_other_ops(act, pool):
     report = compute_bounds(module, 2.0, input_dim=1).l2
     ctx = prepare(module, report)
     x = torch.rand((6, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    clean = _clean(ctx, x)
+    clean = clean_values(ctx, x)
     eps = torch.full((6,), 0.2, dtype=torch.float64)
     sound = walk(ctx, Box.ball(x, eps, 0.0, 1.0), clean, eps)
     with training_arithmetic():

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from verifier.box import Box
 from verifier.ir import GraphModule, inference_mode
-from verifier.liplt import _linear_graph, loop_units
+from verifier.liplt import linear_graph, loop_units
 from verifier.lipschitz import chain_function
 from verifier.power_iteration import PowerIteration
 
@@ -146,7 +146,7 @@ class LipLTEstimate:
         with inference_mode(list(g.nodes())):
             self.units = loop_units(module, self.out)
         self.nodes = module.graph.nodes_up_to(self.out)
-        self.run = _linear_graph(module, self.units, self.out)
+        self.run = linear_graph(module, self.units, self.out)
         self.k = math.prod(g.shapes[self.out][1:])
         self.x_shape = tuple(g.sample_shape)
         self.u_shapes = [tuple(g.shapes[u.node.outputs[0]][1:]) for u in self.units]

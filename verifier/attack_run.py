@@ -71,7 +71,7 @@ def attack_dataset(module: GraphModule, data: Any, norm: float, *, method: str =
     """Attack every input of ``data`` (a ``frontends.data.Dataset``) in the user's space, in chunks of
     ``batch_size`` (bisection runs on a whole chunk at once), with a progress bar on stderr when there are
     several chunks. ``module`` must already be on the device to use."""
-    from .attacks import _flat_norm, attack_radius, deepfool
+    from .attacks import attack_radius, deepfool, flat_norm
 
     if method not in METHODS:
         raise LipverifyError(f"attack method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -100,7 +100,7 @@ def attack_dataset(module: GraphModule, data: Any, norm: float, *, method: str =
                     xa = deepfool(model, x, y, norm=norm, steps=steps, lower=lower, upper=upper).cpu()
                     with torch.no_grad():
                         flipped = model(xa.to(module.device)).argmax(1).cpu() != y
-                    r = _flat_norm(xa.double() - x.double(), norm)
+                    r = flat_norm(xa.double() - x.double(), norm)
                     r = torch.where(flipped, r, torch.full_like(r, math.inf))
                     r[~ok] = 0.0
                     xa = torch.where(flipped.reshape(-1, *[1] * (x.dim() - 1)), xa, x)

@@ -61,7 +61,7 @@ def _view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def _flat_norm(d: torch.Tensor, p: float) -> torch.Tensor:
+def flat_norm(d: torch.Tensor, p: float) -> torch.Tensor:
     flat = d.flatten(1)
     if p == INF:
         return flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
@@ -116,7 +116,7 @@ def _project(xa: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, p: float,
         e = _view(eps, x)
         d = torch.maximum(torch.minimum(d, e), -e)
     else:
-        n = _flat_norm(d, 2.0)
+        n = flat_norm(d, 2.0)
         factor = torch.where(n > eps, eps / n.clamp_min(1e-30), torch.ones_like(n))
         d = d * _view(factor, x)
     xa = x + d
@@ -132,7 +132,7 @@ def _random_in_ball(x: torch.Tensor, eps: torch.Tensor, p: float, gen: torch.Gen
         u = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
         return x + u * _view(eps, x)
     g = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    g = g / _view(_flat_norm(g, 2.0).clamp_min(1e-30), x)
+    g = g / _view(flat_norm(g, 2.0).clamp_min(1e-30), x)
     dim = x[0].numel()
     r = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype) ** (1.0 / max(dim, 1))
     return x + g * _view(r * eps, x)
@@ -304,7 +304,7 @@ def _pgd_run(model: Model, x: torch.Tensor, y: torch.Tensor, xa: torch.Tensor, e
         if p == INF:
             d = grad.sign()
         else:
-            d = grad / _view(_flat_norm(grad, 2.0).clamp_min(1e-30), x)
+            d = grad / _view(flat_norm(grad, 2.0).clamp_min(1e-30), x)
         xa = _project(xa.detach() + a * d, x, eps, p, lo, hi)
     return best_x, best_succ, best_margin
 
@@ -400,7 +400,7 @@ def attack_radius(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 
     lo_b, hi_b = _bound(lower, x), _bound(upper, x)
     if cap is None:
         if lo_b is not None and hi_b is not None:
-            cap = float(_flat_norm(hi_b - lo_b, p).max()) if b else 1.0
+            cap = float(flat_norm(hi_b - lo_b, p).max()) if b else 1.0
             cap = cap if cap > 0 else 1.0
         else:
             cap = 1e4
@@ -412,7 +412,7 @@ def attack_radius(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 
     def record(idx: torch.Tensor, xa: torch.Tensor, succ: torch.Tensor) -> None:
         if not bool(succ.any()):
             return
-        dist = _flat_norm(xa.double() - x[idx].double(), p)
+        dist = flat_norm(xa.double() - x[idx].double(), p)
         better = succ & (dist < best[idx])
         sel = idx[better]
         best[sel] = dist[better]

@@ -106,7 +106,7 @@ def prepare(module: GraphModule, report: LipschitzReport, bcp: bool = True) -> C
     return ctx
 
 
-def _clean(ctx: Context, x: Tensor) -> dict[str, Tensor]:
+def clean_values(ctx: Context, x: Tensor) -> dict[str, Tensor]:
     """The float64 values at x of every tensor with a Lipschitz bound (and the logits)."""
     keep = set(ctx.report.tensor_bounds) | {ctx.report.output}
     with torch.no_grad():
@@ -153,20 +153,15 @@ def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, targe
         radius = (scale * rows) if rows is not None else scale.expand_as(c)
         return b.intersect(_ball_box(c, radius))
 
-    env: dict[str, Any] = {g.input_name: tighten(g.input_name, box)}
-    if target == g.input_name:
-        return env
+    def rule(node: Any, args: list[Any]) -> Any:
+        out = node.op.interval(*args)
+        if isinstance(out, tuple):
+            return tuple(tighten(o, v) if o else v for o, v in zip(node.outputs, out))
+        return tighten(node.outputs[0], out)
+
+    start = {g.input_name: tighten(g.input_name, box)}
     with exact_float32(), (contextlib.nullcontext() if grad else torch.no_grad()):
-        for node in g.nodes():
-            args = module.node_args(node, env)
-            out = node.op.interval(*args)
-            outs = out if isinstance(out, tuple) else (out,)
-            for o, v in zip(node.outputs, outs):
-                if o:
-                    env[o] = tighten(o, v)
-            if target in node.outputs:
-                break
-    return env
+        return module.walk(start, rule, upto=target)
 
 
 def _verify(ctx: Context, problem: Problem, bcp: bool, clean: dict[str, Tensor] | None = None) -> Tensor:
@@ -176,7 +171,7 @@ def _verify(ctx: Context, problem: Problem, bcp: bool, clean: dict[str, Tensor] 
         return torch.stack([_verify(ctx, Problem(problem.inputs, part), bcp, clean) for part in spec.parts]).any(0)
     centre, rho = problem.inputs.l2_ball()
     x64 = centre.to(torch.float64)
-    clean = _clean(ctx, x64) if clean is None else clean
+    clean = clean_values(ctx, x64) if clean is None else clean
     z = clean[ctx.report.output].double().reshape(len(x64), -1)
     box = problem.inputs.box(torch.float64)
     ball = rho if bcp else None
@@ -277,7 +272,7 @@ def _radii(ctx: Context, balls: RadiusProblem, bcp: bool, start: Tensor | None, 
     out = []
     for i in range(0, len(balls), batch_size):
         part = balls[i:i + batch_size].to(torch.float64)
-        clean = _clean(ctx, part.center)
+        clean = clean_values(ctx, part.center)
 
         def ok(eps: Tensor) -> Tensor:
             return _verify(ctx, part.at(eps), bcp, clean)

@@ -205,17 +205,19 @@ class GraphModule(nn.Module):
         return self.run_per_sample(x)
 
     def walk(self, start: dict[str, Any], rule: Callable[[Node, list[Any]], Any], upto: str | None = None,
-             keep: set[str] | None = None) -> dict[str, Any]:
+             keep: set[str] | None = None, nodes: list[Node] | None = None) -> dict[str, Any]:
         """The walk engines share: ``rule(node, args)`` (the node's forward, its box rule...) on every node in
-        topological order, ``args`` from ``node_args`` over the values so far (``start``: tensor name -> value,
-        the input's at least), stopping once ``upto`` is computed. Returns the values computed. With ``keep``,
-        each value is released after its last use (a forward pass's memory) except the tensors in ``keep`` and
-        the graph output."""
+        topological order (or on ``nodes``, a part of that order such as an affine chain), ``args`` from
+        ``node_args`` over the values so far (``start``: tensor name -> value, the input's at least), stopping
+        once ``upto`` is computed. ``rule`` returns the node's output value, or a tuple of one value per output
+        (absent outputs skipped). Returns the values computed. With ``keep`` (whole-graph walks), each value is
+        released after its last use (a forward pass's memory) except the tensors in ``keep`` and the graph
+        output."""
         env = dict(start)
         kept: dict[str, Any] = {}
         if upto is not None and upto in env:
             return env
-        for step, node in enumerate(self.graph.nodes()):
+        for step, node in enumerate(self.graph.nodes() if nodes is None else nodes):
             out = rule(node, self.node_args(node, env))
             if isinstance(out, tuple):
                 env.update((o, v) for o, v in zip(node.outputs, out) if o)

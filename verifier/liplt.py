@@ -42,7 +42,7 @@ from torch import Tensor
 from .conv_norms import l2_norm_exact, linf_norm_exact
 from .errors import NoRuleError
 from .ir import GraphModule, Node
-from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, _rule_args, graph_lipschitz
+from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, combine, graph_lipschitz, rule_args
 from .ops.activations import Activation
 from .rounding import REL64, SAFETY
 
@@ -162,7 +162,7 @@ def loop_units(module: GraphModule, out: str) -> list[Unit]:
             if any(dyn[1:]):
                 raise NoRuleError(f"LipLT cannot map {node.op_type} (node '{node.name}'): a second input-dependent "
                                   "input")
-            args = _rule_args(module, node, dynamic, 2.0)
+            args = rule_args(module, node, dynamic, 2.0)
             alpha, beta = node.op.slopes(args)
             units.append(Unit(node, float(alpha), float(beta)))
         elif not node.op.linear_in_inputs(dyn):
@@ -171,27 +171,23 @@ def loop_units(module: GraphModule, out: str) -> list[Unit]:
     return units
 
 
-def _linear_graph(module64: GraphModule, units: list[Unit], out: str):
+def linear_graph(module64: GraphModule, units: list[Unit], out: str):
     """The loop-transformed linear graph as a function (x_0, [u_j]) -> ([y_j], z)."""
     nodes = module64.graph.nodes_up_to(out)
     index = {u.node.name: j for j, u in enumerate(units)}
     g = module64.graph
 
     def run(x: Tensor, us: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-        env: dict[str, Tensor] = {g.input_name: x}
         ys: list[Tensor] = [None] * len(units)  # type: ignore[list-item]
-        for node in nodes:
-            if node.name in index:
-                j = index[node.name]
-                ys[j] = env[node.inputs[0]]
-                env[node.outputs[0]] = units[j].center * ys[j] + us[j]
-                continue
-            ins = module64.node_args(node, env)
-            res = node.op.forward(*ins)
-            for o, v in zip(node.outputs, res if isinstance(res, tuple) else (res,)):
-                if o:
-                    env[o] = v
-        return ys, env[out]
+
+        def rule(node, args: list[Any]) -> Any:
+            if node.name not in index:
+                return node.op.forward(*args)
+            j = index[node.name]
+            ys[j] = args[0]
+            return units[j].center * ys[j] + us[j]
+
+        return ys, module64.walk({g.input_name: x}, rule, upto=out, nodes=nodes)[out]
 
     return run
 
@@ -238,11 +234,7 @@ def _composed(module64: GraphModule, units: list[Unit], source: int, target: str
             continue
         rule, a = rules[node.name], args[node.name]
         ins = [t for t, d in zip(node.inputs, a.dynamic) if d]
-        terms = [f * bounds.get(t, 0.0) for f, t in zip(rule.factors, ins)]
-        if rule.combine == "stack":
-            value = math.sqrt(sum(v * v for v in terms)) if norm == 2 else max(terms, default=0.0)
-        else:
-            value = sum(terms)
+        value = combine(rule, [f * bounds.get(t, 0.0) for f, t in zip(rule.factors, ins)], norm)
         for o in node.outputs:
             if o:
                 bounds[o] = value
@@ -308,10 +300,10 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
         classes = naive_class if naive_class is not None else torch.full((k,), naive.lipschitz, dtype=torch.float64)
         return LipLTReport(norm, naive.lipschitz, pairs, classes, naive.lipschitz, pairs, classes, naive.lipschitz,
                            naive_pair, naive_class, [], [], {}, fallback=str(e))
-    run = _linear_graph(module64, units, out)
+    run = linear_graph(module64, units, out)
     dynamic = g.dependent_tensors()
     nodes = module64.graph.nodes_up_to(out)
-    args = {n.name: _rule_args(module64, n, dynamic, norm) for n in nodes if n.name not in
+    args = {n.name: rule_args(module64, n, dynamic, norm) for n in nodes if n.name not in
             {u.node.name for u in units}}
     rules: dict[str, Any] | None = None
 

@@ -70,13 +70,25 @@ class LipschitzReport:
         }
 
 
-def _rule_args(module: GraphModule, node: Node, dynamic_tensors: set[str], norm: float) -> RuleArgs:
+def rule_args(module: GraphModule, node: Node, dynamic_tensors: set[str], norm: float) -> RuleArgs:
     g = module.graph
     dynamic = [bool(t) and t in dynamic_tensors for t in node.inputs]
     values = [module.tensor(t).detach().double() if t and not d else None for t, d in zip(node.inputs, dynamic)]
     in_shapes = [g.shapes.get(t) if d else (tuple(v.shape) if v is not None else None)
                  for t, d, v in zip(node.inputs, dynamic, values)]
     return RuleArgs(values, dynamic, in_shapes, [g.shapes[o] for o in node.outputs if o], norm)
+
+
+def combine(rule: Lipschitz, terms: list[Any], norm: float) -> Any:
+    """A node's bound from its rule's factors times its inputs' bounds (``terms``): 'sum' adds the branches (a
+    sum of maps), 'stack' takes the root of the sum of squares (l2) or the max (l_inf) of maps to disjoint
+    outputs. Floats or torch scalars (the training-time estimate is differentiable); 0 with no terms."""
+    if rule.combine == "stack":
+        if norm != 2:
+            return max(terms, default=0.0)
+        square = sum(v * v for v in terms)
+        return math.sqrt(square) if isinstance(square, (int, float)) else square ** 0.5
+    return sum(terms)
 
 
 def compose(input_name: str, nodes: list[Node], args: dict[str, RuleArgs], rules: dict[str, Lipschitz],
@@ -95,17 +107,14 @@ def compose(input_name: str, nodes: list[Node], args: dict[str, RuleArgs], rules
             continue
         rule, a = rules[node.name], args[node.name]
         terms = [f * bounds[t] for f, t in zip(rule.factors, [t for t, d in zip(node.inputs, a.dynamic) if d])]
-        if rule.combine == "stack":
-            value = sum(v * v for v in terms) ** 0.5 if norm == 2 else max(terms)
-        else:
-            value = sum(terms)
+        value = combine(rule, terms, norm)
         for o in node.outputs:
             if o:
                 bounds[o] = value
     return bounds
 
 
-def _chains(module: GraphModule, args: dict[str, RuleArgs], up_to: str) -> list[list[Node]]:
+def affine_chains(module: GraphModule, args: dict[str, RuleArgs], up_to: str) -> list[list[Node]]:
     """Maximal chains of single-output affine nodes linked by tensors that nothing else reads."""
     g = module.graph
     readers: dict[str, int] = {}
@@ -136,11 +145,9 @@ def chain_function(module64: GraphModule, chain: list[Node], dynamic_tensors: se
     first_input = next(t for t in chain[0].inputs if t in dynamic_tensors)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        env = {first_input: x}
-        for node in chain:
-            ins = module64.node_args(node, env)
-            env[node.outputs[0]] = node.op.forward(*ins)
-        return env[chain[-1].outputs[0]]
+        last = chain[-1].outputs[0]
+        return module64.walk({first_input: x}, lambda node, args: node.op.forward(*args), upto=last,
+                             nodes=chain)[last]
 
     return first_input, run
 
@@ -177,7 +184,7 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
     out = module.graph.logits_tensor()
     dynamic_tensors = g.dependent_tensors()
     nodes = module.graph.nodes_up_to(out)
-    args = {n.name: _rule_args(module64, n, dynamic_tensors, norm) for n in nodes}
+    args = {n.name: rule_args(module64, n, dynamic_tensors, norm) for n in nodes}
     with torch.no_grad():
         rules: dict[str, Lipschitz] = {n.name: n.op.lipschitz(args[n.name]) for n in nodes}
     node_bounds = {n.name: NodeBound(n.name, n.op_type, rules[n.name].value, rules[n.name].method) for n in nodes}
@@ -185,7 +192,7 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
     segments: list[Segment] = []
     chain_end: dict[str, tuple[int, list[Node]]] = {}
     in_chain: set[str] = set()
-    for chain in (_chains(module, args, out) if fuse else []):
+    for chain in (affine_chains(module, args, out) if fuse else []):
         product = math.prod(rules[n.name].value for n in chain)
         bound, method, first_input = product, "product", next(
             t for t in chain[0].inputs if t in dynamic_tensors)

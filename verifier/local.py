@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .bcp import Context, _clean, prepare, walk
+from .bcp import Context, clean_values, prepare, walk
 from .errors import NoRuleError
 from .gradients import gradient_box
 from .ir import GraphModule
@@ -162,7 +162,7 @@ def local_bounds(ctx: LocalContext, problem: Problem, clean: dict[str, Tensor] |
     report, module = bctx.report, bctx.module64
     centre, rho = problem.inputs.l2_ball()
     x64 = centre.to(torch.float64)
-    clean = _clean(bctx, x64) if clean is None else clean
+    clean = clean_values(bctx, x64) if clean is None else clean
     env = walk(bctx, problem.inputs.box(torch.float64), clean, rho, target=report.output)
     out_shape = tuple(module.graph.shapes[report.output][1:])
     k = math.prod(out_shape)
@@ -201,7 +201,7 @@ def local_radii(module: GraphModule, report: LipschitzReport, balls: RadiusProbl
     radii = []
     for i in range(0, len(balls), n):
         part = balls[i:i + n].to(torch.float64)
-        clean = _clean(ctx.bcp, part.center)
+        clean = clean_values(ctx.bcp, part.center)
         diff, correct = margins(clean[report.output], part.labels)
 
         def rho(eps: Tensor) -> Tensor:

@@ -41,14 +41,14 @@ def _batched_session(model, module: GraphModule):
     """An onnxruntime runner for whole batches, if the file accepts them and matches the IR on a probe."""
     import numpy as np
 
-    from .parity import _input_dtype, reference_runner
+    from .parity import input_dtype, reference_runner
 
     try:
         name, run = reference_runner(model)
         if name != "onnxruntime":
             return None
         g = module.graph
-        dtype = _input_dtype(model, g.input_name)
+        dtype = input_dtype(model, g.input_name)
         probe = torch.rand((3, *g.sample_shape), generator=torch.Generator().manual_seed(0))
         y = run(g.info.get("output", g.output_name), g.input_name, probe.numpy().astype(dtype))
         with torch.no_grad():

@@ -48,7 +48,7 @@ def reference_runner(model: onnx.ModelProto) -> tuple[str, Runner]:
         return "onnx.reference", lambda out, inp, x: np.asarray(evaluator.run([out], {inp: x})[0])
 
 
-def _input_dtype(model: onnx.ModelProto, input_name: str) -> np.dtype:
+def input_dtype(model: onnx.ModelProto, input_name: str) -> np.dtype:
     for vi in model.graph.input:
         if vi.name == input_name:
             return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
@@ -94,7 +94,7 @@ def check_parity(model: onnx.ModelProto, module: GraphModule, batch_sizes: tuple
         report["reference"], run = reference_runner(model)
     except Exception as e:
         return {**report, "error": f"onnxruntime cannot run the model: {_first_line(e)}"}
-    dtype = _input_dtype(model, module.graph.input_name)
+    dtype = input_dtype(model, module.graph.input_name)
     rng = np.random.default_rng(seed)
     max_abs, max_rel = 0.0, 0.0
     for b in batch_sizes:

@@ -15,7 +15,7 @@ import math
 import torch
 
 from .ir import GraphModule, inference_mode
-from .lipschitz import _chains, _rule_args, chain_function, compose
+from .lipschitz import affine_chains, chain_function, compose, rule_args
 
 
 class PowerIteration:
@@ -29,7 +29,7 @@ class PowerIteration:
         self.nodes = module.graph.nodes_up_to(self.output)
         self.dynamic = g.dependent_tensors()
         with inference_mode(self.nodes):  # a module in training mode is bounded as at inference
-            self.chains = _chains(module, self._args(), self.output)
+            self.chains = affine_chains(module, self._args(), self.output)
         #: the affine chain that produces the logits (LMT Prop. 2's last layer), if any
         self.last_chain = next((c for c in self.chains if c[-1].outputs[0] == self.output), None)
         #: after each call: the estimate of input -> every tensor (differentiable torch scalars or floats)
@@ -42,7 +42,7 @@ class PowerIteration:
             self.vectors.append(u / u.norm())
 
     def _args(self):
-        return {n.name: _rule_args(self.module, n, self.dynamic, 2.0) for n in self.nodes}
+        return {n.name: rule_args(self.module, n, self.dynamic, 2.0) for n in self.nodes}
 
     def __call__(self) -> torch.Tensor:
         """The composed estimate, each chain's sigma = ||J u|| at its current unit vector u (one forward serves
