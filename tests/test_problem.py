@@ -42,7 +42,7 @@ def _random_spec(module, x: torch.Tensor, rows: int, seed: int) -> Conjunction:
     return Conjunction(c, d)
 
 
-def _worst(module, inputs, spec: Conjunction, restarts: int = 20, steps: int = 60) -> torch.Tensor:
+def _worst(module, inputs, spec: Conjunction, restarts: int = 8, steps: int = 40) -> torch.Tensor:
     """The smallest min_r (C z + d)_r a projected-gradient attack finds in each input set (an ``LpBall``
     without domain, or an ``InputBox``), from random starts in the set."""
     gen = torch.Generator().manual_seed(0)
