@@ -22,7 +22,7 @@ from frontends import load_onnx, read_model  # noqa: E402
 from verifier.methods import certified_radii  # noqa: E402
 from verifier.parity import reference_forward, reference_runner  # noqa: E402
 from verifier.logits import LogitEngine, batched_logits  # noqa: E402
-from verifier.report import compute_bounds  # noqa: E402
+from verifier.certify import compute_bounds  # noqa: E402
 
 CLASSIFIERS = ["mnist_fc/mnist-net_256x2.onnx", "eran/mnist_relu_9_200.onnx", "oval21/cifar_base_kw.onnx",
                "cifar10_resnet/resnet_2b.onnx", "verivital/Convnet_maxpool.onnx", "marabou-cifar10/cifar10_small.onnx"]

@@ -24,7 +24,7 @@ from training.run import run_train  # noqa: E402
 from verifier.bcp import bcp_radii  # noqa: E402
 from verifier.problem import RadiusProblem  # noqa: E402
 from verifier.methods import certified_radii  # noqa: E402
-from verifier.report import compute_bounds  # noqa: E402
+from verifier.certify import compute_bounds  # noqa: E402
 
 
 def radii(path: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

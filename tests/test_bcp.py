@@ -16,7 +16,7 @@ from verifier.bcp import bcp_radii, ibp_radii, verify_bcp, verify_ibp
 from verifier.last_layer import ball_box_min
 from verifier.methods import certified_radii
 from verifier.problem import RadiusProblem
-from verifier.report import compute_bounds
+from verifier.certify import compute_bounds
 
 from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
 from .conftest import run_main

@@ -18,7 +18,7 @@ from verifier.lipschitz import graph_lipschitz
 from verifier.methods import certified_radii
 from verifier.power_iteration import PowerIteration, estimate
 from verifier.logits import batched_logits
-from verifier.report import compute_bounds
+from verifier.certify import compute_bounds
 
 from .cases.models import BUNDLED, blob_model
 from .conftest import run_main, shared_dir

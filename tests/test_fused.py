@@ -10,7 +10,7 @@ from verifier import fused
 from verifier.bcp import clean_values, prepare, walk
 from verifier.box import Box
 from verifier.rounding import training_arithmetic
-from verifier.report import compute_bounds
+from verifier.certify import compute_bounds
 from .cases.models import BUNDLED
 
 

@@ -15,7 +15,7 @@ from verifier.attacks import pgd
 from verifier.certify import pairwise_radii
 from verifier.liplt import liplt
 from verifier.methods import certified_radii
-from verifier.report import compute_bounds
+from verifier.certify import compute_bounds
 
 from .cases.models import blob_model, export
 from .conftest import run_main, shared_dir

@@ -16,7 +16,7 @@ from verifier.attacks import pgd
 from verifier.local import local_bounds, local_radii, prepare_local, prop22_bounds
 from verifier.problem import RadiusProblem
 from verifier.methods import certified_radii
-from verifier.report import compute_bounds
+from verifier.certify import compute_bounds
 
 from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
 from .conftest import run_main

@@ -13,7 +13,7 @@ from torch import nn
 from frontends import load_onnx
 from verifier.bcp import verify_bcp, verify_ibp
 from verifier.problem import Conjunction, Disjunction, InputBox, LpBall, Problem, RadiusProblem
-from verifier.report import compute_bounds
+from verifier.certify import compute_bounds
 
 from .cases.models import blob_model, relu_tanh_blobs
 from .onnx_graphs import torch_single_thread

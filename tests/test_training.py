@@ -23,7 +23,7 @@ from verifier.liplt import liplt
 from verifier.lipschitz import graph_lipschitz
 from verifier.methods import certified_radii
 from verifier.parity import check_parity
-from verifier.report import compute_bounds
+from verifier.certify import compute_bounds
 
 pytestmark = pytest.mark.slow  # training
 

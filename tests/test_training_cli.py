@@ -12,7 +12,7 @@ import torch
 from .conftest import REPO, run_main, shared_dir
 from frontends.onnx_import import load_onnx
 from verifier.methods import certified_radii
-from verifier.report import compute_bounds
+from verifier.certify import compute_bounds
 
 pytestmark = pytest.mark.slow  # training
 

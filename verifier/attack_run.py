@@ -25,7 +25,7 @@ from .certify import certified_accuracy
 from .errors import LipverifyError
 from .ir import GraphModule
 from .loading import load_inputs, norm_label
-from .report import Timer, progress
+from .progress import Timer, progress
 
 METHODS = ("pgd", "deepfool")
 #: the relative tolerance of the bisection (``attack_radius``'s ``tol``)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .lipschitz import LipschitzReport
+from .ir import GraphModule
+from .lipschitz import LipschitzReport, graph_lipschitz
 from .margins import margin_ratios, margins, pair_norms
 
 
@@ -80,3 +81,11 @@ def certified_accuracy(radii: torch.Tensor, eps: float) -> float:
     if len(radii) == 0:
         return 0.0
     return float(certified_at(radii, eps).double().mean())
+
+
+def compute_bounds(module: GraphModule, norm: float, input_dim: int) -> Bounds:
+    """The Lipschitz facts the certificates need: the l2 report always (BCP, IBP and the local bounds use its
+    tensor bounds), the l_inf report too for l_inf radii."""
+    l2 = graph_lipschitz(module, 2.0)
+    linf = graph_lipschitz(module, math.inf) if norm == math.inf else None
+    return Bounds(l2=l2, linf=linf, input_dim=input_dim)

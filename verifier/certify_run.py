@@ -5,13 +5,14 @@ from typing import Any, Sequence
 
 import torch
 
-from .certify import certified_accuracy
+from .certify import certified_accuracy, compute_bounds
 from .errors import LipverifyError
 from .loading import load_inputs, norm_label
 from .logits import LogitEngine, batched_logits
 from .methods import BEST, METHODS, Method, Task, default_method
 from .problem import RadiusProblem
-from .report import Timer, compute_bounds, summarize
+from .progress import Timer
+from .report import summarize
 
 
 def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: str = "2",

@@ -169,7 +169,7 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
     from frontends.onnx_io import read_model
 
     from .certify_run import run_certify
-    from .report import certify_curves, plot_curve, plot_format
+    from .plot import certify_curves, plot_curve, plot_format
 
     if (gate is None) != (gate_eps is None):
         raise click.UsageError("--min-certified-accuracy and --at-eps go together")

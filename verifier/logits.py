@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .ir import GraphModule
-from .report import progress
+from .progress import progress
 
 
 class LogitEngine:

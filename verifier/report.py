@@ -1,22 +1,15 @@
-"""What the commands report: the Lipschitz, LipLT, certify and attack tables, the certified-accuracy curve,
-the bounds a certificate needs (`compute_bounds`), summaries, a progress bar and a timer; the logits come from
-`verifier/logits.py`, the loaders from `verifier/loading.py`."""
+"""What the commands print: the Lipschitz, LipLT and certify tables and the certify summary (clean and certified
+accuracy, median radius). The plot is ``verifier/plot.py``, the progress bar and timer ``verifier/progress.py``,
+the bounds a certificate needs ``verifier.certify.compute_bounds``."""
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
-import time
-from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import Any, Sequence
 
-import click
 import torch
 
-from .certify import Bounds, certified_accuracy
-from .errors import LipverifyError
-from .ir import GraphModule
-from .lipschitz import LipschitzReport, graph_lipschitz
+from .certify import certified_accuracy
+from .lipschitz import LipschitzReport
 from .loading import norm_label
 
 
@@ -36,22 +29,6 @@ def format_lipschitz(report: LipschitzReport, model: str) -> str:
         for i, s in enumerate(report.segments):
             lines.append(f"{i:>5}  {s.bound:>12.6g}  {s.product:>12.6g}  {s.method:<13}{', '.join(s.nodes)[:60]}")
     return "\n".join(lines)
-
-
-def compute_bounds(module: GraphModule, norm: float, input_dim: int) -> Bounds:
-    l2 = graph_lipschitz(module, 2.0)
-    linf = graph_lipschitz(module, math.inf) if norm == math.inf else None
-    return Bounds(l2=l2, linf=linf, input_dim=input_dim)
-
-
-@contextlib.contextmanager
-def progress(items: list, label: str, min_items: int = 5):
-    """A progress bar on stderr for long runs (at least ``min_items`` batches); silent otherwise."""
-    if len(items) < min_items:
-        yield items
-        return
-    with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
-        yield bar
 
 
 def summarize(radii: torch.Tensor, correct: torch.Tensor, eps_list: Sequence[float]) -> dict[str, Any]:
@@ -122,65 +99,3 @@ def format_certify(result: dict[str, Any]) -> str:
                      f"{'>=' if g['passed'] else '<'} {100 * g['required']:.2f}%  -> "
                      f"{'PASS' if g['passed'] else 'FAIL'}")
     return "\n".join(lines)
-
-
-#: the formats ``--plot`` writes, by the file's suffix (no suffix: png)
-PLOT_FORMATS = ("png", "pdf", "svg")
-
-
-def plot_format(path: str) -> str:
-    """The image format of a ``--plot`` path, checked before any work starts."""
-    suffix = Path(path).suffix.lower().lstrip(".")
-    if not suffix:
-        return "png"
-    if suffix not in PLOT_FORMATS:
-        raise LipverifyError(f"--plot {path}: cannot write '.{suffix}' images; use "
-                             f"{', '.join('.' + f for f in PLOT_FORMATS)}")
-    return suffix
-
-
-def certify_curves(result: dict[str, Any]) -> dict[str, list[float]]:
-    """The curves of a certify report: its certified radii, and the attack's (an upper bound) when it ran."""
-    curves = {result["method"]: result["radii"]}
-    if "attack_radii" in result:
-        curves[f"{result['attack_method']} attack (upper bound)"] = [
-            math.inf if r is None else r for r in result["attack_radii"]]
-    return curves
-
-
-def plot_curve(radii_by_method: dict[str, Any], out: IO[bytes], fmt: str, norm: str, title: str) -> None:
-    """Certified accuracy against eps, the curve every seed paper shows (an attack's curve, if given, is an
-    upper bound on the robust accuracy; inf radii count as never broken), written to ``out`` as ``fmt``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    curves = {name: torch.as_tensor(radii).double().cpu() for name, radii in radii_by_method.items()}
-    finite = torch.cat([r[torch.isfinite(r)] for r in curves.values()] or [torch.zeros(0, dtype=torch.float64)])
-    top = float(finite.max()) if len(finite) and float(finite.max()) > 0 else 1.0
-    eps = torch.linspace(0, top * 1.05, 200)
-    for name, r in curves.items():
-        acc = [(r > e).double().mean().item() if e > 0 else (r > 0).double().mean().item() for e in eps]
-        ax.plot(eps.numpy(), acc, label=name)
-    ax.set_xlabel(f"eps (l{norm})")
-    ax.set_ylabel("certified accuracy" if len(radii_by_method) == 1 else "accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(title[:60])
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        fig.savefig(out, format=fmt, dpi=120)
-    finally:
-        plt.close(fig)
-
-
-class Timer:
-    def __enter__(self) -> "Timer":
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.start

@@ -10,7 +10,7 @@ from torch import nn
 from frontends import load_onnx
 from frontends.data import load_dataset
 from verifier.logits import batched_logits
-from verifier.report import compute_bounds
+from verifier.certify import compute_bounds
 
 from ..conftest import REPO, shared_dir
 
