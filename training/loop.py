@@ -91,6 +91,20 @@ def _diverged(what: str) -> LipverifyError:
     return LipverifyError(f"training diverged ({what}): lower --lr, or the method's eps, lambda or c")
 
 
+def _resume(checkpoint: Path, module: GraphModule, optimizer: Any, loss_fn: Loss,
+            config: TrainConfig) -> tuple[list[dict[str, Any]], int, float]:
+    """A checkpoint of this run (same method and seed) restored into the module, the optimizer and the loss's
+    power-iteration vectors: (history, epochs done, seconds so far)."""
+    state = load_checkpoint(checkpoint, module.device)
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    if saved.get("method") != config.method or saved.get("seed") != config.seed:
+        raise LipverifyError(f"{checkpoint}: a checkpoint of another run (method {saved.get('method')!r}, "
+                             f"seed {saved.get('seed')!r})")
+    history, start_epoch, elapsed = restore(state, checkpoint, module, optimizer)
+    loss_fn.load_state_dict(state.get("vectors"), str(checkpoint))
+    return history, start_epoch, elapsed
+
+
 def train(module: GraphModule, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor, config: TrainConfig, *,
           eps_model: float, bounds: tuple[Tensor, Tensor] | None = None, checkpoint: str | Path | None = None,
           resume: bool = False, progress: bool = True,
@@ -106,13 +120,7 @@ def train(module: GraphModule, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tenso
     start_epoch, elapsed = 0, 0.0
     checkpoint = Path(checkpoint) if checkpoint else None
     if resume and checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, device)
-        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
-        if saved.get("method") != config.method or saved.get("seed") != config.seed:
-            raise LipverifyError(f"{checkpoint}: a checkpoint of another run (method {saved.get('method')!r}, "
-                                 f"seed {saved.get('seed')!r})")
-        history, start_epoch, elapsed = restore(state, checkpoint, module, optimizer)
-        loss_fn.load_state_dict(state.get("vectors"), str(checkpoint))
+        history, start_epoch, elapsed = _resume(checkpoint, module, optimizer, loss_fn, config)
     lower, upper = (None, None) if bounds is None else (bounds[0].to(device), bounds[1].to(device))
     n = len(x)
     per_epoch = math.ceil(n / config.batch_size)

@@ -14,6 +14,9 @@ any callable on batches ``(B, *sample_shape) -> (B, K)`` (a ``GraphModule`` or a
 run on the model's device, take gradients with respect to the input only (``torch.autograd.grad``: parameters'
 ``.grad`` are never touched), never change the model's parameters or its train/eval mode, and return detached
 tensors.
+
+Long because the three attacks share their ball projections, margins, class gradients and target order; split
+into modules, those helpers would be imported across them.
 """
 from __future__ import annotations
 
@@ -183,6 +186,9 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tenso
 
     Returns ``(x_adv, success)``: ``x_adv`` in the ball and the box (up to float rounding), ``success[i]`` =
     ``argmax(model(x_adv[i])) != y[i]``. Samples already misclassified return ``x`` itself with success.
+
+    Long because its checks of the arguments, the targeted order and the batched restarts read one another's
+    state; the inner loop is ``_pgd_run``.
     """
     p = _norm_kind(norm)
     device, x, y = _prepare(model, x, y)
@@ -393,6 +399,9 @@ def attack_radius(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 
     Returns float64 radii (B,) on the model's device: 0 for inputs already misclassified, inf when no
     adversarial example was found up to ``cap``. With ``return_examples``, also the adversarial examples
     (``x`` itself where the radius is inf).
+
+    Long because the bracket's growth, the bisection and the bookkeeping of verified examples update the same
+    per-sample state.
     """
     p = _norm_kind(norm)
     device, x, y = _prepare(model, x, y)

@@ -282,8 +282,53 @@ def _refine_rows(refiner: _Refiner, units: list[Unit], m: list[float], sources: 
     return pair_out.reshape(-1), class_out
 
 
+def _fallback(naive: LipschitzReport, norm: float, k: int, naive_pair: Tensor | None, naive_class: Tensor | None,
+              reason: str) -> LipLTReport:
+    """The report when LipLT cannot map the graph: the naive bounds, and why."""
+    pairs = naive_pair if naive_pair is not None else torch.full((k, k), math.sqrt(2) * naive.lipschitz,
+                                                                 dtype=torch.float64).fill_diagonal_(0.0)
+    classes = naive_class if naive_class is not None else torch.full((k,), naive.lipschitz, dtype=torch.float64)
+    return LipLTReport(norm, naive.lipschitz, pairs, classes, naive.lipschitz, pairs, classes, naive.lipschitz,
+                       naive_pair, naive_class, [], [], {}, fallback=reason)
+
+
+def _output_bounds(run, x: Tensor, us: list[Tensor], units: list[Unit], m: list[float], k_out: int, norm: float,
+                   refiner: _Refiner | None) -> tuple[Tensor, Tensor, float]:
+    """CRM eq. 5 at the logits: the raw (K*K,) pair bounds, (K,) class bounds and the global bound, from the
+    Jacobian rows of z with respect to x_0 and every u_j, weighted by spread_j m_j (refined by AOL where small)."""
+    sizes = [u.numel() for u in us]
+    sources = [-1] + list(range(len(units)))
+    rows_z = [None if r is None else r.cpu() for r in _jacobian_rows(run, x, us, None, k_out, sources)]  # (K, n)
+    dual = 2 if norm == 2 else 1
+    eye = torch.eye(k_out, dtype=torch.float64)
+    pair = (eye[:, None, :] - eye[None, :, :]).reshape(k_out * k_out, k_out)  # row i * K + j: e_i - e_j
+
+    def vector_norms(r: Tensor, seeds: Tensor) -> Tensor:
+        v = seeds @ r
+        slack = REL64 * (seeds.abs() @ r.abs()).norm(p=dual, dim=1)
+        return v.norm(p=dual, dim=1) * (1 + REL64) + slack
+
+    raw_pair = torch.zeros(k_out * k_out, dtype=torch.float64)
+    raw_class = torch.zeros(k_out, dtype=torch.float64)
+    raw_global = 0.0
+    for s, r in zip(sources, rows_z):
+        if r is None:
+            continue
+        weight = 1.0 if s < 0 else units[s].spread * m[s]
+        raw_pair += weight * vector_norms(r, pair)
+        raw_class += weight * vector_norms(r, eye)
+        raw_global += weight * _matrix_norm(r, norm)
+    if refiner is not None and max(sizes, default=0) <= REFINE_PAIRS_MAX_UNITS:
+        raw_pair, raw_class = _refine_rows(refiner, units, m, sources, rows_z, pair, eye, raw_pair, raw_class)
+    return raw_pair.reshape(k_out, k_out).fill_diagonal_(0.0), raw_class, raw_global
+
+
 def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None = None) -> LipLTReport:
-    """LipLT bounds of x_0 -> z (the logits): global, per class and per class pair (module docstring)."""
+    """LipLT bounds of x_0 -> z (the logits): global, per class and per class pair (module docstring).
+
+    Long because CRM's recursion over the activation layers (m_k from every earlier layer, eq. 5) shares the
+    Jacobian rows, the lazily built Lipschitz rules and the AOL refiner between its steps; the bounds at the
+    logits are ``_output_bounds``."""
     g = module.graph
     if not g.batched or not g.leading_batch:
         raise NoRuleError("LipLT needs a model that runs whole batches")
@@ -294,12 +339,7 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
     try:
         units = loop_units(module64, out)
     except NoRuleError as e:  # fall back to the naive bounds, saying why
-        k = math.prod(g.shapes[out][1:])
-        pairs = naive_pair if naive_pair is not None else torch.full((k, k), math.sqrt(2) * naive.lipschitz,
-                                                                     dtype=torch.float64).fill_diagonal_(0.0)
-        classes = naive_class if naive_class is not None else torch.full((k,), naive.lipschitz, dtype=torch.float64)
-        return LipLTReport(norm, naive.lipschitz, pairs, classes, naive.lipschitz, pairs, classes, naive.lipschitz,
-                           naive_pair, naive_class, [], [], {}, fallback=str(e))
+        return _fallback(naive, norm, math.prod(g.shapes[out][1:]), naive_pair, naive_class, str(e))
     run = linear_graph(module64, units, out)
     dynamic = g.dependent_tensors()
     nodes = module64.graph.nodes_up_to(out)
@@ -353,31 +393,7 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
             refiner.keep(k, rows, sources)
 
     k_out = math.prod(g.shapes[out][1:])
-    sources = [-1] + list(range(len(units)))
-    rows_z = [None if r is None else r.cpu() for r in _jacobian_rows(run, x, us, None, k_out, sources)]  # (K, n)
-    dual = 2 if norm == 2 else 1
-    eye = torch.eye(k_out, dtype=torch.float64)
-    pair = (eye[:, None, :] - eye[None, :, :]).reshape(k_out * k_out, k_out)  # row i * K + j: e_i - e_j
-
-    def vector_norms(r: Tensor, seeds: Tensor) -> Tensor:
-        v = seeds @ r
-        slack = REL64 * (seeds.abs() @ r.abs()).norm(p=dual, dim=1)
-        return v.norm(p=dual, dim=1) * (1 + REL64) + slack
-
-    raw_pair = torch.zeros(k_out * k_out, dtype=torch.float64)
-    raw_class = torch.zeros(k_out, dtype=torch.float64)
-    raw_global = 0.0
-    for s, r in zip(sources, rows_z):
-        if r is None:
-            continue
-        weight = 1.0 if s < 0 else units[s].spread * m[s]
-        raw_pair += weight * vector_norms(r, pair)
-        raw_class += weight * vector_norms(r, eye)
-        raw_global += weight * _matrix_norm(r, norm)
-    if refiner is not None and max(sizes, default=0) <= REFINE_PAIRS_MAX_UNITS:
-        raw_pair, raw_class = _refine_rows(refiner, units, m, sources, rows_z, pair, eye, raw_pair, raw_class)
-    raw_pair = raw_pair.reshape(k_out, k_out)
-    raw_pair.fill_diagonal_(0.0)
+    raw_pair, raw_class, raw_global = _output_bounds(run, x, us, units, m, k_out, norm, refiner)
 
     pairwise, per_class = raw_pair.clone(), raw_class.clone()
     if naive_pair is not None:
