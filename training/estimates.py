@@ -24,10 +24,6 @@ from verifier.liplt import linear_graph, loop_units
 from verifier.lipschitz import chain_function
 from verifier.power_iteration import PowerIteration
 
-#: ops whose row norms are computed exactly by running them on ones with squared weights (no bias)
-_SQUARED_ROW_OPS = ("Gemm", "MatMul", "Conv")
-
-
 def _rows(run, leaves: list[Tensor], k: int) -> list[Tensor | None]:
     """The rows (K, n_leaf) of a linear map ``run(*leaves)`` with K outputs, per leaf (None where the output does
     not depend on it), differentiable in the weights: each leaf holds K zero samples, and sample i
@@ -112,11 +108,12 @@ class GraphEstimate:
                     if r is None and node.op.permutes_entries:  # rows stay unit vectors
                         prev_out = node.outputs[0]
                         continue
-                    if r is None and node.op_type in _SQUARED_ROW_OPS and ins[0] == prev_out and \
-                            isinstance(ins[1], Tensor):
+                    squares = None
+                    if r is None and ins[0] == prev_out:  # exact rows of a weight op (Op.squared_row_norms)
                         ones = torch.ones(in_shape, device=m.device, dtype=m.float_dtype)
-                        args = [ones, ins[1] * ins[1]] + [None] * (len(ins) - 2)
-                        r = (node.op.forward(*args).clamp_min(0) * abs(getattr(node.op, "alpha", 1.0))).sqrt()
+                        squares = node.op.squared_row_norms(ones, ins)
+                    if squares is not None:
+                        r = squares.clamp_min(0).sqrt()
                     else:
                         prev = torch.ones(in_shape, device=m.device, dtype=m.float_dtype) if r is None else r
                         args = [Box(torch.zeros_like(prev), prev) if t == prev_out else v

@@ -71,7 +71,7 @@ class Loss:
             raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
         self.module, self.method, self.options = module, method, options or Options()
         self.graph_est = GraphEstimate(module, seed) if method in ("lmt", "bcp") else None
-        self.batch_norm = any(n.op_type == "BatchNormalization" for n in module.graph.nodes())
+        self.batch_norm = any(n.op.batch_statistics for n in module.graph.nodes())
         self.liplt_est = None
         #: why a method runs with a weaker estimate than its paper's (shown by ``lipverify train``)
         self.note: str | None = None

@@ -123,6 +123,9 @@ class Op:
     #: whether the op only rearranges entries, a bijection (Flatten, Reshape, Transpose, Squeeze, Unsqueeze):
     #: each output entry is one input entry, so a weight seen through it stays a weight and rows stay unit vectors
     permutes_entries: ClassVar[bool] = False
+    #: whether the forward normalizes with batch statistics while the module trains (BatchNormalization): one
+    #: sample's training-mode outputs then depend on the rest of its batch
+    batch_statistics: ClassVar[bool] = False
 
     def __init__(self, attrs: dict[str, Any], static: dict[int, np.ndarray | None], opset: int, name: str,
                  n_outputs: int = 1):
@@ -189,6 +192,13 @@ class Op:
         """The per-channel factor (axis 1, float64) when the op is a channel-wise affine map of its one
         input-dependent input, as ``args`` (the Lipschitz rule's arguments) describe it; None otherwise. A
         convolution between such maps is one convolution with a rescaled kernel (``verifier/lipschitz.py``)."""
+        return None
+
+    def squared_row_norms(self, ones: torch.Tensor, args: list[Any]) -> torch.Tensor | None:
+        """The squared l2 norms of the rows of the op's linear map in its first input, bias left out, one per
+        output entry (batch axis of size 1), for an op linear in that input with a constant weight as its second
+        (``args``: the forward's arguments; the first is not read); ``ones``: ones shaped like the first input.
+        None for other ops. Differentiable in the weight (training's row-norm estimates)."""
         return None
 
     def no_box(self, why: str) -> NoRuleError:

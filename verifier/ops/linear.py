@@ -71,6 +71,11 @@ class Gemm(Op):
     def forward(self, a, b, c=None):
         return self._gemm(a, b, c, self.alpha, self.beta)
 
+    def squared_row_norms(self, ones, args):
+        """sum_i (alpha B'_ij)^2 per output j: A' = ones against the squared weights (a constant B)."""
+        w = args[1]
+        return self._gemm(ones, w * w, None, self.alpha * self.alpha, 1.0) if isinstance(w, torch.Tensor) else None
+
     def _gemm(self, a, b, c, alpha: float, beta: float):
         if a.dim() == 1:  # not valid ONNX, but onnxruntime reads a 1-D A as one row (x.squeeze() before Linear)
             a = a.unsqueeze(0)
@@ -154,6 +159,11 @@ class MatMul(Op):
     def forward(self, a, b):
         return torch.matmul(a, b)
 
+    def squared_row_norms(self, ones, args):
+        """Column sums of B^2 against ones (a constant B)."""
+        w = args[1]
+        return torch.matmul(ones, w * w) if isinstance(w, torch.Tensor) else None
+
     def interval(self, a, b):
         """A constant operand: the affine rule; two boxes: the interval matmul (centre/radius)."""
         fan_in = a.shape[-1] + 1
@@ -204,6 +214,11 @@ class _ConvBase(Op):
 @rule("Conv", since=(1, 11))
 class Conv(_ConvBase):
     """N-d convolution (1-D, 2-D, 3-D) with groups, dilations, strides, explicit pads or auto_pad."""
+
+    def squared_row_norms(self, ones, args):
+        """The convolution of ones with the squared kernel, no bias (a constant kernel)."""
+        w = args[1]
+        return self.forward(ones, w * w) if isinstance(w, torch.Tensor) else None
 
     def forward(self, x, w, b=None):
         nd, kernel, strides, dilations = self._geometry(x, w)
@@ -317,6 +332,8 @@ class BatchNormalization(Op):
     """
 
     weight_inputs = (1, 2)
+
+    batch_statistics = True
 
     def channel_scale(self, args: RuleArgs, channels: int) -> torch.Tensor | None:
         """scale / sqrt(var + epsilon) per channel (inference)."""
