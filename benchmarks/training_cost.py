@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ from frontends.onnx_import import load_onnx  # noqa: E402
 from training.arch import build, to_onnx  # noqa: E402
 from training.losses import METHODS, Loss, Step  # noqa: E402
 from training.run import find_fashion_mnist  # noqa: E402
-from verifier.bcp import walk  # noqa: E402
+from verifier.bcp import BallBounds, walk  # noqa: E402
 from verifier.box import Box  # noqa: E402
 from verifier.rounding import training_arithmetic  # noqa: E402
 from verifier.ir import inference_mode  # noqa: E402
@@ -47,14 +46,13 @@ class IBPFloor:
 
     def __init__(self, module) -> None:
         self.module, self.output = module, module.graph.logits_tensor()
-        report = SimpleNamespace(last_input=self.output, tensor_bounds={}, output=self.output)
-        self.ctx = SimpleNamespace(module64=module, report=report, row_norms={}, chain_input={})
 
     def __call__(self, x, y, step):
         nodes = list(self.module.graph.nodes())
         with inference_mode(nodes), training_arithmetic():
             z = self.module(x).reshape(len(x), -1)
-            box = walk(self.ctx, Box.ball(x, step.eps, step.lower, step.upper), {}, None, grad=True)[self.output]
+            box = walk(self.module, BallBounds(), Box.ball(x, step.eps, step.lower, step.upper), {}, None, self.output,
+                       grad=True)[self.output]
         lo, hi = box.lo.reshape(len(x), -1), box.hi.reshape(len(x), -1)
         worst = hi.scatter(1, y[:, None], lo.gather(1, y[:, None]))
         return 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(worst, y), z

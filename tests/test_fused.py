@@ -7,7 +7,7 @@ import torch
 
 from frontends import load_onnx
 from verifier import fused
-from verifier.bcp import clean_values, prepare, walk
+from verifier.bcp import BallBounds, clean_values, prepare, walk
 from verifier.box import Box
 from verifier.rounding import training_arithmetic
 from verifier.certify import compute_bounds
@@ -93,10 +93,11 @@ def test_training_walk_equals_the_certificate_walk():
     clean = clean_values(ctx, x)
     eps = torch.full((8,), 0.3, dtype=torch.float64)
     for chains_only in (False, True):
-        sound = walk(ctx, Box.ball(x, eps, 0.0, 1.0), clean, eps, chains_only=chains_only)[report.last_input]
+        sound = walk(ctx.module64, ctx.ball, Box.ball(x, eps, 0.0, 1.0), clean, eps, report.last_input,
+                     chains_only=chains_only)[report.last_input]
         with training_arithmetic():
-            train = walk(ctx, Box.ball(x, eps, 0.0, 1.0), clean, eps, grad=True,
-                         chains_only=chains_only)[report.last_input]
+            train = walk(ctx.module64, ctx.ball, Box.ball(x, eps, 0.0, 1.0), clean, eps, report.last_input,
+                         grad=True, chains_only=chains_only)[report.last_input]
         assert type(train).__name__ == "_Bounds"
         lo, hi = train.lo.detach(), train.hi.detach()
         assert float((sound.hi - sound.lo).max()) > 0.01  # not a vacuous comparison
@@ -110,22 +111,18 @@ def test_training_walk_equals_the_certificate_walk():
 def test_training_walk_survives_inconsistent_estimates():
     """Training estimates can under-estimate (power iteration): the ball may then miss the interval image and
     a bound pair cross. The training walk must go on (radius 0 at the midpoint), finite and differentiable."""
-    from types import SimpleNamespace
-
     module = load_onnx(BUNDLED)
     report = compute_bounds(module, 2.0, input_dim=1).l2
     ctx = prepare(module, report)
     shrunk = {k: 1e-3 * v for k, v in report.tensor_bounds.items()}  # far below the true constants
-    bad = SimpleNamespace(module64=ctx.module64, row_norms={k: 1e-3 * v for k, v in ctx.row_norms.items()},
-                          chain_input=ctx.chain_input,
-                          report=SimpleNamespace(tensor_bounds=shrunk, last_input=report.last_input))
+    bad = BallBounds(shrunk, {k: 1e-3 * v for k, v in ctx.ball.row_norms.items()}, ctx.ball.chain_input)
     x = torch.rand((8, *module.graph.sample_shape), generator=torch.Generator().manual_seed(0),
                    dtype=torch.float64)
     clean = clean_values(ctx, x)
     clean = {k: v + 0.5 for k, v in clean.items()}  # and off-centre: the ball and the box are disjoint
     eps = torch.full((8,), 0.3, dtype=torch.float64)
     with training_arithmetic():
-        env = walk(bad, Box.ball(x, eps, 0.0, 1.0), clean, eps, grad=True)
+        env = walk(ctx.module64, bad, Box.ball(x, eps, 0.0, 1.0), clean, eps, report.last_input, grad=True)
     crossed = [name for name, b in env.items() if bool((b.lo > b.hi).any())]
     assert crossed, "the case should cross somewhere"
     out = env[report.last_input]
@@ -163,9 +160,9 @@ def test_training_walk_equals_the_certificate_walk_for_other_ops(act, pool):
     x = torch.rand((6, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     clean = clean_values(ctx, x)
     eps = torch.full((6,), 0.2, dtype=torch.float64)
-    sound = walk(ctx, Box.ball(x, eps, 0.0, 1.0), clean, eps)
+    sound = walk(ctx.module64, ctx.ball, Box.ball(x, eps, 0.0, 1.0), clean, eps, report.last_input)
     with training_arithmetic():
-        train = walk(ctx, Box.ball(x, eps, 0.0, 1.0), clean, eps, grad=True)
+        train = walk(ctx.module64, ctx.ball, Box.ball(x, eps, 0.0, 1.0), clean, eps, report.last_input, grad=True)
     assert float((sound[report.last_input].hi - sound[report.last_input].lo).max()) > 1e-3
     for name, b in sound.items():
         if not isinstance(b, Box):

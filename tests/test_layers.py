@@ -29,8 +29,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("certificates", ("verifier.certify", "verifier.methods")),
     ("training", ("training", "training.methods", "training.arch", "training.bcp_bound", "training.checkpoint",
                   "training.estimates", "training.evaluate", "training.loop", "training.losses")),
-    ("command runners", ("verifier.report", "verifier.plot", "verifier.progress", "verifier.logits", "verifier.loading", "verifier.certify_run",
-                         "verifier.attack_run", "verifier.inspect", "training.run")),
+    ("command runners", ("verifier.report", "verifier.plot", "verifier.progress", "verifier.logits",
+                         "verifier.loading", "verifier.certify_run", "verifier.attack_run", "verifier.inspect",
+                         "training.run")),
     ("command line", ("verifier.cli", "verifier.cli_values")),
 ]
 

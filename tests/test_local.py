@@ -115,7 +115,7 @@ def test_prop22_against_the_paper_formula_and_sampling(softplus_model):
         from verifier.bcp import clean_values, walk
         from verifier.box import Box
 
-        env = walk(ctx.bcp, Box.ball(x, radius), clean_values(ctx.bcp, x), radius, target=report.output)
+        env = walk(ctx.bcp.module64, ctx.bcp.ball, Box.ball(x, radius), clean_values(ctx.bcp, x), radius, report.output)
         ours = prop22_bounds(ctx, env, y)
         # the paper's statement: sigma' at <u_r, x> + a_r +- R ||u_r||_2
         pre = x @ u.T + a if u.shape[1] == x.shape[1] else x @ u + a

@@ -10,18 +10,17 @@ iteration (capped at ``ROUNDS``; by weak duality the value stays a lower bound),
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from verifier.bcp import walk
-from verifier.last_layer import ball_box_min
+from verifier.bcp import BallBounds, walk
 from verifier.box import Box
-from verifier.rounding import training_arithmetic
 from verifier.errors import NoRuleError
 from verifier.ir import inference_mode
+from verifier.last_layer import ball_box_min
+from verifier.rounding import training_arithmetic
 
 from .estimates import GraphEstimate
 
@@ -38,8 +37,7 @@ def worst_translated_logits(est: GraphEstimate, x: Tensor, y: Tensor, eps: float
     if est.last_input is None:
         raise NoRuleError("BCP training needs a model whose logits come from an affine layer")
     est()  # refresh the power-iteration estimates at every tensor
-    report = SimpleNamespace(tensor_bounds=est.bounds, last_input=est.last_input, output=est.output)
-    ctx = SimpleNamespace(module64=module, report=report, row_norms=est.row_norms(), chain_input=est.chain_input)
+    ball = BallBounds(est.bounds, est.row_norms(), est.chain_input)
     nodes = list(module.graph.nodes())
     b = len(x)
     # boxes need batch normalization as at inference (LMT §4.1 bounds it that way too); no outward rounding
@@ -47,7 +45,7 @@ def worst_translated_logits(est: GraphEstimate, x: Tensor, y: Tensor, eps: float
         clean = module.run(x, keep=set(est.bounds) | {est.output})
         eps_t = torch.full((b,), float(eps), device=x.device, dtype=x.dtype)
         box = Box.ball(x, eps_t, lower, upper)
-        hbox = walk(ctx, box, clean, eps_t, grad=True, chains_only=True)[est.last_input]
+        hbox = walk(module, ball, box, clean, eps_t, est.last_input, grad=True, chains_only=True)[est.last_input]
     h = clean[est.last_input].reshape(b, -1)
     z = clean[est.output].reshape(b, -1)
     lo = (hbox.lo.reshape(b, -1) - h).clamp_max(0.0)

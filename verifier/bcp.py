@@ -12,9 +12,10 @@ are. Both methods need a model that runs whole batches (as the Lipschitz bounds 
 IBP (``verify_ibp``)
     The input set's enclosing box: for a ball the l_inf box x +- eps (for l2 it contains the l2 ball),
     intersected with the domain [lower, upper]. Boxes are propagated to h = the input of the last affine chain
-    z = W h + b, and the last layer is bounded exactly over the box of h: min over the box of (w_y - w_j).h + (b_y - b_j)
-    = (w_y - w_j).(h(x)) + (b_y - b_j) + sum_i min(c_i lo_i, c_i hi_i) with c = w_y - w_j and [lo, hi] the
-    box of h - h(x) (a linear function attains its minimum over a box at the corner picked coordinatewise).
+    z = W h + b, and the last layer is bounded exactly over the box of h: min over the box of
+    (w_y - w_j).h + (b_y - b_j) = (w_y - w_j).(h(x)) + (b_y - b_j) + sum_i min(c_i lo_i, c_i hi_i) with
+    c = w_y - w_j and [lo, hi] the box of h - h(x) (a linear function attains its minimum over a box at the
+    corner picked coordinatewise).
     (w_y - w_j).h(x) + b_y - b_j = z_y(x) - z_j(x) since the chain is affine.
 
 BCP (``verify_bcp``, l2)
@@ -70,13 +71,25 @@ BISECTION_STEPS = 20
 
 
 @dataclass
+class BallBounds:
+    """What BCP's walk intersects the interval images with (module docstring, (a) and (b)): ``tensor_bounds``,
+    per tensor t a bound of the l2 Lipschitz constant of input -> t (floats; differentiable estimates in
+    training, ``training.bcp_bound``); ``row_norms``, per affine-chain output the l2 norms of the chain's rows
+    (sample shape); ``chain_input``, per chain output the chain's input tensor."""
+
+    tensor_bounds: dict[str, Any] = field(default_factory=dict)
+    row_norms: dict[str, Tensor] = field(default_factory=dict)
+    chain_input: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Context:
-    """What verification needs that does not depend on eps: the float64 module, the report, the row norms."""
+    """What verification needs that does not depend on the problem: the float64 module, the l2 report and the
+    ball bounds of the walk."""
 
     module64: GraphModule
     report: LipschitzReport
-    row_norms: dict[str, Tensor] = field(default_factory=dict)  # chain output -> per-entry row norm (sample shape)
-    chain_input: dict[str, str] = field(default_factory=dict)  # chain output -> chain input
+    ball: BallBounds
 
 
 def prepare(module: GraphModule, report: LipschitzReport, bcp: bool = True) -> Context:
@@ -85,7 +98,7 @@ def prepare(module: GraphModule, report: LipschitzReport, bcp: bool = True) -> C
         raise NoRuleError("IBP/BCP certificates need a model that runs whole batches")
     module64 = module if module.float_dtype == torch.float64 else copy.deepcopy(module).double()
     module64 = module64.eval()
-    ctx = Context(module64, report)
+    ctx = Context(module64, report, BallBounds(report.tensor_bounds))
     if not bcp:
         return ctx
     dynamic = g.dependent_tensors()
@@ -101,8 +114,8 @@ def prepare(module: GraphModule, report: LipschitzReport, bcp: bool = True) -> C
             rows = matrix.double().norm(dim=1) * (1 + REL64)
         else:
             rows = torch.full((n_out,), seg.bound * (1 + REL64), dtype=torch.float64)
-        ctx.row_norms[seg.output] = rows.reshape(out_shape)
-        ctx.chain_input[seg.output] = seg.input
+        ctx.ball.row_norms[seg.output] = rows.reshape(out_shape)
+        ctx.ball.chain_input[seg.output] = seg.input
     return ctx
 
 
@@ -123,16 +136,14 @@ def _per_sample(eps: Tensor, t: Tensor) -> Tensor:
     return eps.reshape(-1, *([1] * (t.dim() - 1)))
 
 
-def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, target: str | None = None,
-         grad: bool = False, chains_only: bool = False) -> dict[str, Any]:
-    """Boxes of every tensor from the input box to ``target`` (default ``report.last_input``); with ``eps``
-    (BCP, l2), each tensor's box intersected with the ball bounds (a) and, at chain outputs, (b) of the module
-    docstring. ``grad``: keep the autograd graph (BCP training, ``training.bcp_bound``, passes a context of
-    differentiable estimates instead of sound bounds); ``chains_only``: intersect only at chain outputs, with
-    (b), the per-layer bound of the paper's training (cheaper; the boxes may be looser)."""
-    module, report = ctx.module64, ctx.report
+def walk(module: GraphModule, ball: BallBounds, box: Box, clean: dict[str, Tensor], eps: Tensor | None,
+         target: str, grad: bool = False, chains_only: bool = False) -> dict[str, Any]:
+    """Boxes of every tensor from the input box to ``target``; with ``eps`` (one l2 radius per input: BCP), each
+    tensor's box intersected with the ball bounds (a) and, at chain outputs, (b) of the module docstring, around
+    the ``clean`` values. ``grad``: keep the autograd graph (BCP training, ``training.bcp_bound``, passes
+    differentiable estimates as ``ball``); ``chains_only``: intersect only at chain outputs, with (b), the
+    per-layer bound of the paper's training (cheaper; the boxes may be looser)."""
     g = module.graph
-    target = report.last_input if target is None else target
 
     def tighten(name: str, b: Any) -> Any:
         if eps is None or not isinstance(b, Box) or b.integer or name not in clean:
@@ -141,15 +152,15 @@ def walk(ctx: Any, box: Box, clean: dict[str, Tensor], eps: Tensor | None, targe
         if not c.is_floating_point() or c.shape != b.shape:
             return b
         e = _per_sample(eps, c)
-        if name in ctx.row_norms:  # (b): eq. 6
-            scale, rows = e * report.tensor_bounds[ctx.chain_input[name]], ctx.row_norms[name]
-        elif name in report.tensor_bounds and not chains_only:  # (a)
-            scale, rows = e * report.tensor_bounds[name], None
+        if name in ball.row_norms:  # (b): eq. 6
+            scale, rows = e * ball.tensor_bounds[ball.chain_input[name]], ball.row_norms[name]
+        elif name in ball.tensor_bounds and not chains_only:  # (a)
+            scale, rows = e * ball.tensor_bounds[name], None
         else:
             return b
         if not outward_rounding():  # training: one fused step (verifier.fused), the radius never materialized
-            ball = (scale,) if rows is None else (rows, scale)
-            return Box.from_bounds(*fused.intersect_bounds(b.center, b.radius, c, *ball))
+            radius_of = (scale,) if rows is None else (rows, scale)
+            return Box.from_bounds(*fused.intersect_bounds(b.center, b.radius, c, *radius_of))
         radius = (scale * rows) if rows is not None else scale.expand_as(c)
         return b.intersect(_ball_box(c, radius))
 
@@ -189,7 +200,7 @@ def _robust(ctx: Context, y: Tensor, z: Tensor, box: Box, ball: Tensor | None, c
     slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
     if report.last_matrix is None or report.last_input is None:
         # no affine last layer: bound z_y - z_j by the logit box (BCP's boxes, tightened by the ball, or IBP's)
-        zb = walk(ctx, box, clean, ball, target=report.output)[report.output]
+        zb = walk(ctx.module64, ctx.ball, box, clean, ball, report.output)[report.output]
         lo, hi = zb.lo.reshape(n, -1), zb.hi.reshape(n, -1)
         low = lo.gather(1, y[:, None]) - hi
     else:
@@ -211,7 +222,7 @@ def _robust(ctx: Context, y: Tensor, z: Tensor, box: Box, ball: Tensor | None, c
 def _last_box(ctx: Context, box: Box, clean: dict[str, Tensor], ball: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
     """The box of h - h(x) at the last affine layer's input h (flattened, (B, n)), lo <= 0 <= hi."""
     last = ctx.report.last_input
-    hbox = walk(ctx, box, clean, ball)[last]
+    hbox = walk(ctx.module64, ctx.ball, box, clean, ball, last)[last]
     h = clean[last].double().reshape(n, -1)
     return (hbox.lo.reshape(n, -1) - h).clamp_max(0.0), (hbox.hi.reshape(n, -1) - h).clamp_min(0.0)
 
@@ -229,7 +240,7 @@ def _spec_low(ctx: Context, spec: Conjunction, z: Tensor, box: Box, ball: Tensor
     c, d = spec.rows()
     c, d = c.to(z.device), d.to(z.device)
     if report.last_matrix is None or report.last_input is None:
-        zb = walk(ctx, box, clean, ball, target=report.output)[report.output]
+        zb = walk(ctx.module64, ctx.ball, box, clean, ball, report.output)[report.output]
         lo, hi = zb.lo.reshape(n, 1, -1), zb.hi.reshape(n, 1, -1)
         low = torch.minimum(c * lo, c * hi).sum(-1) + d
         err = REL64 * ((c.abs() * (lo.abs() + hi.abs())).sum(-1) + d.abs())

@@ -163,7 +163,7 @@ def local_bounds(ctx: LocalContext, problem: Problem, clean: dict[str, Tensor] |
     centre, rho = problem.inputs.l2_ball()
     x64 = centre.to(torch.float64)
     clean = clean_values(bctx, x64) if clean is None else clean
-    env = walk(bctx, problem.inputs.box(torch.float64), clean, rho, target=report.output)
+    env = walk(module, bctx.ball, problem.inputs.box(torch.float64), clean, rho, report.output)
     out_shape = tuple(module.graph.shapes[report.output][1:])
     k = math.prod(out_shape)
     grad = gradient_box(module, env, _seeds(y, k, out_shape), report.output)
