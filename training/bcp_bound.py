@@ -10,9 +10,6 @@ iteration (capped at ``ROUNDS``; by weak duality the value stays a lower bound),
 """
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import Tensor
 
 from verifier.bcp import BallBounds, walk
@@ -20,6 +17,7 @@ from verifier.box import Box
 from verifier.errors import NoRuleError
 from verifier.ir import inference_mode
 from verifier.last_layer import ball_box_min
+from verifier.problem import LpBall, Problem
 from verifier.rounding import training_arithmetic
 
 from .estimates import GraphEstimate
@@ -28,31 +26,33 @@ from .estimates import GraphEstimate
 ROUNDS = 8
 
 
-def worst_translated_logits(est: GraphEstimate, x: Tensor, y: Tensor, eps: float, lower: Any = None,
-                            upper: Any = None) -> tuple[Tensor, Tensor]:
-    """The worst-translated logits (B, K) of eq. (2) for the l2 ball of radius ``eps`` (model space) around
-    ``x`` within [lower, upper] (entry y is z_y(x)), and the clean logits z(x) (batch norm as at inference).
-    Both differentiable in the module's weights."""
+def worst_translated_logits(est: GraphEstimate, problem: Problem) -> tuple[Tensor, Tensor]:
+    """The worst-translated logits (B, K) of eq. (2) over ``problem``'s input sets (l2 balls within the domain;
+    its spec the robustness spec of labels y; entry y is z_y(x)), and the clean logits z(x) (batch norm as at
+    inference). Both differentiable in the module's weights."""
     module = est.module
     if est.last_input is None:
         raise NoRuleError("BCP training needs a model whose logits come from an affine layer")
+    ball, y = problem.inputs, problem.spec.labels
+    if not isinstance(ball, LpBall) or ball.norm != 2 or not problem.spec.is_robustness:
+        raise ValueError("BCP training bounds robustness on l2 balls")
     est()  # refresh the power-iteration estimates at every tensor
-    ball = BallBounds(est.bounds, est.row_norms(), est.chain_input)
-    nodes = list(module.graph.nodes())
+    bounds = BallBounds(est.bounds, est.row_norms(), est.chain_input)
+    x = ball.center
     b = len(x)
+    eps_t = ball.eps.to(device=x.device, dtype=x.dtype)
     # boxes need batch normalization as at inference (LMT §4.1 bounds it that way too); no outward rounding
-    with inference_mode(nodes), training_arithmetic():
+    with inference_mode(list(module.graph.nodes())), training_arithmetic():
         clean = module.run(x, keep=set(est.bounds) | {est.output})
-        eps_t = torch.full((b,), float(eps), device=x.device, dtype=x.dtype)
-        box = Box.ball(x, eps_t, lower, upper)
-        hbox = walk(module, ball, box, clean, eps_t, est.last_input, grad=True, chains_only=True)[est.last_input]
+        box = Box.ball(x, eps_t, ball.lower, ball.upper)
+        hbox = walk(module, bounds, box, clean, eps_t, est.last_input, grad=True, chains_only=True)[est.last_input]
     h = clean[est.last_input].reshape(b, -1)
     z = clean[est.output].reshape(b, -1)
     lo = (hbox.lo.reshape(b, -1) - h).clamp_max(0.0)
     hi = (hbox.hi.reshape(b, -1) - h).clamp_min(0.0)
     w = est.last_rows()
     c = w[y][:, None, :] - w[None, :, :]  # (B, K, n): w_y - w_m
-    rho = (eps * est.bounds[est.last_input]).reshape(1, 1).expand(b, 1)
+    rho = (eps_t * est.bounds[est.last_input])[:, None]
     low = (z.gather(1, y[:, None]) - z) + ball_box_min(c, lo[:, None, :], hi[:, None, :], rho, rounds=ROUNDS)
     worst = z.gather(1, y[:, None]) - low
     return worst.scatter(1, y[:, None], z.gather(1, y[:, None])), z

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from verifier.errors import LipverifyError, NoRuleError
 from verifier.ir import GraphModule
+from verifier.problem import RadiusProblem
 
 from .bcp_bound import worst_translated_logits
 from .estimates import GraphEstimate, LipLTEstimate
@@ -154,7 +155,8 @@ class Loss:
         if step.eps <= 0 or step.lam <= 0:
             z = _logits(self.module, x)
             return F.cross_entropy(z, y), z
-        worst, clean = worst_translated_logits(self.graph_est, x, y, step.eps, step.lower, step.upper)
+        balls = RadiusProblem(x, y, 2.0, step.lower, step.upper)
+        worst, clean = worst_translated_logits(self.graph_est, balls.at(step.eps))
         # the clean logits of the bound's walk are the training forward's unless batch norm normalizes differently
         z = clean if not self.batch_norm else _logits(self.module, x)
         return (1 - step.lam) * F.cross_entropy(z, y) + step.lam * F.cross_entropy(worst, y), z
