@@ -19,10 +19,10 @@ import torch
 
 from common import ROOT, best_of, zoo_dir  # noqa: E402  (puts the repo on sys.path)
 from frontends import load_onnx, read_model  # noqa: E402
-from verifier.methods import certified_radii  # noqa: E402
-from verifier.parity import reference_forward, reference_runner  # noqa: E402
-from verifier.logits import LogitEngine, batched_logits  # noqa: E402
-from verifier.certify import compute_bounds  # noqa: E402
+from verifier.certificates.methods import certified_radii  # noqa: E402
+from frontends.parity import reference_forward, reference_runner  # noqa: E402
+from verifier.commands.logits import LogitEngine, batched_logits  # noqa: E402
+from verifier.certificates.certify import compute_bounds  # noqa: E402
 
 CLASSIFIERS = ["mnist_fc/mnist-net_256x2.onnx", "eran/mnist_relu_9_200.onnx", "oval21/cifar_base_kw.onnx",
                "cifar10_resnet/resnet_2b.onnx", "verivital/Convnet_maxpool.onnx", "marabou-cifar10/cifar10_small.onnx"]

@@ -16,7 +16,7 @@ import torch
 
 from common import ROOT, best_of, zoo_dir  # noqa: E402  (puts the repo on sys.path)
 from frontends import load_onnx, read_model  # noqa: E402
-from verifier.parity import reference_forward, reference_runner  # noqa: E402
+from frontends.parity import reference_forward, reference_runner  # noqa: E402
 
 
 def default_models() -> list[Path]:

@@ -40,7 +40,7 @@ def chain(n: int, op: str, path: Path) -> Path:
 
 def inspect(path: Path) -> tuple[int, float, float]:
     """(exit code, wall seconds, peak resident MB) of ``lipverify inspect path`` in a fresh process."""
-    cmd = [sys.executable, "-c", MEASURE, sys.executable, "-m", "verifier.cli", "inspect", str(path)]
+    cmd = [sys.executable, "-c", MEASURE, sys.executable, "-m", "verifier.commands.cli", "inspect", str(path)]
     code, seconds, kb = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO).stdout.split()
     return int(code), float(seconds), int(kb) / 1024
 

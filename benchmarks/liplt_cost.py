@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/liplt_cost.py [--width 128] [--depths 2,4,8,16,32]
 
 Random ReLU MLPs (input 784, ``width`` hidden units per layer, 10 classes, He-initialized), exported to ONNX and
-imported. For each depth: seconds of the naive bound (``verifier.lipschitz``) and of LipLT (``verifier.liplt``,
-which includes the naive one), the mean pairwise bounds L_ij, and their ratio. LipLT needs O(L^2) matrix norms
-(eq. 19): one batched back-propagation per activation layer gives all of its L Jacobians at once, so the
+imported. For each depth: seconds of the naive bound (``verifier.engines.lipschitz``) and of LipLT
+(``verifier.engines.liplt``, which includes the naive one), the mean pairwise bounds L_ij, and their ratio. LipLT
+needs O(L^2) matrix norms (eq. 19): one batched back-propagation per activation layer gives all of its L Jacobians at once, so the
 passes grow as O(L) and the SVDs as O(L^2).
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from torch import nn
 
 from common import ROOT  # noqa: F401,E402  (puts the repo on sys.path)
 from frontends import load_onnx  # noqa: E402
-from verifier.liplt import liplt  # noqa: E402
-from verifier.lipschitz import graph_lipschitz  # noqa: E402
+from verifier.engines.liplt import liplt  # noqa: E402
+from verifier.engines.lipschitz import graph_lipschitz  # noqa: E402
 
 
 def mlp(depth: int, width: int) -> nn.Module:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from common import zoo_dir  # noqa: E402  (puts the repo on sys.path)
-from verifier.certify_run import run_certify  # noqa: E402
+from verifier.commands.certify_run import run_certify  # noqa: E402
 
 DEFAULT = [("mnist_fc/mnist-net_256x2.onnx", "mnist"), ("eran/mnist_relu_9_200.onnx", "mnist"),
            ("eran/ffnnSIGMOID__Point_6x200.onnx", "mnist"), ("verivital/Convnet_maxpool.onnx", "mnist"),

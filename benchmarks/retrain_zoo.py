@@ -21,10 +21,10 @@ from frontends.data import load_dataset  # noqa: E402
 from frontends.onnx_import import load_onnx  # noqa: E402
 from training.loop import TrainConfig  # noqa: E402
 from training.run import run_train  # noqa: E402
-from verifier.bcp import bcp_radii  # noqa: E402
+from verifier.engines.bcp import bcp_radii  # noqa: E402
 from verifier.problem import RadiusProblem  # noqa: E402
-from verifier.methods import certified_radii  # noqa: E402
-from verifier.certify import compute_bounds  # noqa: E402
+from verifier.certificates.methods import certified_radii  # noqa: E402
+from verifier.certificates.certify import compute_bounds  # noqa: E402
 
 
 def radii(path: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -28,7 +28,8 @@ CASES = [("mnist_fc/mnist-net_256x2.onnx", "data/mnist", "2", ["--limit", "100"]
 
 
 def certify(checkout: Path, shared: Path, model: str, data: str, norm: str, extra: list[str]) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "verifier.cli", "certify", str(shared / "zoo" / model), "--data", str(shared / data),
+    cli = "verifier.commands.cli" if (checkout / "verifier" / "commands").is_dir() else "verifier.cli"  # older layout
+    cmd = [sys.executable, "-m", cli, "certify", str(shared / "zoo" / model), "--data", str(shared / data),
            "--norm", norm, "--method", "best", "--json", *extra]
     env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()

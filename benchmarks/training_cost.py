@@ -32,7 +32,7 @@ from frontends.onnx_import import load_onnx  # noqa: E402
 from training.arch import build, to_onnx  # noqa: E402
 from training.losses import METHODS, Loss, Step  # noqa: E402
 from training.run import find_fashion_mnist  # noqa: E402
-from verifier.bcp import BallBounds, walk  # noqa: E402
+from verifier.engines.bcp import BallBounds, walk  # noqa: E402
 from verifier.box import Box  # noqa: E402
 from verifier.rounding import training_arithmetic  # noqa: E402
 from verifier.ir import inference_mode  # noqa: E402
@@ -42,7 +42,7 @@ FLOOR, PASSES = "ibp-floor", "three-passes"
 
 
 class IBPFloor:
-    """The reference loss: 0.5 CE(z) + 0.5 CE(worst logits of the IBP box), through ``verifier.bcp.walk``."""
+    """The reference loss: 0.5 CE(z) + 0.5 CE(worst logits of the IBP box), through ``verifier.engines.bcp.walk``."""
 
     def __init__(self, module) -> None:
         self.module, self.output = module, module.graph.logits_tensor()

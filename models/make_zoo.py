@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from verifier.certify_run import run_certify  # noqa: E402
+from verifier.commands.certify_run import run_certify  # noqa: E402
 
 TRAIN_METHODS = ("standard", "lmt", "crm", "bcp", "cross-lipschitz")
 CERT_METHODS = ("lmt-pairwise", "liplt", "bcp")
@@ -43,7 +43,7 @@ def train_command(method: str, epochs: int) -> list[str]:
 def pgd_accuracy(path: Path, eps: float) -> float:
     from frontends.data import load_dataset
     from frontends.onnx_import import load_onnx
-    from verifier.attacks import pgd
+    from verifier.engines.attacks import pgd
 
     module = load_onnx(path)
     data = load_dataset(SAMPLE, module.graph.sample_shape)

@@ -23,7 +23,7 @@ def zoo_models() -> list[Path]:
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
     """Run the CLI in-process: (exit code, stdout, stderr)."""
-    from verifier.cli import main
+    from verifier.commands.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))

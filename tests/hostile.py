@@ -1,5 +1,5 @@
 """Helpers for the hostile-input tests (issue 12): a workspace of small inputs, file hashes, and running the real
-command line in-process (``verifier.cli.main``, the console script's entry point) or as a process of its own
+command line in-process (``verifier.commands.cli.main``, the console script's entry point) or as a process of its own
 (for a file-size limit standing in for a full disk, peak memory, a pickle payload).
 
 The contract every case checks: exit code 2 and one line on stderr, never a traceback; no input file changed and
@@ -91,8 +91,8 @@ def cli_process(*args: str, cwd: Path, file_limit: int | None = None, timeout: i
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "verifier.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=limit, env=env)
+    return subprocess.run([sys.executable, "-m", "verifier.commands.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=limit, env=env)
 
 
 CERTIFY = ("certify", "m.onnx", "--data", "d.npz", "--limit", "5")

@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from frontends import load_onnx
-from verifier.parity import check_parity
+from frontends.parity import check_parity
 
 IR_VERSION = 10  # what onnxruntime accepts for every opset used here (<= 21)
 INT_MAX = 2**63 - 1

@@ -12,8 +12,8 @@ import torch
 
 from frontends import load_onnx
 from frontends.data import load_dataset
-from verifier import attack_run
-from verifier.attack_run import LogitsModule, attack_dataset
+from verifier.commands import attack_run
+from verifier.commands.attack_run import LogitsModule, attack_dataset
 
 from .conftest import REPO, run_main, shared_dir
 from .onnx_graphs import torch_single_thread

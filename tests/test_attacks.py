@@ -1,4 +1,4 @@
-"""verifier.attacks: PGD, DeepFool and the attack radius against exact answers on affine classifiers, box and
+"""verifier.engines.attacks: PGD, DeepFool and the attack radius against exact answers on affine classifiers, box and
 ball constraints, a small trained ReLU network, an imported ONNX model, and hygiene (no gradient or parameter
 changes)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
-from verifier.attacks import attack_radius, deepfool, pgd
+from verifier.engines.attacks import attack_radius, deepfool, pgd
 
 from .conftest import shared_dir
 from .onnx_graphs import make_model, node, rand, torch_single_thread

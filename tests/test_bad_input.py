@@ -26,7 +26,7 @@ def mlp_model(extra_nodes=(), opset=13) -> onnx.ModelProto:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "verifier.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "verifier.commands.cli", *args], capture_output=True, text=True,
                           timeout=120)
 
 

@@ -1,4 +1,4 @@
-"""IBP and BCP certificates (verifier.bcp): soundness against PGD at 0.999 x the certified radius, BCP >= LMT
+"""IBP and BCP certificates (verifier.engines.bcp): soundness against PGD at 0.999 x the certified radius, BCP >= LMT
 Prop. 2 per input, problem (11) against a brute-force solution, and the CLI."""
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
-from verifier.attacks import pgd
-from verifier.bcp import bcp_radii, ibp_radii, verify_bcp, verify_ibp
+from verifier.engines.attacks import pgd
+from verifier.engines.bcp import bcp_radii, ibp_radii, verify_bcp, verify_ibp
 from verifier.last_layer import ball_box_min
-from verifier.methods import certified_radii
+from verifier.certificates.methods import certified_radii
 from verifier.problem import RadiusProblem
-from verifier.certify import compute_bounds
+from verifier.certificates.certify import compute_bounds
 
 from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
 from .conftest import run_main

@@ -20,7 +20,7 @@ import torch
 from frontends import load_onnx
 from verifier.box import Box, EmptyIntersectionError
 from verifier.errors import NoRuleError
-from verifier.ibp import ibp, logit_box, propagate
+from verifier.engines.ibp import ibp, logit_box, propagate
 from verifier.ops.base import _REGISTRY
 from verifier.problem import LpBall
 
@@ -91,7 +91,7 @@ def test_ball_intersect_contains():
 def test_every_op_has_a_box_rule():
     missing = sorted({t for t, entries in _REGISTRY.items() for _, cls in entries if not cls.has_rule("interval")})
     assert not missing, f"ops without a box rule: {missing}"
-    from verifier.inspect import op_rules
+    from verifier.commands.inspect import op_rules
 
     module = load_onnx(small_net())
     assert all(r["box"] for r in op_rules(module).values())
@@ -261,7 +261,7 @@ def test_propagate_dict_upto_and_batch_check():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ZOO_PARAMS)
 def test_zoo_ibp_contains_random_and_pgd_points(path):
-    from verifier.attacks import pgd
+    from verifier.engines.attacks import pgd
 
     module = load_onnx(path)
     x = zoo_inputs(module, path)

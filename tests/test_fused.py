@@ -7,10 +7,10 @@ import torch
 
 from frontends import load_onnx
 from verifier import fused
-from verifier.bcp import BallBounds, clean_values, prepare, walk
+from verifier.engines.bcp import BallBounds, clean_values, prepare, walk
 from verifier.box import Box
 from verifier.rounding import training_arithmetic
-from verifier.certify import compute_bounds
+from verifier.certificates.certify import compute_bounds
 from .cases.models import BUNDLED
 
 

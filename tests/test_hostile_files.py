@@ -140,8 +140,8 @@ def test_huge_file_is_refused_without_reading_it(tmp_path):
         f.truncate(3 * 2**30)
     code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
             "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(p.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "verifier.cli", "inspect", str(path)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "verifier.commands.cli", "inspect",
+                           str(path)], capture_output=True, text=True, timeout=120, cwd=REPO)
     status, stderr = proc.stdout.split("\n", 1)
     exit_code, peak_kb = map(int, status.split())
     assert exit_code == 2 and "larger than any ONNX file" in stderr and len(stderr.strip().splitlines()) == 1

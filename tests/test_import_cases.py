@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from frontends import load_onnx
-from verifier.parity import HALF_TOLERANCE, check_parity
+from frontends.parity import HALF_TOLERANCE, check_parity
 
 from .onnx_graphs import IR_VERSION, case, check, make_model, node, params, rand, run_case, torch_single_thread
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from frontends import load_onnx
-from verifier.parity import check_parity
+from frontends.parity import check_parity
 
 
 def make(nodes, in_shape, inits=(), outputs=("y",), opset=13) -> onnx.ModelProto:

@@ -15,8 +15,8 @@ import torch
 
 from verifier.box import Box
 from verifier.errors import NoRuleError
-from verifier.gradients import gradient_box
-from verifier.ibp import propagate
+from verifier.engines.gradients import gradient_box
+from verifier.engines.ibp import propagate
 from verifier.jacobian import dual_norm_bound
 from verifier.ops.activations import Activation
 from verifier.ops.base import _REGISTRY

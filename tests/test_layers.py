@@ -23,16 +23,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                                      "verifier.last_layer", "verifier.problem")),
     ("ops", ("verifier.ops", "verifier.ops.")),
     ("IR", ("verifier.ir", "verifier.rewrite")),
-    ("engines and frontends", ("verifier.ibp", "verifier.gradients", "verifier.lipschitz", "verifier.liplt",
-                               "verifier.bcp", "verifier.local", "verifier.power_iteration", "verifier.parity",
-                               "verifier.attacks", "frontends", "frontends.")),
-    ("certificates", ("verifier.certify", "verifier.methods")),
+    ("engines and frontends", ("verifier.engines", "verifier.engines.", "frontends", "frontends.")),
+    ("certificates", ("verifier.certificates", "verifier.certificates.")),
     ("training", ("training", "training.methods", "training.arch", "training.bcp_bound", "training.checkpoint",
                   "training.estimates", "training.evaluate", "training.loop", "training.losses")),
-    ("command runners", ("verifier.report", "verifier.plot", "verifier.progress", "verifier.logits",
-                         "verifier.loading", "verifier.certify_run", "verifier.attack_run", "verifier.inspect",
+    ("command runners", ("verifier.commands", "verifier.commands.report", "verifier.commands.plot",
+                         "verifier.commands.progress", "verifier.commands.logits", "verifier.commands.loading",
+                         "verifier.commands.certify_run", "verifier.commands.attack_run", "verifier.commands.inspect",
                          "training.run")),
-    ("command line", ("verifier.cli", "verifier.cli_values")),
+    ("command line", ("verifier.commands.cli", "verifier.commands.cli_values")),
 ]
 
 

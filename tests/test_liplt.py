@@ -1,4 +1,4 @@
-"""LipLT (verifier.liplt, CRM §3): sound against brute force, never above the naive bound, exact where the
+"""LipLT (verifier.engines.liplt, CRM §3): sound against brute force, never above the naive bound, exact where the
 activations are linear, residual graphs, the CLI, and certificates that PGD does not break."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
-from verifier.attacks import pgd
-from verifier.certify import pairwise_radii
-from verifier.liplt import liplt
-from verifier.methods import certified_radii
-from verifier.certify import compute_bounds
+from verifier.engines.attacks import pgd
+from verifier.certificates.certify import pairwise_radii
+from verifier.engines.liplt import liplt
+from verifier.certificates.methods import certified_radii
+from verifier.certificates.certify import compute_bounds
 
 from .cases.models import blob_model, export
 from .conftest import run_main, shared_dir
@@ -66,7 +66,7 @@ def _module(tmp_path, name, seed=0):
 
 def _slope_patterns(module):
     """Every vertex pattern of the activations' slopes (alpha or beta per unit), when there are few units."""
-    from verifier.liplt import loop_units
+    from verifier.engines.liplt import loop_units
 
     units = loop_units(module, module.graph.logits_tensor())
     sizes = [math.prod(module.graph.shapes[u.node.inputs[0]][1:]) for u in units]
@@ -231,7 +231,7 @@ def test_zoo_liplt_below_naive_above_gradients(path):
 def test_l2_refinement_only_tightens(tmp_path, monkeypatch):
     """Theorem 3.2 with AOL's T, per term of eq. 19: never above the plain recursion (SN), strictly below on a
     net where it applies, and still above every slope pattern (the brute-force test above runs with it on)."""
-    import verifier.liplt as mod
+    import verifier.engines.liplt as mod
 
     module, _ = _module(tmp_path, "tanh-sigmoid", seed=4)
     refined = liplt(module, 2.0)

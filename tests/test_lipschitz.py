@@ -10,7 +10,7 @@ import torch
 
 from frontends import load_onnx
 from verifier.conv_norms import l2_norm_exact, linf_norm_exact, materialized_matrix
-from verifier.lipschitz import graph_lipschitz
+from verifier.engines.lipschitz import graph_lipschitz
 
 from .conftest import zoo_models
 from .onnx_graphs import make_model, node, rand, torch_single_thread

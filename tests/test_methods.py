@@ -1,5 +1,5 @@
-"""The certificate-method registry (``verifier.methods``): one place for every name, duplicates refused, the
-command line and ``--method best`` read it, and "certified at eps" has one definition."""
+"""The certificate-method registry (``verifier.certificates.methods``): one place for every name, duplicates
+refused, the command line and ``--method best`` read it, and "certified at eps" has one definition."""
 from __future__ import annotations
 
 import ast
@@ -7,8 +7,8 @@ import ast
 import pytest
 import torch
 
-from verifier.certify import certified_accuracy, certified_at
-from verifier.methods import BEST, LMT, METHODS, Method, register
+from verifier.certificates.certify import certified_accuracy, certified_at
+from verifier.certificates.methods import BEST, LMT, METHODS, Method, register
 
 from .conftest import REPO
 
@@ -22,7 +22,7 @@ def test_duplicate_registration_is_refused():
 
 
 def test_the_command_line_lists_the_registry():
-    from verifier.cli import certify
+    from verifier.commands.cli import certify
 
     option = next(p for p in certify.params if p.name == "method")
     assert list(option.type.choices) == [*METHODS, BEST]
@@ -31,7 +31,7 @@ def test_the_command_line_lists_the_registry():
 
 def test_certificate_names_are_written_only_in_the_registry():
     """Names no other vocabulary uses (training methods share 'lmt' and 'bcp', the lipschitz command 'liplt')
-    appear as string literals in verifier/methods.py alone."""
+    appear as string literals in verifier/certificates/methods.py alone."""
     only_here = {"lmt-pairwise", "ibp", "local", BEST}
     found = []
     for package in ("verifier", "frontends", "training"):
@@ -39,7 +39,7 @@ def test_certificate_names_are_written_only_in_the_registry():
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and node.value in only_here:
                     found.append(str(path.relative_to(REPO)))
-    assert set(found) == {"verifier/methods.py"}
+    assert set(found) == {"verifier/certificates/methods.py"}
 
 
 def test_certified_at_is_strict():

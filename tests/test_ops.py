@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
-from verifier.parity import check_parity
+from frontends.parity import check_parity
 
 from .cases.ops import (ACTIVATIONS, BATCHES, BN, CONV, CONVT, GELU20, GELU_CONSTS, MATMUL, SIGNED, bn_case,
                         elementwise_cases, gelu_nodes, gemm_cases, pool_cases, same_pads, small_net)

@@ -16,14 +16,14 @@ from training.estimates import GraphEstimate, LipLTEstimate
 from training.evaluate import evaluate
 from training.loop import TrainConfig, train
 from training.losses import METHODS, Loss, Step
-from verifier.attacks import pgd
-from verifier.bcp import bcp_radii
+from verifier.engines.attacks import pgd
+from verifier.engines.bcp import bcp_radii
 from verifier.problem import RadiusProblem
-from verifier.liplt import liplt
-from verifier.lipschitz import graph_lipschitz
-from verifier.methods import certified_radii
-from verifier.parity import check_parity
-from verifier.certify import compute_bounds
+from verifier.engines.liplt import liplt
+from verifier.engines.lipschitz import graph_lipschitz
+from verifier.certificates.methods import certified_radii
+from frontends.parity import check_parity
+from verifier.certificates.certify import compute_bounds
 
 pytestmark = pytest.mark.slow  # training
 
@@ -93,7 +93,7 @@ def test_certified_points_of_trained_models_survive_pgd(trained):
         prop2 = certified_radii(z, y, bounds, 2.0, "lmt-pairwise")
         radii = torch.maximum(prop2.double(), bcp_radii(module, bounds.l2, RadiusProblem(x, y), start=prop2))
         pairs = liplt(module, 2.0, naive=bounds.l2).pairwise
-        from verifier.certify import pairwise_radii
+        from verifier.certificates.certify import pairwise_radii
 
         radii = torch.maximum(radii, pairwise_radii(z, y, pairs).double())
         ok = radii > 0
@@ -150,7 +150,7 @@ def test_row_norms_match_the_materialized_chains():
     sound = graph_lipschitz(module, 2.0)
     rows = est.row_norms()
     g = module.graph
-    from verifier.lipschitz import chain_matrix
+    from verifier.engines.lipschitz import chain_matrix
 
     dynamic = {g.input_name} | {o for n in g.nodes() for o in n.outputs}
     module64 = load_onnx(to_onnx(net, (2, 8, 8))).double()
@@ -168,7 +168,7 @@ def test_row_norms_match_the_materialized_chains():
 def test_liplt_estimate_approaches_the_sound_liplt_bounds(monkeypatch):
     """Against Theorem 3.3's recursion with exact norms (the sound LipLT without its AOL refinement, which the
     training estimate does not use): from below, and close once the power iteration has converged."""
-    import verifier.liplt as sound_liplt
+    import verifier.engines.liplt as sound_liplt
 
     monkeypatch.setattr(sound_liplt, "REFINE_PAIRS_MAX_UNITS", -1)
     monkeypatch.setattr(sound_liplt._Refiner, "weighted", lambda self, j, sq, m: math.inf)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from frontends import load_onnx, read_model
-from verifier.parity import check_parity
+from frontends.parity import check_parity
 
 from .conftest import zoo_models
 

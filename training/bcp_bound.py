@@ -1,6 +1,6 @@
 """BCP's training bound (Lee et al. 2020, §3-4): the worst-translated logit over the box-and-ball outer bound.
 
-The same walk as the certificate (``verifier.bcp.walk``: interval images intersected with the Lipschitz ball
+The same walk as the certificate (``verifier.engines.bcp.walk``: interval images intersected with the Lipschitz ball
 of every tensor and, at affine-chain outputs, the row-norm bound of eq. 6), but with differentiable estimates
 (``training.estimates.GraphEstimate``: power iteration) in place of the sound bounds, and the autograd graph
 kept. The last layer is problem (11), min over the box and the ball of (w_y - w_m).(h - h(x)), by the paper's
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from verifier.bcp import BallBounds, walk
+from verifier.engines.bcp import BallBounds, walk
 from verifier.box import Box
 from verifier.errors import NoRuleError
 from verifier.ir import inference_mode

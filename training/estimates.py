@@ -3,7 +3,7 @@
 Everything here is an *estimate* (power iteration converges from below): fine for a training loss, never used
 for certificates (those come from ``verifier``, which re-bounds the trained weights soundly).
 
-- ``GraphEstimate``: LMT Algorithm 2 over the whole graph (``verifier.power_iteration``: one power step per
+- ``GraphEstimate``: LMT Algorithm 2 over the whole graph (``verifier.engines.power_iteration``: one power step per
   call on every affine chain, persistent vectors, batch normalization bounded as at inference, LMT §4.1), plus
   LMT Prop. 2's pieces: L_sub (input -> the last affine layer's input) and that layer's rows w_k, and for BCP
   the estimate at every tensor and the row norms ||A_i|| of every other affine chain (BCP eq. 6).
@@ -20,9 +20,9 @@ from torch import Tensor
 
 from verifier.box import Box
 from verifier.ir import GraphModule, inference_mode
-from verifier.liplt import linear_graph, loop_units
-from verifier.lipschitz import chain_function
-from verifier.power_iteration import PowerIteration
+from verifier.engines.liplt import linear_graph, loop_units
+from verifier.engines.lipschitz import chain_function
+from verifier.engines.power_iteration import PowerIteration
 
 def _rows(run, leaves: list[Tensor], k: int) -> list[Tensor | None]:
     """The rows (K, n_leaf) of a linear map ``run(*leaves)`` with K outputs, per leaf (None where the output does
@@ -131,7 +131,7 @@ class LipLTEstimate:
     """CRM's training-time LipLT (Theorem 3.3 with power-iteration norms); ``est()`` -> L_ij (K, K).
 
     Every map M = A_k (x_0 -> y_k) or B_kj (u_j -> y_k) of the loop-transformed linear graph
-    (``verifier.liplt``) keeps a persistent vector v; each call runs the linear graph once on a batch holding
+    (``verifier.engines.liplt``) keeps a persistent vector v; each call runs the linear graph once on a batch holding
     every v in its own sample (plus a zero sample that removes the constants), so that sigma = ||M v|| for all
     maps comes from one forward pass, and one backward pass gives M^T M v for the next call. Raises
     ``NoRuleError`` for graphs LipLT cannot map (MaxPool, ...)."""

@@ -4,7 +4,7 @@ The certificate matches the method (and is always at least LMT Prop. 2's where t
 layer): ``lmt``, ``standard``, ``cross-lipschitz`` -> lmt-pairwise (Prop. 1 without a last affine layer);
 ``crm`` -> LipLT's pairwise bounds (CRM eq. 5) after the last epoch; ``bcp`` -> BCP at the target eps. All come from
 ``verifier`` on the current weights, so the numbers shown while training are real certificates. "Certified at
-eps" is ``verifier.certify.certified_at`` (a radius strictly above eps), as in every report.
+eps" is ``verifier.certificates.certify.certified_at`` (a radius strictly above eps), as in every report.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from verifier.certify import Bounds
+from verifier.certificates.certify import Bounds
 from verifier.errors import LipverifyError
 from verifier.ir import GraphModule
-from verifier.lipschitz import graph_lipschitz
-from verifier.methods import BCP, LIPLT, Task, default_method
+from verifier.engines.lipschitz import graph_lipschitz
+from verifier.certificates.methods import BCP, LIPLT, Task, default_method
 from verifier.problem import RadiusProblem
 
 

@@ -1,5 +1,5 @@
 """Boxes (axis-aligned intervals in centre/radius form) and the rule kit the ops' box rules are written in; the
-walk over the IR (interval bound propagation) is ``verifier/ibp.py``.
+walk over the IR (interval bound propagation) is ``verifier/engines/ibp.py``.
 
 A ``Box`` holds a batch of boxes like a forward tensor holds a batch of samples: ``center`` and ``radius`` have
 the tensor's shape (batch axis in front), ``radius >= 0``, and the box is {x : |x - center| <= radius}
@@ -58,8 +58,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from . import fused
-from .rounding import gamma, outward_rounding, tiny, unit_roundoff
+from verifier import fused
+from verifier.rounding import gamma, outward_rounding, tiny, unit_roundoff
 
 
 def _toward(t: Tensor, direction: float) -> Tensor:

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .rounding import SAFETY
+from verifier.rounding import SAFETY
 
 #: multiplicative safety factor on every float64 bound (see the module docstring)
 _CHUNK_BYTES = 64 << 20  # complex matrices per eigenvalue batch

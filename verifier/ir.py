@@ -17,8 +17,8 @@ import networkx as nx
 import torch
 from torch import nn
 
-from .errors import InputShapeError
-from .ops.base import Op, Shape
+from verifier.errors import InputShapeError
+from verifier.ops.base import Op, Shape
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Interval Jacobians: boxes that enclose the gradient of a logit difference over a box of inputs.
 
-The local Cross-Lipschitz certificate (Hein & Andriushchenko 2017, Theorem 2.1; ``verifier/local.py``) needs
+The local Cross-Lipschitz certificate (Hein & Andriushchenko 2017, Theorem 2.1; ``verifier/engines/local.py``) needs
 max over a ball of ||grad (z_y - z_j)||_q. By the chain rule, grad (z_y - z_j)(x') = J_1^T J_2^T ... J_n^T s with
 s = e_y - e_j and J_k the Jacobian of node k at the point x' reaches. Each node's ``Op.grad_interval`` rule
 maps a box of output gradients g (the vector-Jacobian product's input) to boxes of input gradients J^T g that
@@ -18,7 +18,7 @@ For piecewise-smooth functions (ReLU, max) the Jacobians are Clarke's generalize
 contain (e.g. [0, 1] for ReLU at a box around 0); the mean-value inequality |g(x') - g(x)| <= sup ||grad g|| ||x' -
 x|| holds with them for every Lipschitz g along a segment, which is all Theorem 2.1 uses.
 
-This module is the kit those rules are written in; the walk over the IR is ``verifier/gradients.py``.
+This module is the kit those rules are written in; the walk over the IR is ``verifier/engines/gradients.py``.
 Everything runs in float64; every affine step widens the radius by ``REL64`` relative (the rounding of its sums,
 fan-in < 1e6) and activations by the float64 rounding of their slopes and products, so the boxes enclose the
 real-arithmetic gradients.
@@ -30,9 +30,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .box import Box, is_box
-from .errors import NoRuleError
-from .rounding import REL64, TINY64
+from verifier.box import Box, is_box
+from verifier.errors import NoRuleError
+from verifier.rounding import REL64, TINY64
 
 
 

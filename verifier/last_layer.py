@@ -1,6 +1,6 @@
 """The last layer's problem, exactly: a lower bound of min c.d over a box of d, or over a box intersected with an
 l2 ball (BCP problem (11), Lee et al. 2020, Proposition 2), for many rows c at once. BCP's certificates
-(``verifier.bcp``) and BCP training (``training.bcp_bound``) solve it at the input h of the last affine layer,
+(``verifier.engines.bcp``) and BCP training (``training.bcp_bound``) solve it at the input h of the last affine layer,
 where z = W h + b makes every output row c.z a linear function of h.
 
 Soundness: every value returned is at most the true minimum, with the float64 rounding of its own sums covered
@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .rounding import REL64
+from verifier.rounding import REL64
 
 
 def ball_box_min(c: Tensor, lo: Tensor, hi: Tensor, rho: Tensor | None, rounds: int | None = None) -> Tensor:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .rounding import FLOAT_SLACK, REL64
+from verifier.rounding import FLOAT_SLACK, REL64
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

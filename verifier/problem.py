@@ -33,8 +33,8 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from .box import Box
-from .rounding import REL64
+from verifier.box import Box
+from verifier.rounding import REL64
 
 NORMS = (2.0, math.inf)
 

@@ -10,8 +10,8 @@ from collections import Counter
 
 import numpy as np
 
-from .ir import Node
-from .ops import lookup
+from verifier.ir import Node
+from verifier.ops import lookup
 
 
 def _scalar(const: dict[str, np.ndarray], name: str) -> float | None:

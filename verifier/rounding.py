@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import NoRuleError
+from verifier.errors import NoRuleError
 
 #: relative factor on a Lipschitz bound computed in float64 (an exact SVD, a norm), for its rounding
 SAFETY = 1.0 + 1e-6

@@ -9,8 +9,8 @@ from torch import nn
 
 from frontends import load_onnx
 from frontends.data import load_dataset
-from verifier.logits import batched_logits
-from verifier.certify import compute_bounds
+from verifier.commands.logits import batched_logits
+from verifier.certificates.certify import compute_bounds
 
 from ..conftest import REPO, shared_dir
 

@@ -12,9 +12,9 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..box import is_box
-from ..errors import NoRuleError
-from ..jacobian import affine_transpose, no_gradient_rule
+from verifier.box import is_box
+from verifier.errors import NoRuleError
+from verifier.jacobian import affine_transpose, no_gradient_rule
 
 Shape = tuple[int, ...]
 
@@ -191,7 +191,7 @@ class Op:
     def channel_scale(self, args: RuleArgs, channels: int) -> torch.Tensor | None:
         """The per-channel factor (axis 1, float64) when the op is a channel-wise affine map of its one
         input-dependent input, as ``args`` (the Lipschitz rule's arguments) describe it; None otherwise. A
-        convolution between such maps is one convolution with a rescaled kernel (``verifier/lipschitz.py``)."""
+        convolution between such maps is one convolution with a rescaled kernel (``verifier/engines/lipschitz.py``)."""
         return None
 
     def squared_row_norms(self, ones: torch.Tensor, args: list[Any]) -> torch.Tensor | None:

@@ -1,7 +1,7 @@
 """Elementwise arithmetic (Add, Sub, Mul, Div, Neg; variadic Sum, Max, Min) with numpy broadcasting, and Cast.
 
 With a constant operand these are affine maps (input normalization, biases, scalings), bounded as linear maps
-(``verifier/lipschitz.py`` folds them into affine chains); with two input-dependent operands Add/Sub are sums of
+(``verifier/engines/lipschitz.py`` folds them into affine chains); with two input-dependent operands Add/Sub are sums of
 branches and Mul/Div are products.
 Box rules: sums add radii (exact), products and quotients of two boxes take the hull of the corner values
 (exact interval arithmetic), a constant factor scales the radius by |c|; each is widened by a few ulps (of
@@ -12,9 +12,9 @@ from __future__ import annotations
 import onnx
 import torch
 
-from ..box import Box, is_box, is_integer, parts
-from ..rounding import SAFETY, unit_roundoff
-from .base import Lipschitz, Op, RuleArgs, rule
+from verifier.box import Box, is_box, is_integer, parts
+from verifier.rounding import SAFETY, unit_roundoff
+from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
 
 
 def _box_of(xs) -> Box:
@@ -258,7 +258,7 @@ class Cast(Op):
     def setup(self) -> None:
         self.to = int(self.attr("to", onnx.TensorProto.FLOAT))
         if self.to not in _FLOAT_TYPES and self.to not in _TORCH_TYPES:
-            from ..errors import ModelImportError
+            from verifier.errors import ModelImportError
             raise ModelImportError(f"Cast node '{self.name}': unsupported target type "
                                    f"{onnx.TensorProto.DataType.Name(self.to)}")
 

@@ -12,15 +12,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..box import Box, affine, interval_matmul, is_box
-from ..rounding import SAFETY, unit_roundoff
-from .base import Lipschitz, Op, RuleArgs, ints, rule
-from .padding import CONV, CONV_T, pad_spatial, resolve_pads, symmetric
+from verifier.box import Box, affine, interval_matmul, is_box
+from verifier.rounding import SAFETY, unit_roundoff
+from verifier.ops.base import Lipschitz, Op, RuleArgs, ints, rule
+from verifier.ops.padding import CONV, CONV_T, pad_spatial, resolve_pads, symmetric
 
 
 def spectral_norm(matrix: torch.Tensor) -> float:
     """Largest singular value in float64 (batched matrices: the largest over the batch) times SAFETY."""
-    from ..conv_norms import l2_norm_exact
+    from verifier.conv_norms import l2_norm_exact
 
     m = matrix.double()
     if m.dim() < 2:
@@ -248,7 +248,7 @@ class Conv(_ConvBase):
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         """l2: the largest singular value over the DFT frequencies of the circular convolution that the
         zero-padded one restricts (Sedghi et al. 2019; polyphase for strides); l_inf: the largest kernel abs sum."""
-        from ..conv_norms import conv_l2_bound, conv_linf_bound
+        from verifier.conv_norms import conv_l2_bound, conv_linf_bound
 
         if not self.is_affine(args.dynamic):
             raise self.no_rule("the kernel must be a constant")
@@ -304,7 +304,7 @@ class ConvTranspose(_ConvBase):
 
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         """The adjoint of a strided convolution (then cropped): the same DFT bound (Sedghi et al. 2019)."""
-        from ..conv_norms import conv_transpose_l2_bound, conv_transpose_linf_bound
+        from verifier.conv_norms import conv_transpose_l2_bound, conv_transpose_linf_bound
 
         if not self.is_affine(args.dynamic):
             raise self.no_rule("the kernel must be a constant")
@@ -347,7 +347,7 @@ class BatchNormalization(Op):
         # training mode: the attribute from opset 14, extra outputs (running statistics) before, is_test=0 before 7
         if int(self.attr("training_mode", 0)) or (self.opset < 14 and self.n_outputs > 1) \
                 or (self.opset < 7 and not int(self.attr("is_test", 0))):
-            from ..errors import ModelImportError
+            from verifier.errors import ModelImportError
             raise ModelImportError(f"BatchNormalization node '{self.name}' is in training mode (normalizes with "
                                    f"the statistics of each batch); only inference batch normalization is supported")
 

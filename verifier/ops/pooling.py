@@ -10,11 +10,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..box import Box, affine, is_box
-from ..jacobian import no_gradient_rule
-from ..rounding import REL64, SAFETY, TINY64
-from .base import Lipschitz, Op, RuleArgs, ints, rule
-from .padding import CONV, MAX_POOL, pad_spatial, resolve_pads
+from verifier.box import Box, affine, is_box
+from verifier.jacobian import no_gradient_rule
+from verifier.rounding import REL64, SAFETY, TINY64
+from verifier.ops.base import Lipschitz, Op, RuleArgs, ints, rule
+from verifier.ops.padding import CONV, MAX_POOL, pad_spatial, resolve_pads
 
 
 def monotone_interval(op: Op, x: Box, *rest) -> Box:
@@ -78,7 +78,7 @@ class _Pool(Op):
         self.kernel = ints(self.attr("kernel_shape"))
         nd = len(self.kernel)
         if nd not in MAX_POOL:
-            from ..errors import ModelImportError
+            from verifier.errors import ModelImportError
             raise ModelImportError(f"{self.op_type} node '{self.name}': {nd}-D pooling is not supported (1-D to 3-D)")
         self.strides = ints(self.attr("strides")) or [1] * nd
         self.dilations = ints(self.attr("dilations")) or [1] * nd
@@ -204,7 +204,7 @@ class AveragePool(_Pool):
         pads, overhang = self._layout(shape[2:])
         if any(overhang) or (any(p != (0, 0) for p in pads) and not self.count_include_pad):
             return Lipschitz([holder], "holder")
-        from ..conv_norms import conv_l2_bound
+        from verifier.conv_norms import conv_l2_bound
 
         kernel = torch.full((1, 1, *self.kernel), 1.0 / math.prod(self.kernel), dtype=torch.float64)
         dft = conv_l2_bound(kernel, tuple(shape[2:]), self.strides, self.dilations, pads, 1)

@@ -9,10 +9,10 @@ import math
 
 import torch
 
-from ..box import Box, outward
-from ..rounding import SAFETY, gamma, unit_roundoff
-from .base import Lipschitz, Op, RuleArgs, ints, norm_axis, rule
-from .pooling import average_interval, monotone_interval
+from verifier.box import Box, outward
+from verifier.rounding import SAFETY, gamma, unit_roundoff
+from verifier.ops.base import Lipschitz, Op, RuleArgs, ints, norm_axis, rule
+from verifier.ops.pooling import average_interval, monotone_interval
 
 
 class _Reduce(Op):

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..box import Box, is_box, is_integer, parts
-from .base import Lipschitz, Op, RuleArgs, ints, norm_axis, rule
+from verifier.box import Box, is_box, is_integer, parts
+from verifier.ops.base import Lipschitz, Op, RuleArgs, ints, norm_axis, rule
 
 
 def moved(op: Op, x, *rest):
@@ -289,7 +289,7 @@ class Pad(Op):
             self.value = float(np.asarray(value).reshape(-1)[0]) if value is not None and np.size(value) else 0.0
             self.axes = ints(self.static.get(3)) or None
         if self.mode not in ("constant", "edge", "reflect", "wrap"):
-            from ..errors import ModelImportError
+            from verifier.errors import ModelImportError
             raise ModelImportError(f"Pad node '{self.name}': unknown mode '{self.mode}'")
 
     def is_affine(self, dynamic):

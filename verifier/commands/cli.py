@@ -18,10 +18,10 @@ import click
 from frontends.outputs import OutputPaths
 from training.methods import METHODS as TRAINING_METHODS
 
-from .cli_values import COUNT, FRACTION, POSITIVE, RADIUS, SEED, Number, Shape, Values
-from .errors import LipverifyError, UnsupportedOpsError
-from .methods import BEST, METHODS
-from .methods import help_text as method_help
+from verifier.commands.cli_values import COUNT, FRACTION, POSITIVE, RADIUS, SEED, Number, Shape, Values
+from verifier.errors import LipverifyError, UnsupportedOpsError
+from verifier.certificates.methods import BEST, METHODS
+from verifier.certificates.methods import help_text as method_help
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -54,7 +54,7 @@ def inspect(model: str, output: str | None, as_json: bool) -> None:
     Exit 0 when the IR matches onnxruntime (relative difference <= 1e-4 of the output magnitude), 1 when it
     does not, 2 when the model cannot be imported.
     """
-    from .inspect import format_report, inspect_model
+    from verifier.commands.inspect import format_report, inspect_model
 
     try:
         report = inspect_model(model, output)
@@ -116,16 +116,16 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool, method: 
     """Guaranteed upper bounds of MODEL's Lipschitz constant (LMT §4-5): the global bound (input -> logits),
     L_sub before the last affine layer, and each node's bound with the method used; with --method liplt, LipLT's
     global, per-class and pairwise bounds beside the naive ones."""
-    from .loading import import_model
-    from .lipschitz import graph_lipschitz
-    from .loading import norm_value
-    from .report import format_lipschitz, format_liplt
+    from verifier.commands.loading import import_model
+    from verifier.engines.lipschitz import graph_lipschitz
+    from verifier.commands.loading import norm_value
+    from verifier.commands.report import format_lipschitz, format_liplt
 
     _, module = import_model(model, output)
     report = graph_lipschitz(module, norm_value(norm))
     improved = None
     if method == "liplt":
-        from .liplt import liplt
+        from verifier.engines.liplt import liplt
 
         improved = liplt(module, norm_value(norm), naive=report)
     if as_json:
@@ -168,8 +168,8 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
     certified radius (a soundness bug)."""
     from frontends.onnx_io import read_model
 
-    from .certify_run import run_certify
-    from .plot import certify_curves, plot_curve, plot_format
+    from verifier.commands.certify_run import run_certify
+    from verifier.commands.plot import certify_curves, plot_curve, plot_format
 
     if (gate is None) != (gate_eps is None):
         raise click.UsageError("--min-certified-accuracy and --at-eps go together")
@@ -185,7 +185,7 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
     if as_json:
         emit_json(result)
     else:
-        from .report import format_certify
+        from verifier.commands.report import format_certify
 
         click.echo(format_certify(result))
     if result.get("attack_unconfirmed"):
@@ -230,7 +230,7 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
     IDX pixels). 0 for misclassified inputs; inf (JSON null) when nothing is found. Exit 0 ok, 2 bad input."""
     from frontends.onnx_io import read_model
 
-    from .attack_run import format_attack, run_attack
+    from verifier.commands.attack_run import format_attack, run_attack
 
     outputs = OutputPaths({"--report": report_path}, inputs=[model, data_path])
     source = read_model(model, outputs)

@@ -22,7 +22,7 @@ graph, in float64), so their norms are exact (the dual norm: l2 -> l2, l_inf -> 
 ``MATERIALIZE_LIMIT`` entries; otherwise the product of the ops' sound rules along the linear graph (LMT
 composition, ``_composed``). No power iteration. In l2, each term d_j ||B|| m_j may be replaced by Theorem 3.2's
 refinement with AOL's diagonal T (``_Refiner``), where the Jacobians it needs were materialized. Every final
-bound is also capped by the naive one (``verifier.lipschitz``: L, and LMT Prop. 2's L_sub ||w_i - w_j|| for
+bound is also capped by the naive one (``verifier.engines.lipschitz``: L, and LMT Prop. 2's L_sub ||w_i - w_j|| for
 pairs), both being sound.
 
 Graphs it cannot map (an op that is neither affine nor an elementwise slope-restricted activation: MaxPool,
@@ -39,12 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .conv_norms import l2_norm_exact, linf_norm_exact
-from .errors import NoRuleError
-from .ir import GraphModule, Node
-from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, combine, graph_lipschitz, rule_args
-from .ops.activations import Activation
-from .rounding import REL64, SAFETY
+from verifier.conv_norms import l2_norm_exact, linf_norm_exact
+from verifier.errors import NoRuleError
+from verifier.ir import GraphModule, Node
+from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, combine, graph_lipschitz, rule_args
+from verifier.ops.activations import Activation
+from verifier.rounding import REL64, SAFETY
 
 #: relative slack on the exact vector norms (float64 back-propagation)
 #: the l2 refinement keeps materialized Jacobians up to this many entries in all
@@ -245,7 +245,7 @@ def _naive_pairs(naive: LipschitzReport, norm: float) -> tuple[Tensor | None, Te
     """LMT Prop. 2's pairwise and per-class bounds L_sub ||w_i - w_j||, L_sub ||w_i|| (dual norms), or None."""
     if naive.last_matrix is None or naive.lipschitz_sub is None:
         return None, None
-    from .margins import pair_norms
+    from verifier.margins import pair_norms
 
     w = naive.last_matrix.double()
     pairs = pair_norms(w, 2 if norm == 2 else math.inf) * naive.lipschitz_sub

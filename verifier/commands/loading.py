@@ -1,6 +1,6 @@
 """Loading what the commands work on: the model (its file and its IR), the device, and data shaped for the
 model. Used by certify, attack, lipschitz, inspect and training; strings typed by the user were checked by the
-command line already (``verifier/cli_values.py``)."""
+command line already (``verifier/commands/cli_values.py``)."""
 from __future__ import annotations
 
 import math
@@ -14,8 +14,8 @@ from frontends.data import load_dataset
 from frontends.onnx_import import load_onnx
 from frontends.onnx_io import read_model
 
-from .errors import LipverifyError, ModelImportError
-from .ir import GraphModule
+from verifier.errors import LipverifyError, ModelImportError
+from verifier.ir import GraphModule
 
 
 def norm_value(norm: str) -> float:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .ir import GraphModule
-from .lipschitz import LipschitzReport, graph_lipschitz
-from .margins import margin_ratios, margins, pair_norms
+from verifier.ir import GraphModule
+from verifier.engines.lipschitz import LipschitzReport, graph_lipschitz
+from verifier.margins import margin_ratios, margins, pair_norms
 
 
 
@@ -47,7 +47,7 @@ def prop1_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: flo
 
 def pairwise_radii(logits: torch.Tensor, y: torch.Tensor, pair_bounds: torch.Tensor) -> torch.Tensor:
     """min_{j != y} (z_y - z_j) / L_yj with ``pair_bounds`` (K, K) bounds of the Lipschitz constants of
-    x -> z_i - z_j: LMT Prop. 2's L_sub ||w_i - w_j|| or LipLT's (CRM eq. 5, ``verifier.liplt``)."""
+    x -> z_i - z_j: LMT Prop. 2's L_sub ||w_i - w_j|| or LipLT's (CRM eq. 5, ``verifier.engines.liplt``)."""
     diff, correct = margins(logits, y)
     r = margin_ratios(diff, pair_bounds.double()[y]).min(dim=1).values
     return torch.where(correct, r, torch.zeros_like(r))

@@ -1,6 +1,6 @@
 """The gradient-box walk over the IR (``gradient_box``): boxes enclosing the gradient of a logit difference over
 a box of inputs, for the local Cross-Lipschitz certificate (Hein & Andriushchenko 2017, Theorem 2.1;
-``verifier/local.py``). Each node's ``Op.grad_interval`` rule (written in the kit of ``verifier/jacobian.py``,
+``verifier/engines/local.py``). Each node's ``Op.grad_interval`` rule (written in the kit of ``verifier/jacobian.py``,
 whose docstring states the soundness claim) is applied in reverse topological order.
 
 The walk is batched over (input, class pair): the gradients have batch B * P (P seeds per input, in that order)
@@ -14,15 +14,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .box import Box, is_box
-from .errors import NoRuleError
-from .ir import GraphModule
-from .rounding import REL64
+from verifier.box import Box, is_box
+from verifier.errors import NoRuleError
+from verifier.ir import GraphModule
+from verifier.rounding import REL64
 
 
 def gradient_box(module: GraphModule, env: dict[str, Any], seeds: Tensor, output: str) -> Box:
     """A box enclosing J(x')^T s for every x' whose tensors lie in the forward boxes ``env`` (tensor name ->
-    Box, from ``verifier.box`` / ``verifier.bcp``; batch B) and every seed s of ``seeds`` (shape (B, P, *shape
+    Box, from ``verifier.box`` / ``verifier.engines.bcp``; batch B) and every seed s of ``seeds`` (shape (B, P, *shape
     of ``output``'s sample)): the gradient with respect to the model input of s . output, as a Box of batch
     B * P. Raises NoRuleError naming the first node without a gradient rule."""
     g = module.graph

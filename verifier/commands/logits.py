@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .ir import GraphModule
-from .progress import progress
+from verifier.ir import GraphModule
+from verifier.commands.progress import progress
 
 
 class LogitEngine:
@@ -41,7 +41,7 @@ def _batched_session(model, module: GraphModule):
     """An onnxruntime runner for whole batches, if the file accepts them and matches the IR on a probe."""
     import numpy as np
 
-    from .parity import input_dtype, reference_runner
+    from frontends.parity import input_dtype, reference_runner
 
     try:
         name, run = reference_runner(model)

@@ -8,7 +8,7 @@ from typing import IO, Any
 
 import torch
 
-from .errors import LipverifyError
+from verifier.errors import LipverifyError
 
 
 #: the formats ``--plot`` writes, by the file's suffix (no suffix: png)

@@ -10,7 +10,7 @@ choices, ``--method best``'s portfolio (every registered method, in registration
 radius per input: all are sound), ``methods_skipped`` and training's held-out evaluation read the registry, so
 a method's name is written here and nowhere else.
 
-"Certified at eps" has one definition, ``verifier.certify.certified_at``: a radius strictly above eps.
+"Certified at eps" has one definition, ``verifier.certificates.certify.certified_at``: a radius strictly above eps.
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import LipverifyError, NoRuleError
+from verifier.errors import LipverifyError, NoRuleError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from .certify import Bounds
-    from .problem import RadiusProblem
-    from .ir import GraphModule
+    from verifier.certificates.certify import Bounds
+    from verifier.problem import RadiusProblem
+    from verifier.ir import GraphModule
 
 #: the name of the portfolio: every method that applies, the largest radius per input
 BEST = "best"
@@ -94,7 +94,7 @@ class Method:
     def verified(self, task: Task, eps: float) -> Tensor:
         """Per input, whether the method proves the prediction on the closed ball of radius ``eps`` (model space):
         ``certified_at`` its radii, or its direct check at eps where it has one."""
-        from .certify import certified_at
+        from verifier.certificates.certify import certified_at
 
         self._refuse(task)
         if self.check is not None:
@@ -125,7 +125,7 @@ def default_method(bounds: Bounds) -> Method:
 
 def certified_radii(logits: Tensor, y: Tensor, bounds: Bounds, norm: float, method: str) -> Tensor:
     """Radii of a method that needs only the logits and the Lipschitz bounds (``lmt``, ``lmt-pairwise``)."""
-    from .problem import RadiusProblem
+    from verifier.problem import RadiusProblem
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -147,20 +147,20 @@ def _batched(task: Task) -> str | None:
 
 
 def _prop1(task: Task) -> Tensor:
-    from .certify import prop1_radii
+    from verifier.certificates.certify import prop1_radii
 
     return prop1_radii(task.logits, task.y, task.bounds, task.norm)
 
 
 def _prop2(task: Task) -> Tensor:
-    from .certify import prop2_radii
+    from verifier.certificates.certify import prop2_radii
 
     return prop2_radii(task.logits, task.y, task.bounds, task.norm)
 
 
 def _liplt(task: Task) -> Tensor:
-    from .certify import pairwise_radii
-    from .liplt import liplt
+    from verifier.certificates.certify import pairwise_radii
+    from verifier.engines.liplt import liplt
 
     report = task.bounds.l2 if task.norm == 2 else task.bounds.linf
     try:
@@ -171,19 +171,19 @@ def _liplt(task: Task) -> Tensor:
 
 
 def _ibp(task: Task) -> Tensor:
-    from .bcp import ibp_radii
+    from verifier.engines.bcp import ibp_radii
 
     return ibp_radii(task.cpu_module(), task.bounds.l2, task.problem, batch_size=task.batch_size).cpu()
 
 
 def _ibp_check(task: Task, eps: float) -> Tensor:
-    from .bcp import verify_ibp
+    from verifier.engines.bcp import verify_ibp
 
     return verify_ibp(task.cpu_module(), task.bounds.l2, task.problem.at(eps)).cpu()
 
 
 def _bcp(task: Task) -> Tensor:
-    from .bcp import bcp_radii
+    from verifier.engines.bcp import bcp_radii
 
     return bcp_radii(task.cpu_module(), task.bounds.l2, task.problem, start=task.start(),
                      batch_size=task.batch_size).cpu()
@@ -191,8 +191,8 @@ def _bcp(task: Task) -> Tensor:
 
 def _bcp_check(task: Task, eps: float) -> Tensor:
     """BCP at eps, or LMT Prop. 2 (``bcp_radii`` starts from it) where it applies."""
-    from .bcp import verify_bcp
-    from .certify import certified_at
+    from verifier.engines.bcp import verify_bcp
+    from verifier.certificates.certify import certified_at
 
     ok = verify_bcp(task.cpu_module(), task.bounds.l2, task.problem.at(eps)).cpu()
     start = task.start()
@@ -203,7 +203,7 @@ def _local(task: Task) -> Tensor:
     """Starts its search at the largest radius found so far (or Prop. 2's) and reports only radii it proves."""
     import torch
 
-    from .local import check_supported, local_radii
+    from verifier.engines.local import check_supported, local_radii
 
     module = task.cpu_module()
     try:

@@ -7,10 +7,10 @@ from typing import Any
 
 from frontends.onnx_graph import value_shape
 
-from .ir import GraphModule
-from .loading import import_model
-from .ops import lookup
-from .parity import check_parity
+from verifier.ir import GraphModule
+from verifier.commands.loading import import_model
+from verifier.ops import lookup
+from frontends.parity import check_parity
 
 RULES = (("forward", "forward"), ("lipschitz", "lipschitz"), ("box", "interval"))
 

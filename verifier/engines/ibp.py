@@ -6,10 +6,10 @@ the input box.
 """
 from __future__ import annotations
 
-from .box import Box, exact_float32
-from .errors import InputShapeError
-from .ir import GraphModule
-from .problem import InputSet
+from verifier.box import Box, exact_float32
+from verifier.errors import InputShapeError
+from verifier.ir import GraphModule
+from verifier.problem import InputSet
 
 
 def _walk(module: GraphModule, box: Box, target: str) -> dict[str, Box]:

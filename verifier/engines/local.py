@@ -10,7 +10,7 @@ the ball intersected with the data's domain box (the paper's remark after Theore
 the argument holds, and certificates are about inputs in the domain as for every other method.
 
 L_j(R) for any graph (``local_bounds``): the forward boxes of every tensor over that set come from BCP's walk
-(``verifier.bcp.walk``: interval images intersected with the Lipschitz-ball boxes, for p = 2; for p = inf the
+(``verifier.engines.bcp.walk``: interval images intersected with the Lipschitz-ball boxes, for p = 2; for p = inf the
 l2 ball of radius sqrt(N) R circumscribing the box, BCP §3.1), and the gradient of s . z with s = e_y - e_j is
 enclosed by propagating a box backwards through every node's Jacobian rule (``verifier.jacobian``); L_j is
 the q-norm of the largest magnitudes in the input gradient's box. Where the model ends with an affine layer, the
@@ -27,7 +27,7 @@ certificate uses the smaller per pair.
 
 The radius (``local_radii``) is max over the R evaluated of rho(R): R grows by x4 from a start until rho(R) < R,
 then bisection on rho(R) >= R (L_j(R) grows with R, so that is where the maximum lies); every rho(R) evaluated is
-a certified radius, whatever the monotonicity. Arithmetic as in ``verifier.bcp``: float64 module, margins
+a certified radius, whatever the monotonicity. Arithmetic as in ``verifier.engines.bcp``: float64 module, margins
 reduced by ``margins.FLOAT_SLACK`` x max |z| for the float32 forward.
 """
 from __future__ import annotations
@@ -39,16 +39,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .bcp import Context, clean_values, prepare, walk
-from .errors import NoRuleError
-from .gradients import gradient_box
-from .ir import GraphModule
-from .jacobian import dual_norm_bound
-from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
-from .margins import margin_ratios, margins, pair_norms
-from .ops.activations import Activation
-from .problem import Problem, RadiusProblem
-from .rounding import REL64
+from verifier.engines.bcp import Context, clean_values, prepare, walk
+from verifier.errors import NoRuleError
+from verifier.engines.gradients import gradient_box
+from verifier.ir import GraphModule
+from verifier.jacobian import dual_norm_bound
+from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
+from verifier.margins import margin_ratios, margins, pair_norms
+from verifier.ops.activations import Activation
+from verifier.problem import Problem, RadiusProblem
+from verifier.rounding import REL64
 
 BISECTION_STEPS = 10
 #: most float64 entries of the gradient boxes of one chunk of inputs (B * K * largest tensor)
@@ -233,7 +233,7 @@ def local_radii(module: GraphModule, report: LipschitzReport, balls: RadiusProbl
 
 def check_supported(module: GraphModule, report: LipschitzReport) -> None:
     """Raise NoRuleError naming the first node without a gradient rule (before any work)."""
-    from .ops.base import Op
+    from verifier.ops.base import Op
 
     g = module.graph
     dynamic = g.dependent_tensors()

@@ -1,6 +1,6 @@
 """What the commands print: the Lipschitz, LipLT and certify tables and the certify summary (clean and certified
-accuracy, median radius). The plot is ``verifier/plot.py``, the progress bar and timer ``verifier/progress.py``,
-the bounds a certificate needs ``verifier.certify.compute_bounds``."""
+accuracy, median radius). The plot is ``plot.py``, the progress bar and timer ``progress.py``, the bounds a
+certificate needs ``verifier.certificates.certify.compute_bounds``."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .certify import certified_accuracy
-from .lipschitz import LipschitzReport
-from .loading import norm_label
+from verifier.certificates.certify import certified_accuracy
+from verifier.engines.lipschitz import LipschitzReport
+from verifier.commands.loading import norm_label
 
 
 def format_lipschitz(report: LipschitzReport, model: str) -> str:

@@ -5,7 +5,7 @@ Arithmetic and what is certified
 --------------------------------
 Everything is computed on a float64 copy of the module: the boxes of ``verifier.box`` then enclose the
 real-arithmetic image (their rounding rules cover float64 evaluation), the Lipschitz bounds of
-``verifier.lipschitz`` are real-arithmetic bounds, and the final margins are reduced by
+``verifier.engines.lipschitz`` are real-arithmetic bounds, and the final margins are reduced by
 ``margins.FLOAT_SLACK`` x max |z| for the float32 forward, exactly as the LMT certificates of ``certify.py``
 are. Both methods need a model that runs whole batches (as the Lipschitz bounds do).
 
@@ -57,14 +57,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import fused
-from .box import Box, exact_float32
-from .errors import NoRuleError
-from .ir import GraphModule
-from .last_layer import ball_box_min, box_min_pairs
-from .lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
-from .problem import Conjunction, Disjunction, Problem, RadiusProblem
-from .rounding import FLOAT_SLACK, REL64, TINY64, outward_rounding
+from verifier import fused
+from verifier.box import Box, exact_float32
+from verifier.errors import NoRuleError
+from verifier.ir import GraphModule
+from verifier.last_layer import ball_box_min, box_min_pairs
+from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
+from verifier.problem import Conjunction, Disjunction, Problem, RadiusProblem
+from verifier.rounding import FLOAT_SLACK, REL64, TINY64, outward_rounding
 
 #: relative safety factor on float64 norms and ball radii
 BISECTION_STEPS = 20

@@ -5,7 +5,7 @@ samples ``Dataset.x_user``, inside the box the user's inputs live in (``Dataset.
 pixels), so its radii are comparable with the certified radii that ``certify`` states in the same space. It
 attacks the logits (the input of a trailing Softmax/LogSoftmax, which keeps the argmax but flattens the margin).
 
-- ``pgd`` (default): ``verifier.attacks.attack_radius``, the distance of the closest adversarial example PGD
+- ``pgd`` (default): ``verifier.engines.attacks.attack_radius``, the distance of the closest adversarial example PGD
   finds, by batched bisection on eps (relative tolerance 1e-3);
 - ``deepfool``: the distance of DeepFool's adversarial example (no bisection; cheaper, usually larger).
 
@@ -21,11 +21,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .certify import certified_accuracy
-from .errors import LipverifyError
-from .ir import GraphModule
-from .loading import load_inputs, norm_label
-from .progress import Timer, progress
+from verifier.certificates.certify import certified_accuracy
+from verifier.errors import LipverifyError
+from verifier.ir import GraphModule
+from verifier.commands.loading import load_inputs, norm_label
+from verifier.commands.progress import Timer, progress
 
 METHODS = ("pgd", "deepfool")
 #: the relative tolerance of the bisection (``attack_radius``'s ``tol``)
@@ -71,7 +71,7 @@ def attack_dataset(module: GraphModule, data: Any, norm: float, *, method: str =
     """Attack every input of ``data`` (a ``frontends.data.Dataset``) in the user's space, in chunks of
     ``batch_size`` (bisection runs on a whole chunk at once), with a progress bar on stderr when there are
     several chunks. ``module`` must already be on the device to use."""
-    from .attacks import attack_radius, deepfool, flat_norm
+    from verifier.engines.attacks import attack_radius, deepfool, flat_norm
 
     if method not in METHODS:
         raise LipverifyError(f"attack method must be one of {', '.join(METHODS)}, got {method!r}")

@@ -5,14 +5,14 @@ from typing import Any, Sequence
 
 import torch
 
-from .certify import certified_accuracy, compute_bounds
-from .errors import LipverifyError
-from .loading import load_inputs, norm_label
-from .logits import LogitEngine, batched_logits
-from .methods import BEST, METHODS, Method, Task, default_method
-from .problem import RadiusProblem
-from .progress import Timer
-from .report import summarize
+from verifier.certificates.certify import certified_accuracy, compute_bounds
+from verifier.errors import LipverifyError
+from verifier.commands.loading import load_inputs, norm_label
+from verifier.commands.logits import LogitEngine, batched_logits
+from verifier.certificates.methods import BEST, METHODS, Method, Task, default_method
+from verifier.problem import RadiusProblem
+from verifier.commands.progress import Timer
+from verifier.commands.report import summarize
 
 
 def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: str = "2",
@@ -111,7 +111,7 @@ def _compare_with_attack(module, data, engine: LogitEngine, p: float, radii: tor
     same IR, or onnxruntime) confirm: its prediction differs from the label. Examples the engine does not
     confirm (the IR and onnxruntime disagree within their parity tolerance at a decision boundary) are listed
     as ``attack_unconfirmed`` instead."""
-    from .attack_run import attack_dataset, json_radius, median_over_correct
+    from verifier.commands.attack_run import attack_dataset, json_radius, median_over_correct
 
     att = attack_dataset(module, data, p, method=method, steps=steps, restarts=restarts, batch_size=batch_size,
                          label="attacking")

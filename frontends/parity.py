@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import torch
 
-from .ir import GraphModule
+from verifier.ir import GraphModule
 
 TOLERANCE = 1e-4
 #: files that compute in half precision cannot match a float32 IR to 1e-4: 16 half-precision epsilons

@@ -6,7 +6,7 @@
   are bounded as one map, because the norm of a product is far below the product of norms (LMT §5.2): by the
   exact largest singular value of the materialized chain when it is small enough, else by the product.
 - All bounds are guaranteed upper bounds, computed in float64 with a safety factor; nothing here uses power
-  iteration (that is ``verifier.power_iteration``, for training only).
+  iteration (that is ``verifier.engines.power_iteration``, for training only).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from .conv_norms import l2_norm_exact, linf_norm_exact, materialized_matrix
-from .errors import NoRuleError
-from .ir import GraphModule, Node
-from .ops.base import Lipschitz, RuleArgs
+from verifier.conv_norms import l2_norm_exact, linf_norm_exact, materialized_matrix
+from verifier.errors import NoRuleError
+from verifier.ir import GraphModule, Node
+from verifier.ops.base import Lipschitz, RuleArgs
 
 #: chains whose matrix has at most this many entries are materialized (float64: 32 MiB)
 MATERIALIZE_LIMIT = 2 ** 22
@@ -233,8 +233,8 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
 def _fused_conv_bound(chain: list[Node], args: dict[str, RuleArgs]) -> float | None:
     """A chain [channel ops..., Conv, channel ops...] is one convolution with a rescaled kernel
     W'[o, c] = s_out[o] W[o, c] s_in[c] (biases do not matter): its DFT bound (Sedghi et al. 2019)."""
-    from .conv_norms import conv_l2_bound
-    from .ops.linear import Conv
+    from verifier.conv_norms import conv_l2_bound
+    from verifier.ops.linear import Conv
 
     convs = [i for i, n in enumerate(chain) if isinstance(n.op, Conv)]
     if len(convs) != 1:
