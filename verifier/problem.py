@@ -39,10 +39,15 @@ from verifier.rounding import REL64
 NORMS = (2.0, math.inf)
 
 
-def _check_norm(norm: float) -> float:
-    if norm not in NORMS:
+def _check_ball(obj: Any) -> None:
+    """A ball's norm (2 or inf, kept as a float) and domain bounds (as tensors) checked in place."""
+    if obj.norm not in NORMS:
         raise ValueError("norm must be 2 or inf")
-    return float(norm)
+    object.__setattr__(obj, "norm", float(obj.norm))
+    for name in ("lower", "upper"):
+        value = getattr(obj, name)
+        if value is not None:
+            object.__setattr__(obj, name, torch.as_tensor(value))
 
 
 @dataclass(frozen=True)
@@ -59,15 +64,11 @@ class LpBall:
     upper: Tensor | None = None
 
     def __post_init__(self) -> None:
-        _check_norm(self.norm)
+        _check_ball(self)
         eps = torch.as_tensor(self.eps, dtype=torch.float64)
         if eps.dim() == 0:
             eps = eps.expand(len(self.center)).clone()
         object.__setattr__(self, "eps", eps)
-        for name in ("lower", "upper"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, torch.as_tensor(value))
 
     def __len__(self) -> int:
         return len(self.center)
@@ -230,13 +231,8 @@ class RadiusProblem:
     upper: Tensor | None = None
 
     def __post_init__(self) -> None:
-        _check_norm(self.norm)
-        object.__setattr__(self, "norm", float(self.norm))
+        _check_ball(self)
         object.__setattr__(self, "labels", torch.as_tensor(self.labels, dtype=torch.long))
-        for name in ("lower", "upper"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, torch.as_tensor(value))
 
     def __len__(self) -> int:
         return len(self.labels)
