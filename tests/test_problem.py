@@ -116,6 +116,10 @@ def test_robustness_rows():
     assert either.holds_at(z).tolist() == [True, True, False]
     with pytest.raises(ValueError):
         Problem(LpBall(torch.zeros(2, 2), 0.1), spec)
+    with pytest.raises(ValueError):
+        Conjunction(torch.zeros(3, 2, 3), torch.zeros(3, 3))  # d must be (B, R)
+    with pytest.raises(ValueError):
+        Disjunction(())
 
 
 @pytest.mark.parametrize("bcp", [False, True], ids=["ibp", "bcp"])

@@ -27,7 +27,8 @@ with ``LpBall(center, eps, ...)`` holds; ``at(eps)`` gives that problem.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Union
 
 import torch
@@ -73,7 +74,7 @@ class LpBall:
     def __len__(self) -> int:
         return len(self.center)
 
-    def __getitem__(self, index: slice) -> "LpBall":
+    def __getitem__(self, index: Any) -> "LpBall":
         return replace(self, center=self.center[index], eps=self.eps[index])
 
     def box(self, dtype: torch.dtype = torch.float64) -> Box:
@@ -106,7 +107,7 @@ class InputBox:
     def __len__(self) -> int:
         return len(self.lower)
 
-    def __getitem__(self, index: slice) -> "InputBox":
+    def __getitem__(self, index: Any) -> "InputBox":
         return InputBox(self.lower[index], self.upper[index])
 
     @property
@@ -137,7 +138,15 @@ class Conjunction:
     d: Tensor | None = None  # (B, R)
     labels: Tensor | None = None
     classes: int | None = None
-    _matrix: list = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            return
+        if self.c is None or self.d is None:
+            raise ValueError("a conjunction needs its rows C and offsets d (or labels, for robustness)")
+        if self.c.dim() != 3 or self.d.shape != self.c.shape[:2]:
+            raise ValueError(f"rows C of shape {tuple(self.c.shape)} (B, R, K) and offsets d of shape "
+                             f"{tuple(self.d.shape)} (B, R) do not fit")
 
     @classmethod
     def robustness(cls, labels: Tensor, classes: int | None = None) -> "Conjunction":
@@ -151,7 +160,8 @@ class Conjunction:
     def __len__(self) -> int:
         return len(self.labels) if self.labels is not None else len(self.c)
 
-    def __getitem__(self, index: slice) -> "Conjunction":
+    def __getitem__(self, index: Any) -> "Conjunction":
+        """The conjunctions of some inputs (a slice, indices or a mask)."""
         if self.labels is not None:
             return Conjunction(labels=self.labels[index], classes=self.classes)
         return Conjunction(self.c[index], self.d[index])
@@ -160,16 +170,18 @@ class Conjunction:
         """(C, d) in float64; for a robustness spec, rows e_y - e_j for j != y in increasing j."""
         if self.labels is None:
             return self.c.double(), self.d.double()
-        if not self._matrix:
-            if self.classes is None:
-                raise ValueError("a robustness spec needs its number of classes to give its rows")
-            k, y = self.classes, self.labels
-            eye = torch.eye(k, dtype=torch.float64)
-            full = eye[y][:, None, :] - eye[None, :, :]  # (B, K, K): row j is e_y - e_j
-            keep = torch.arange(k)[None, :] != y[:, None]
-            self._matrix.append(full[keep].reshape(len(y), k - 1, k))
-        c = self._matrix[0]
-        return c, torch.zeros(c.shape[:2], dtype=torch.float64)
+        return self._robustness_rows
+
+    @cached_property
+    def _robustness_rows(self) -> tuple[Tensor, Tensor]:
+        if self.classes is None:
+            raise ValueError("a robustness spec needs its number of classes to give its rows")
+        k, y = self.classes, self.labels
+        eye = torch.eye(k, dtype=torch.float64, device=y.device)
+        full = eye[y][:, None, :] - eye[None, :, :]  # (B, K, K): row j is e_y - e_j
+        keep = torch.arange(k, device=y.device)[None, :] != y[:, None]
+        c = full[keep].reshape(len(y), k - 1, k)
+        return c, torch.zeros(c.shape[:2], dtype=torch.float64, device=y.device)
 
     def values(self, z: Tensor) -> Tensor:
         """C z + d per input and row, (B, R), at outputs z (B, K) (float64, no rounding allowance)."""
@@ -187,10 +199,14 @@ class Disjunction:
 
     parts: tuple[Conjunction, ...]
 
+    def __post_init__(self) -> None:
+        if not self.parts or len({len(p) for p in self.parts}) != 1:
+            raise ValueError("a disjunction needs one or more conjunctions over the same inputs")
+
     def __len__(self) -> int:
         return len(self.parts[0])
 
-    def __getitem__(self, index: slice) -> "Disjunction":
+    def __getitem__(self, index: Any) -> "Disjunction":
         return Disjunction(tuple(p[index] for p in self.parts))
 
     def holds_at(self, z: Tensor) -> Tensor:
@@ -214,7 +230,7 @@ class Problem:
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def __getitem__(self, index: slice) -> "Problem":
+    def __getitem__(self, index: Any) -> "Problem":
         return Problem(self.inputs[index], self.spec[index])
 
 
@@ -237,7 +253,7 @@ class RadiusProblem:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: slice) -> "RadiusProblem":
+    def __getitem__(self, index: Any) -> "RadiusProblem":
         center = None if self.center is None else self.center[index]
         return replace(self, center=center, labels=self.labels[index])
 
