@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .conftest import REPO, run_main
 
+
 # ------------------------------------------------------------------------------------------------ the workspace
 def write_mlp(path: Path, external: dict[str, str] | None = None) -> Path:
     """A 4 -> 8 -> 3 ReLU MLP; ``external``: keys of W1's external-data entry (its data then goes to w.bin)."""

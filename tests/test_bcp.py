@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
+from verifier.certificates.certify import compute_bounds
+from verifier.certificates.methods import certified_radii
 from verifier.engines.attacks import pgd
 from verifier.engines.bcp import bcp_radii, ibp_radii, verify_bcp, verify_ibp
 from verifier.last_layer import ball_box_min
-from verifier.certificates.methods import certified_radii
 from verifier.problem import RadiusProblem
-from verifier.certificates.certify import compute_bounds
 
 from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
 from .conftest import run_main

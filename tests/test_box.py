@@ -19,8 +19,8 @@ import torch
 
 from frontends import load_onnx
 from verifier.box import Box, EmptyIntersectionError
-from verifier.errors import NoRuleError
 from verifier.engines.ibp import ibp, logit_box, propagate
+from verifier.errors import NoRuleError
 from verifier.ops.base import _REGISTRY
 from verifier.problem import LpBall
 

@@ -13,12 +13,12 @@ from torch import nn
 
 from frontends import load_onnx
 from frontends.data import load_dataset
+from verifier.certificates.certify import compute_bounds
+from verifier.certificates.methods import certified_radii
+from verifier.commands.logits import batched_logits
 from verifier.engines.attacks import pgd
 from verifier.engines.lipschitz import graph_lipschitz
-from verifier.certificates.methods import certified_radii
 from verifier.engines.power_iteration import PowerIteration, estimate
-from verifier.commands.logits import batched_logits
-from verifier.certificates.certify import compute_bounds
 
 from .cases.models import BUNDLED, blob_model
 from .conftest import run_main, shared_dir

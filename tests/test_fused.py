@@ -7,12 +7,12 @@ import torch
 
 from frontends import load_onnx
 from verifier import fused
-from verifier.engines.bcp import BallBounds, clean_values, prepare, walk
 from verifier.box import Box
-from verifier.rounding import training_arithmetic
 from verifier.certificates.certify import compute_bounds
-from .cases.models import BUNDLED
+from verifier.engines.bcp import BallBounds, clean_values, prepare, walk
+from verifier.rounding import training_arithmetic
 
+from .cases.models import BUNDLED
 
 
 def _plain_intersect(ac, ar, bc, br):

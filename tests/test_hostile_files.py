@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from .conftest import REPO, run_main
 from .hostile import run_refused, write_idx, write_mlp
 
+
 # ----------------------------------------------------------------------------------------------- bad data files
 def npz_with_header(path: Path, header: str, data: bytes, y: np.ndarray | None = None) -> Path:
     """An .npz whose x.npy has ``header`` (the dict text) and ``data``, written by hand."""

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from verifier.box import Box
-from verifier.errors import NoRuleError
 from verifier.engines.gradients import gradient_box
 from verifier.engines.ibp import propagate
+from verifier.errors import NoRuleError
 from verifier.jacobian import dual_norm_bound
 from verifier.ops.activations import Activation
 from verifier.ops.base import _REGISTRY
@@ -164,8 +164,9 @@ def test_slope_ranges_enclose_and_reach_the_derivative(op_type):
 
 def test_maxpool_gradient_box_is_exact_with_unique_maxima():
     """Well-separated windows (one possible maximum each): the gradient box is the exact transpose."""
-    from .onnx_graphs import make_model, node
     from frontends import load_onnx
+
+    from .onnx_graphs import make_model, node
 
     model = make_model([node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])], [1, 4, 4])
     module = load_onnx(model).double()

@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
-from verifier.engines.attacks import pgd
-from verifier.certificates.certify import pairwise_radii
-from verifier.engines.liplt import liplt
+from verifier.certificates.certify import compute_bounds, pairwise_radii
 from verifier.certificates.methods import certified_radii
-from verifier.certificates.certify import compute_bounds
+from verifier.engines.attacks import pgd
+from verifier.engines.liplt import liplt
 
 from .cases.models import blob_model, export
 from .conftest import run_main, shared_dir

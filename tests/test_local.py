@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
+from verifier.certificates.certify import compute_bounds
+from verifier.certificates.methods import certified_radii
 from verifier.engines.attacks import pgd
 from verifier.engines.local import local_bounds, local_radii, prepare_local, prop22_bounds
 from verifier.problem import RadiusProblem
-from verifier.certificates.methods import certified_radii
-from verifier.certificates.certify import compute_bounds
 
 from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
 from .conftest import run_main
@@ -112,8 +112,8 @@ def test_prop22_against_the_paper_formula_and_sampling(softplus_model):
     ratios = []
     for eps in (0.05, 0.3, 1.0):
         radius = torch.full((len(x),), eps, dtype=torch.float64)
-        from verifier.engines.bcp import clean_values, walk
         from verifier.box import Box
+        from verifier.engines.bcp import clean_values, walk
 
         env = walk(ctx.bcp.module64, ctx.bcp.ball, Box.ball(x, radius), clean_values(ctx.bcp, x), radius, report.output)
         ours = prop22_bounds(ctx, env, y)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from frontends import load_onnx
+from verifier.certificates.certify import compute_bounds
 from verifier.engines.bcp import verify_bcp, verify_ibp
 from verifier.problem import Conjunction, Disjunction, InputBox, LpBall, Problem, RadiusProblem
-from verifier.certificates.certify import compute_bounds
 
 from .cases.models import blob_model, relu_tanh_blobs
 from .onnx_graphs import torch_single_thread

@@ -11,19 +11,19 @@ from torch import nn
 
 from frontends.onnx_export import export_weights
 from frontends.onnx_import import load_onnx
+from frontends.parity import check_parity
 from training.arch import build, to_onnx
 from training.estimates import GraphEstimate, LipLTEstimate
 from training.evaluate import evaluate
 from training.loop import TrainConfig, train
 from training.losses import METHODS, Loss, Step
+from verifier.certificates.certify import compute_bounds
+from verifier.certificates.methods import certified_radii
 from verifier.engines.attacks import pgd
 from verifier.engines.bcp import bcp_radii
-from verifier.problem import RadiusProblem
 from verifier.engines.liplt import liplt
 from verifier.engines.lipschitz import graph_lipschitz
-from verifier.certificates.methods import certified_radii
-from frontends.parity import check_parity
-from verifier.certificates.certify import compute_bounds
+from verifier.problem import RadiusProblem
 
 pytestmark = pytest.mark.slow  # training
 

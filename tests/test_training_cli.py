@@ -9,10 +9,11 @@ import onnx
 import pytest
 import torch
 
-from .conftest import REPO, run_main, shared_dir
 from frontends.onnx_import import load_onnx
-from verifier.certificates.methods import certified_radii
 from verifier.certificates.certify import compute_bounds
+from verifier.certificates.methods import certified_radii
+
+from .conftest import REPO, run_main, shared_dir
 
 pytestmark = pytest.mark.slow  # training
 
@@ -121,8 +122,8 @@ def _zoo_entries():
 def test_zoo_manifest_is_reproduced_and_its_certificates_survive_pgd(entry):
     """`lipverify certify` on the bundled sample gives the manifest's lmt-pairwise certified accuracies (within
     0.5 points), and PGD (10 restarts x 50 steps) breaks none of the certified points among the first 200."""
-    from verifier.engines.attacks import pgd
     from verifier.commands.certify_run import run_certify
+    from verifier.engines.attacks import pgd
 
     path = REPO / "models" / entry["file"]
     result = run_certify(str(path), str(REPO / "data" / "fashion-mnist-1k"), method="lmt-pairwise",

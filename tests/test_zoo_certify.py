@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from frontends.data import load_dataset
-from verifier.engines.attacks import pgd
 from verifier.commands.loading import import_model
+from verifier.engines.attacks import pgd
 
 from .conftest import run_main, shared_dir
 from .onnx_graphs import torch_single_thread

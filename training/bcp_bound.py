@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from verifier.engines.bcp import BallBounds, walk
 from verifier.box import Box
+from verifier.engines.bcp import BallBounds, walk
 from verifier.errors import NoRuleError
 from verifier.ir import inference_mode
 from verifier.last_layer import ball_box_min

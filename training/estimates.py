@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from verifier.box import Box
-from verifier.ir import GraphModule, inference_mode
 from verifier.engines.liplt import linear_graph, loop_units
 from verifier.engines.lipschitz import chain_function
 from verifier.engines.power_iteration import PowerIteration
+from verifier.ir import GraphModule, inference_mode
+
 
 def _rows(run, leaves: list[Tensor], k: int) -> list[Tensor | None]:
     """The rows (K, n_leaf) of a linear map ``run(*leaves)`` with K outputs, per leaf (None where the output does

@@ -16,12 +16,11 @@ import torch
 from torch import Tensor
 
 from verifier.certificates.certify import Bounds
+from verifier.certificates.methods import BCP, LIPLT, Task, default_method
+from verifier.engines.lipschitz import graph_lipschitz
 from verifier.errors import LipverifyError
 from verifier.ir import GraphModule
-from verifier.engines.lipschitz import graph_lipschitz
-from verifier.certificates.methods import BCP, LIPLT, Task, default_method
 from verifier.problem import RadiusProblem
-
 
 #: chains up to this many entries are materialized for the held-out bound (the certificate's default is 2^22)
 MATERIALIZE_LIMIT = 2 ** 16

@@ -57,8 +57,8 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
     from frontends.data import load_dataset
     from frontends.onnx_export import export_weights, serialize
     from frontends.onnx_import import load_onnx
-    from verifier.commands.loading import import_model, parse_values, pick_device
     from frontends.parity import check_parity
+    from verifier.commands.loading import import_model, parse_values, pick_device
 
     if config.eps < 0 or not math.isfinite(config.eps):
         raise LipverifyError("--eps must be finite and >= 0")

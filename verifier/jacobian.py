@@ -35,7 +35,6 @@ from verifier.errors import NoRuleError
 from verifier.rounding import REL64, TINY64
 
 
-
 def scaled(g: Box, s_lo: Tensor, s_hi: Tensor) -> Box:
     """The interval product {s * v : s in [s_lo, s_hi], v in g} (entrywise; s of forward batch B, g of batch
     B * P, broadcast without copies): for s_lo >= 0 (monotone activations) [g_lo * (s_lo or s_hi), g_hi *

@@ -9,11 +9,10 @@ from torch import nn
 
 from frontends import load_onnx
 from frontends.data import load_dataset
-from verifier.commands.logits import batched_logits
 from verifier.certificates.certify import compute_bounds
+from verifier.commands.logits import batched_logits
 
 from ..conftest import REPO, shared_dir
-
 
 BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
 #: what ``--method best`` runs on an MLP whose logits come from an affine layer

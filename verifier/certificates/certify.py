@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from verifier.ir import GraphModule
 from verifier.engines.lipschitz import LipschitzReport, graph_lipschitz
+from verifier.ir import GraphModule
 from verifier.margins import margin_ratios, margins, pair_norms
-
 
 
 @dataclass

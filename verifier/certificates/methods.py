@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from verifier.certificates.certify import Bounds
-    from verifier.problem import RadiusProblem
     from verifier.ir import GraphModule
+    from verifier.problem import RadiusProblem
 
 #: the name of the portfolio: every method that applies, the largest radius per input
 BEST = "best"
@@ -191,8 +191,8 @@ def _bcp(task: Task) -> Tensor:
 
 def _bcp_check(task: Task, eps: float) -> Tensor:
     """BCP at eps, or LMT Prop. 2 (``bcp_radii`` starts from it) where it applies."""
-    from verifier.engines.bcp import verify_bcp
     from verifier.certificates.certify import certified_at
+    from verifier.engines.bcp import verify_bcp
 
     ok = verify_bcp(task.cpu_module(), task.bounds.l2, task.problem.at(eps)).cpu()
     start = task.start()

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from verifier.certificates.certify import certified_accuracy
-from verifier.errors import LipverifyError
-from verifier.ir import GraphModule
 from verifier.commands.loading import load_inputs, norm_label
 from verifier.commands.progress import Timer, progress
+from verifier.errors import LipverifyError
+from verifier.ir import GraphModule
 
 METHODS = ("pgd", "deepfool")
 #: the relative tolerance of the bisection (``attack_radius``'s ``tol``)

@@ -6,13 +6,13 @@ from typing import Any, Sequence
 import torch
 
 from verifier.certificates.certify import certified_accuracy, compute_bounds
-from verifier.errors import LipverifyError
+from verifier.certificates.methods import BEST, METHODS, Method, Task, default_method
 from verifier.commands.loading import load_inputs, norm_label
 from verifier.commands.logits import LogitEngine, batched_logits
-from verifier.certificates.methods import BEST, METHODS, Method, Task, default_method
-from verifier.problem import RadiusProblem
 from verifier.commands.progress import Timer
 from verifier.commands.report import summarize
+from verifier.errors import LipverifyError
+from verifier.problem import RadiusProblem
 
 
 def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: str = "2",

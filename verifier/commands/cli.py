@@ -17,11 +17,10 @@ import click
 
 from frontends.outputs import OutputPaths
 from training.methods import METHODS as TRAINING_METHODS
-
-from verifier.commands.cli_values import COUNT, FRACTION, POSITIVE, RADIUS, SEED, Number, Shape, Values
-from verifier.errors import LipverifyError, UnsupportedOpsError
 from verifier.certificates.methods import BEST, METHODS
 from verifier.certificates.methods import help_text as method_help
+from verifier.commands.cli_values import COUNT, FRACTION, POSITIVE, RADIUS, SEED, Number, Shape, Values
+from verifier.errors import LipverifyError, UnsupportedOpsError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -116,10 +115,9 @@ def lipschitz(model: str, norm: str, output: str | None, as_json: bool, method: 
     """Guaranteed upper bounds of MODEL's Lipschitz constant (LMT §4-5): the global bound (input -> logits),
     L_sub before the last affine layer, and each node's bound with the method used; with --method liplt, LipLT's
     global, per-class and pairwise bounds beside the naive ones."""
-    from verifier.commands.loading import import_model
+    from verifier.commands.loading import import_model, norm_value
+    from verifier.commands.report import format_liplt, format_lipschitz
     from verifier.engines.lipschitz import graph_lipschitz
-    from verifier.commands.loading import norm_value
-    from verifier.commands.report import format_lipschitz, format_liplt
 
     _, module = import_model(model, output)
     report = graph_lipschitz(module, norm_value(norm))
@@ -167,7 +165,6 @@ def certify(model: str, data_path: str, split: str, norm: str, eps_list: tuple[f
     --min-certified-accuracy is not met, 2 bad input, 3 when --attack finds an adversarial example inside a
     certified radius (a soundness bug)."""
     from frontends.onnx_io import read_model
-
     from verifier.commands.certify_run import run_certify
     from verifier.commands.plot import certify_curves, plot_curve, plot_format
 
@@ -229,7 +226,6 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
     example found (PGD with bisection, or DeepFool), in the data's own space and inside its box ([0, 1] for
     IDX pixels). 0 for misclassified inputs; inf (JSON null) when nothing is found. Exit 0 ok, 2 bad input."""
     from frontends.onnx_io import read_model
-
     from verifier.commands.attack_run import format_attack, run_attack
 
     outputs = OutputPaths({"--report": report_path}, inputs=[model, data_path])
@@ -297,8 +293,8 @@ def train(model: str | None, arch: str | None, width: float, input_shape: tuple[
     """Retrain MODEL (or a new --arch) with a robust method (LMT, CRM, BCP, Cross-Lipschitz) or plain
     cross-entropy, and write the same ONNX graph with the new weights to --out. Exit 0 ok, 1 when the export
     does not match onnxruntime, 2 bad input."""
-    from training.losses import Options
     from training.loop import TrainConfig
+    from training.losses import Options
     from training.run import format_train, run_train
 
     if resume and not checkpoint:

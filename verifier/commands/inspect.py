@@ -6,11 +6,10 @@ import os
 from typing import Any
 
 from frontends.onnx_graph import value_shape
-
-from verifier.ir import GraphModule
-from verifier.commands.loading import import_model
-from verifier.ops import lookup
 from frontends.parity import check_parity
+from verifier.commands.loading import import_model
+from verifier.ir import GraphModule
+from verifier.ops import lookup
 
 RULES = (("forward", "forward"), ("lipschitz", "lipschitz"), ("box", "interval"))
 

@@ -13,7 +13,6 @@ import torch
 from frontends.data import load_dataset
 from frontends.onnx_import import load_onnx
 from frontends.onnx_io import read_model
-
 from verifier.errors import LipverifyError, ModelImportError
 from verifier.ir import GraphModule
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from verifier.ir import GraphModule
 from verifier.commands.progress import progress
+from verifier.ir import GraphModule
 
 
 class LogitEngine:

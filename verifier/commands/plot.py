@@ -10,7 +10,6 @@ import torch
 
 from verifier.errors import LipverifyError
 
-
 #: the formats ``--plot`` writes, by the file's suffix (no suffix: png)
 PLOT_FORMATS = ("png", "pdf", "svg")
 

@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import torch
 
 from verifier.certificates.certify import certified_accuracy
-from verifier.engines.lipschitz import LipschitzReport
 from verifier.commands.loading import norm_label
+from verifier.engines.lipschitz import LipschitzReport
 
 
 def format_lipschitz(report: LipschitzReport, model: str) -> str:

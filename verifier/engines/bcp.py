@@ -59,10 +59,10 @@ from torch import Tensor
 
 from verifier import fused
 from verifier.box import Box, exact_float32
+from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
 from verifier.errors import NoRuleError
 from verifier.ir import GraphModule
 from verifier.last_layer import ball_box_min, box_min_pairs
-from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
 from verifier.problem import Conjunction, Disjunction, Problem, RadiusProblem
 from verifier.rounding import FLOAT_SLACK, REL64, TINY64, outward_rounding
 

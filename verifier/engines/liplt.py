@@ -40,9 +40,9 @@ import torch
 from torch import Tensor
 
 from verifier.conv_norms import l2_norm_exact, linf_norm_exact
+from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, combine, graph_lipschitz, rule_args
 from verifier.errors import NoRuleError
 from verifier.ir import GraphModule, Node
-from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, combine, graph_lipschitz, rule_args
 from verifier.ops.activations import Activation
 from verifier.rounding import REL64, SAFETY
 

@@ -40,11 +40,11 @@ import torch
 from torch import Tensor
 
 from verifier.engines.bcp import Context, clean_values, prepare, walk
-from verifier.errors import NoRuleError
 from verifier.engines.gradients import gradient_box
+from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
+from verifier.errors import NoRuleError
 from verifier.ir import GraphModule
 from verifier.jacobian import dual_norm_bound
-from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
 from verifier.margins import margin_ratios, margins, pair_norms
 from verifier.ops.activations import Activation
 from verifier.problem import Problem, RadiusProblem

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from verifier.ir import GraphModule, inference_mode
 from verifier.engines.lipschitz import affine_chains, chain_function, compose, rule_args
+from verifier.ir import GraphModule, inference_mode
 
 
 class PowerIteration:

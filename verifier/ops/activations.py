@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from verifier.box import Box, is_box, round_toward
-from verifier.rounding import outward_rounding
 from verifier.errors import NoRuleError
 from verifier.jacobian import no_gradient_rule, scaled
-from verifier.rounding import SAFETY, TINY64, unit_roundoff
 from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
+from verifier.rounding import SAFETY, TINY64, outward_rounding, unit_roundoff
 
 #: (x_lo, x_hi, v_lo, v_hi): where the box meets [x_lo, x_hi], the hull must also reach down to v_lo and up to
 #: v_hi (values of the function at an interior extreme point in [x_lo, x_hi], rounded outward)

@@ -13,8 +13,8 @@ import onnx
 import torch
 
 from verifier.box import Box, is_box, is_integer, parts
-from verifier.rounding import SAFETY, unit_roundoff
 from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
+from verifier.rounding import SAFETY, unit_roundoff
 
 
 def _box_of(xs) -> Box:

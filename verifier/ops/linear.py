@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from verifier.box import Box, affine, interval_matmul, is_box
-from verifier.rounding import SAFETY, unit_roundoff
 from verifier.ops.base import Lipschitz, Op, RuleArgs, ints, rule
 from verifier.ops.padding import CONV, CONV_T, pad_spatial, resolve_pads, symmetric
+from verifier.rounding import SAFETY, unit_roundoff
 
 
 def spectral_norm(matrix: torch.Tensor) -> float:

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from verifier.box import Box, affine, is_box
 from verifier.jacobian import no_gradient_rule
-from verifier.rounding import REL64, SAFETY, TINY64
 from verifier.ops.base import Lipschitz, Op, RuleArgs, ints, rule
 from verifier.ops.padding import CONV, MAX_POOL, pad_spatial, resolve_pads
+from verifier.rounding import REL64, SAFETY, TINY64
 
 
 def monotone_interval(op: Op, x: Box, *rest) -> Box:

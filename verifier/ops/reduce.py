@@ -10,9 +10,9 @@ import math
 import torch
 
 from verifier.box import Box, outward
-from verifier.rounding import SAFETY, gamma, unit_roundoff
 from verifier.ops.base import Lipschitz, Op, RuleArgs, ints, norm_axis, rule
 from verifier.ops.pooling import average_interval, monotone_interval
+from verifier.rounding import SAFETY, gamma, unit_roundoff
 
 
 class _Reduce(Op):
