@@ -4,7 +4,6 @@ on mnist-net_256x2 (when ../shared is there) plausible attack radii above every 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from frontends.data import load_dataset
 from verifier.commands import attack_run
 from verifier.commands.attack_run import LogitsModule, attack_dataset
 
+from .cases.models import NORMS_L2_FAST
 from .conftest import REPO, run_main, shared_dir
 from .onnx_graphs import torch_single_thread
 
@@ -109,7 +109,7 @@ def test_attack_table_linf_and_deepfool(capsys, npz):
     assert [i for i, r in enumerate(result["attack_radii"]) if r == 0] == WRONG
 
 
-@pytest.mark.parametrize("norm", [2.0, math.inf], ids=["l2", "linf"])
+@pytest.mark.parametrize("norm", NORMS_L2_FAST)
 @pytest.mark.parametrize("method", ["pgd", "deepfool"])
 def test_examples_are_adversarial_at_their_radius_inside_the_box(bundled, idx_folder, norm, method):
     """What the command reports, checked independently: each finite radius is the distance of an example in

@@ -18,7 +18,7 @@ from verifier.engines.bcp import bcp_radii, ibp_radii, verify_bcp, verify_ibp
 from verifier.last_layer import ball_box_min
 from verifier.problem import RadiusProblem
 
-from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
+from .cases.models import ALL_METHODS, NORMS_L2_FAST, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
 from .conftest import run_main
 from .onnx_graphs import torch_single_thread
 
@@ -38,7 +38,7 @@ def _check_pgd(module, x, y, radii, norm, lower, upper):
     assert not success.any(), "an attack broke a certified radius"
 
 
-@pytest.mark.parametrize("norm", [2.0, math.inf], ids=["l2", "linf"])
+@pytest.mark.parametrize("norm", NORMS_L2_FAST)
 def test_ibp_radii_survive_pgd(smooth_model, norm):
     for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
         report = compute_bounds(module, 2.0, input_dim=1).l2
@@ -68,6 +68,7 @@ def test_bcp_radii_survive_pgd_and_beat_prop2(smooth_model):
         _check_pgd(module, x, y, radii, 2.0, lower, upper)
 
 
+@pytest.mark.slow
 def test_bcp_linf_survives_pgd_and_beats_ibp(smooth_model):
     """l_inf BCP (§3.1): the box itself plus the l2 ball of radius sqrt(N) eps that circumscribes it."""
     for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):

@@ -18,7 +18,7 @@ from verifier.engines.attacks import pgd
 from verifier.engines.local import local_bounds, local_radii, prepare_local, prop22_bounds
 from verifier.problem import RadiusProblem
 
-from .cases.models import ALL_METHODS, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
+from .cases.models import ALL_METHODS, NORMS_L2_FAST, blob_model, mlp_and_cnn, mnist_net, relu_tanh_blobs
 from .conftest import run_main
 from .onnx_graphs import torch_single_thread
 
@@ -73,7 +73,7 @@ def _sampled_gradient_norms(module, points, y, norm):
     return out
 
 
-@pytest.mark.parametrize("norm", [2.0, math.inf], ids=["l2", "linf"])
+@pytest.mark.parametrize("norm", NORMS_L2_FAST)
 def test_local_bounds_exceed_sampled_gradient_norms(smooth_model, norm):  # noqa: F811
     gen = torch.Generator().manual_seed(2)
     for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
@@ -149,7 +149,7 @@ def test_prop22_against_the_paper_formula_and_sampling(softplus_model):
     print("eps, Prop. 2.2 / sampled max, interval Jacobian / sampled max (medians over pairs):", ratios)
 
 
-@pytest.mark.parametrize("norm", [2.0, math.inf], ids=["l2", "linf"])
+@pytest.mark.parametrize("norm", NORMS_L2_FAST)
 def test_local_radii_survive_pgd_and_beat_prop2(smooth_model, norm):  # noqa: F811
     for name, module, x, y, lower, upper in mlp_and_cnn(smooth_model):
         bounds = compute_bounds(module, norm, input_dim=math.prod(x.shape[1:]))

@@ -17,6 +17,8 @@ from ..conftest import REPO, shared_dir
 BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
 #: what ``--method best`` runs on an MLP whose logits come from an affine layer
 ALL_METHODS = {"lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local"}
+#: the norms of the heavier soundness tests (PGD with many restarts): l2 in the fast tier, l_inf in the full suite
+NORMS_L2_FAST = [pytest.param(2.0, id="l2"), pytest.param(float("inf"), id="linf", marks=pytest.mark.slow)]
 
 
 def export(net: nn.Module, example: torch.Tensor, path) -> None:
