@@ -44,13 +44,13 @@ def pgd_accuracy(path: Path, eps: float) -> float:
     from frontends.data import load_dataset
     from frontends.onnx_import import load_onnx
     from verifier.engines.attacks import pgd
+    from verifier.problem import RadiusProblem
 
     module = load_onnx(path)
     data = load_dataset(SAMPLE, module.graph.sample_shape)
     with torch.no_grad():
         correct = module(data.x).argmax(1) == data.y
-    _, success = pgd(module, data.x[correct], data.y[correct], eps, norm=2, steps=20, restarts=5, lower=0.0,
-                     upper=1.0)
+    _, success = pgd(module, RadiusProblem(data.x[correct], data.y[correct], 2, 0.0, 1.0).at(eps), steps=20, restarts=5)
     return float((~success).sum()) / len(data.y)
 
 

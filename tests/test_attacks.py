@@ -10,6 +10,7 @@ from torch import nn
 
 from frontends import load_onnx
 from verifier.engines.attacks import attack_radius, deepfool, pgd
+from verifier.problem import RadiusProblem
 
 from .conftest import shared_dir
 from .onnx_graphs import make_model, node, rand, torch_single_thread
@@ -59,12 +60,14 @@ def affine() -> Affine:
 @pytest.mark.parametrize("p", NORMS)
 def test_pgd_on_affine_model_brackets_the_exact_distance(affine, p):
     exact = affine.exact(p)
-    x_adv, success = pgd(affine.model, affine.x, affine.y, (1.02 * exact).float(), norm=p, steps=50, restarts=5)
+    x_adv, success = pgd(affine.model, RadiusProblem(affine.x, affine.y, p).at((1.02 * exact).float()),
+                         steps=50, restarts=5)
     assert success.float().mean().item() >= 0.95
     assert bool((dist(x_adv, affine.x, p) <= 1.02 * exact + 1e-6).all())  # float32 rounding of x + d
     assert torch.equal(affine.model(x_adv).argmax(1) != affine.y, success)
     # below the exact distance nothing is adversarial: PGD must not claim success
-    x_adv, success = pgd(affine.model, affine.x, affine.y, (0.98 * exact).float(), norm=p, steps=50, restarts=5)
+    x_adv, success = pgd(affine.model, RadiusProblem(affine.x, affine.y, p).at((0.98 * exact).float()),
+                         steps=50, restarts=5)
     assert not bool(success.any())
     assert not bool((affine.model(x_adv).argmax(1) != affine.y).any())
 
@@ -72,7 +75,7 @@ def test_pgd_on_affine_model_brackets_the_exact_distance(affine, p):
 @pytest.mark.parametrize("p", NORMS)
 def test_attack_radius_on_affine_model(affine, p):
     exact = affine.exact(p)
-    radius, examples = attack_radius(affine.model, affine.x, affine.y, norm=p, return_examples=True)
+    radius, examples = attack_radius(affine.model, RadiusProblem(affine.x, affine.y, p), return_examples=True)
     assert radius.dtype == torch.float64 and radius.shape == exact.shape
     ratio = radius / exact
     assert bool((ratio >= 1 - 1e-5).all()), "an adversarial example closer than the exact distance"
@@ -84,7 +87,7 @@ def test_attack_radius_on_affine_model(affine, p):
 @pytest.mark.parametrize("p", NORMS)
 def test_deepfool_on_affine_model(affine, p):
     exact = affine.exact(p)
-    x_adv = deepfool(affine.model, affine.x, affine.y, norm=p, overshoot=0.02)
+    x_adv = deepfool(affine.model, RadiusProblem(affine.x, affine.y, p), overshoot=0.02)
     assert bool((affine.model(x_adv).argmax(1) != affine.y).all())
     ratio = dist(x_adv, affine.x, p) / exact
     assert bool((ratio >= 1.02 - 1e-4).all()) and bool((ratio <= 1.02 + 1e-4).all()), ratio
@@ -100,9 +103,9 @@ def test_targeted_restarts_reach_a_far_but_steep_boundary():
     x = torch.zeros(1, 2)
     y = torch.zeros(1, dtype=torch.long)
     # exact l2 distances: class 1, 0.5 / 0.1 = 5; class 2, 5 / 10 = 0.5
-    _, success = pgd(model, x, y, 0.51, norm=2, steps=50, restarts=3)
+    _, success = pgd(model, RadiusProblem(x, y, 2).at(0.51), steps=50, restarts=3)
     assert bool(success.all())
-    radius = attack_radius(model, x, y, norm=2)
+    radius = attack_radius(model, RadiusProblem(x, y, 2))
     assert radius.item() == pytest.approx(0.5, rel=0.01)
 
 
@@ -119,30 +122,30 @@ def test_box_and_ball_are_respected(p):
     lower = torch.zeros(12)
     lower[-1] = 0.2  # per-entry bounds
     x[:, -1] = x[:, -1].clamp_min(0.2)
-    x_adv, success = pgd(model, x, y, eps, norm=p, steps=20, restarts=3, lower=lower, upper=1.0)
+    x_adv, success = pgd(model, RadiusProblem(x, y, p, lower, 1.0).at(eps), steps=20, restarts=3)
     assert bool((x_adv >= lower - 1e-6).all()) and bool((x_adv <= 1 + 1e-6).all())
     assert bool((dist(x_adv, x, p) <= eps.double() + 1e-6).all())
     with torch.no_grad():
         assert torch.equal(model(x_adv).argmax(1) != y, success)
         clean_wrong = model(x).argmax(1) != y
     assert torch.equal(x_adv[:5][~clean_wrong[:5]], x[:5][~clean_wrong[:5]])  # eps 0: x itself
-    xd = deepfool(model, x, y, norm=p, lower=lower, upper=1.0)
+    xd = deepfool(model, RadiusProblem(x, y, p, lower, 1.0))
     assert bool((xd >= lower - 1e-6).all()) and bool((xd <= 1 + 1e-6).all())
-    radius, examples = attack_radius(model, x, y, norm=p, lower=lower, upper=1.0, steps=20, restarts=3,
-                                     return_examples=True)
+    radius, examples = attack_radius(model, RadiusProblem(x, y, p, lower, 1.0),
+                                     steps=20, restarts=3, return_examples=True)
     assert bool((examples >= lower - 1e-6).all()) and bool((examples <= 1 + 1e-6).all())
     found = torch.isfinite(radius)
     torch.testing.assert_close(dist(examples, x, p)[found], radius[found])
     with pytest.raises(ValueError, match="outside the box"):
-        pgd(model, x + 2, y, 0.1, norm=p, lower=0.0, upper=1.0)
+        pgd(model, RadiusProblem(x + 2, y, p, 0.0, 1.0).at(0.1))
 
 
 def test_misclassified_inputs_have_radius_zero(affine):
     y = affine.y.clone()
     y[:4] = (y[:4] + 1) % 6
-    radius = attack_radius(affine.model, affine.x[:8], y[:8], norm=2, steps=20, restarts=3)
+    radius = attack_radius(affine.model, RadiusProblem(affine.x[:8], y[:8], 2), steps=20, restarts=3)
     assert bool((radius[:4] == 0).all()) and bool((radius[4:] > 0).all())
-    x_adv, success = pgd(affine.model, affine.x[:8], y[:8], 0.0, norm=INF)
+    x_adv, success = pgd(affine.model, RadiusProblem(affine.x[:8], y[:8], INF).at(0.0))
     assert bool(success[:4].all()) and not bool(success[4:].any())
     assert torch.equal(x_adv, affine.x[:8])
 
@@ -154,7 +157,7 @@ def test_radius_inf_when_the_box_leaves_no_room():
         model.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
         model.bias.copy_(torch.tensor([0.5, 0.0]))  # class 0 wins wherever x_0 > -0.5
     x = torch.rand(4, 3)
-    radius = attack_radius(model, x, torch.zeros(4, dtype=torch.long), norm=INF, lower=0.0, upper=1.0,
+    radius = attack_radius(model, RadiusProblem(x, torch.zeros(4, dtype=torch.long), INF, 0.0, 1.0),
                            steps=10, restarts=2)
     assert bool(torch.isinf(radius).all())
 
@@ -182,7 +185,7 @@ def test_attack_radius_on_a_trained_mlp(mlp, p):
     net, x, y = mlp
     with torch.no_grad():
         correct = net(x).argmax(1) == y
-    radius, examples = attack_radius(net, x, y, norm=p, return_examples=True)
+    radius, examples = attack_radius(net, RadiusProblem(x, y, p), return_examples=True)
     assert bool((radius[~correct] == 0).all())
     found = torch.isfinite(radius) & correct
     assert found.float().sum().item() >= 0.9 * correct.float().sum().item()
@@ -190,9 +193,10 @@ def test_attack_radius_on_a_trained_mlp(mlp, p):
         assert bool((net(examples[found]).argmax(1) != y[found]).all())
     torch.testing.assert_close(dist(examples, x, p)[found], radius[found])
     # at the radius PGD succeeds again; DeepFool's distance is never smaller than the radius found
-    _, success = pgd(net, x[found], y[found], (radius[found] * 1.001).float(), norm=p, steps=50, restarts=5)
+    _, success = pgd(net, RadiusProblem(x[found], y[found], p).at((radius[found] * 1.001).float()),
+                     steps=50, restarts=5)
     assert success.float().mean().item() >= 0.9
-    xd = deepfool(net, x[found], y[found], norm=p)
+    xd = deepfool(net, RadiusProblem(x[found], y[found], p))
     with torch.no_grad():
         fooled = net(xd).argmax(1) != y[found]
     assert bool((dist(xd, x[found], p)[fooled] >= radius[found][fooled] * (1 - 1e-6)).all())
@@ -203,9 +207,9 @@ def test_hygiene(mlp):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x_in = x.clone()
     with torch.no_grad():  # attacks turn gradients on locally
-        x_adv, _ = pgd(net, x_in, y, 0.3, norm=INF, steps=10, restarts=3)
-        radius = attack_radius(net, x_in, y, norm=2, steps=10, restarts=2)
-        xd = deepfool(net, x_in, y)
+        x_adv, _ = pgd(net, RadiusProblem(x_in, y, INF).at(0.3), steps=10, restarts=3)
+        radius = attack_radius(net, RadiusProblem(x_in, y, 2), steps=10, restarts=2)
+        xd = deepfool(net, RadiusProblem(x_in, y, 2))
     for t in (x_adv, radius, xd):
         assert not t.requires_grad and t.grad_fn is None
     assert torch.equal(x_in, x)
@@ -213,14 +217,14 @@ def test_hygiene(mlp):
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert not net.training
     net.train()
-    pgd(net, x, y, 0.1, norm=2, steps=2, restarts=1)
+    pgd(net, RadiusProblem(x, y, 2).at(0.1), steps=2, restarts=1)
     assert net.training  # the mode is the caller's
     net.eval()
-    a, sa = pgd(net, x, y, 0.3, norm=2, steps=10, restarts=3, seed=5)
-    b, sb = pgd(net, x, y, 0.3, norm=2, steps=10, restarts=3, seed=5)
+    a, sa = pgd(net, RadiusProblem(x, y, 2).at(0.3), steps=10, restarts=3, seed=5)
+    b, sb = pgd(net, RadiusProblem(x, y, 2).at(0.3), steps=10, restarts=3, seed=5)
     assert torch.equal(a, b) and torch.equal(sa, sb)
     with pytest.raises(ValueError, match="norm"):
-        pgd(net, x, y, 0.1, norm=1)
+        pgd(net, RadiusProblem(x, y, 1).at(0.1))
 
 
 def test_graph_module_with_channel_first_input():
@@ -232,8 +236,8 @@ def test_graph_module_with_channel_first_input():
     x = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         y = module(x).argmax(1)
-    radius, examples = attack_radius(module, x, y, norm=INF, lower=0.0, upper=1.0, steps=20, restarts=3,
-                                     return_examples=True)
+    radius, examples = attack_radius(module, RadiusProblem(x, y, INF, 0.0, 1.0),
+                                     steps=20, restarts=3, return_examples=True)
     found = torch.isfinite(radius)
     assert found.float().mean().item() >= 0.5
     with torch.no_grad():
@@ -252,8 +256,8 @@ def test_zoo_mnist_fc_linf():
     module = load_onnx(model_path)
     ds = load_dataset(root / "data" / "mnist", module.graph.sample_shape, limit=6)
     lo, hi = ds.model_bounds()
-    radius, examples = attack_radius(module, ds.x, ds.y, norm=INF, lower=lo, upper=hi, steps=20, restarts=2,
-                                     tol=1e-2, return_examples=True)
+    radius, examples = attack_radius(module, RadiusProblem(ds.x, ds.y, INF, lo, hi),
+                                     steps=20, restarts=2, tol=1e-2, return_examples=True)
     found = torch.isfinite(radius) & (radius > 0)
     assert found.sum().item() >= 5
     assert float(radius[found].max()) < 0.2  # an undefended MNIST network: small l_inf radii

@@ -33,8 +33,8 @@ def smooth_model(tmp_path_factory):
 def _check_pgd(module, x, y, radii, norm, lower, upper):
     ok = radii > 0
     assert ok.float().mean() > 0.5, "the certificate is vacuous here"
-    _, success = pgd(module, x[ok], y[ok], radii[ok].float() * 0.999, norm=norm, steps=100, restarts=10,
-                     lower=lower, upper=upper)
+    _, success = pgd(module, RadiusProblem(x[ok], y[ok], norm, lower, upper).at(radii[ok].float() * 0.999),
+                     steps=100, restarts=10)
     assert not success.any(), "an attack broke a certified radius"
 
 
@@ -157,8 +157,8 @@ def test_mnist_net_medians():
     assert 0.01 < med["bcp"] < 0.72  # the scale: IBP-like 0.059, PGD 0.72
     for radii in (ibp, bcp):
         ok = radii > 0
-        _, success = pgd(module, ds.x[ok], ds.y[ok], radii[ok].float() * 0.999, norm=2, steps=100, restarts=10,
-                         lower=lower, upper=upper)
+        _, success = pgd(module, RadiusProblem(ds.x[ok], ds.y[ok], 2, lower, upper).at(radii[ok].float() * 0.999),
+                         steps=100, restarts=10)
         assert not success.any()
 
 

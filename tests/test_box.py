@@ -22,7 +22,7 @@ from verifier.box import Box, EmptyIntersectionError
 from verifier.engines.ibp import ibp, logit_box, propagate
 from verifier.errors import NoRuleError
 from verifier.ops.base import _REGISTRY
-from verifier.problem import LpBall
+from verifier.problem import LpBall, RadiusProblem
 
 from .cases.boxes import (AFFINE, CASES, ELEMENTWISE_CHAINS, TURNS, ZOO_PARAMS, assert_inside, module_of, outputs,
                           random_bounds, sample_points, zoo_inputs)
@@ -276,12 +276,12 @@ def test_zoo_ibp_contains_random_and_pgd_points(path):
         assert_inside(z_box, outputs(module, points), "random points")
     if z.dim() == 2 and z.shape[1] >= 2:
         y = z.argmax(1)
-        x_adv, _ = pgd(module, x, y, eps, norm=math.inf, steps=20, restarts=3, seed=0)
+        x_adv, _ = pgd(module, RadiusProblem(x, y, math.inf).at(eps), steps=20, restarts=3, seed=0)
         x_adv = torch.maximum(torch.minimum(x_adv, hi), lo)
         with torch.no_grad():
             assert_inside(z_box, module(x_adv), "PGD points")
         # the other direction too: PGD towards each sample's most likely wrong class from the box's view
-        x_adv, _ = pgd(module, x, z.argmin(1), eps, norm=math.inf, steps=20, restarts=2, seed=1)
+        x_adv, _ = pgd(module, RadiusProblem(x, z.argmin(1), math.inf).at(eps), steps=20, restarts=2, seed=1)
         x_adv = torch.maximum(torch.minimum(x_adv, hi), lo)
         with torch.no_grad():
             assert_inside(z_box, module(x_adv), "PGD points (2)")

@@ -19,6 +19,7 @@ from verifier.commands.logits import batched_logits
 from verifier.engines.attacks import pgd
 from verifier.engines.lipschitz import graph_lipschitz
 from verifier.engines.power_iteration import PowerIteration, estimate
+from verifier.problem import RadiusProblem
 
 from .cases.models import BUNDLED, blob_model
 from .conftest import run_main, shared_dir
@@ -44,12 +45,12 @@ def test_certified_points_survive_pgd(smooth_model, method, norm):
     radii = certified_radii(logits, y, bounds, norm, method)
     assert (radii > 0.05).float().mean() > 0.8  # the certificate is not vacuous here
     certified = radii > 0
-    x_adv, success = pgd(module, x[certified], y[certified], radii[certified].float() * 0.999, norm=norm,
+    x_adv, success = pgd(module, RadiusProblem(x[certified], y[certified], norm).at(radii[certified].float() * 0.999),
                          steps=100, restarts=10)
     assert not success.any(), "an attack broke a certified radius"
     # and the attack is real: at 3x the certified radius of the weakest points it finds something
-    _, far = pgd(module, x[certified], y[certified], radii[certified].float() * 20, norm=norm, steps=100,
-                 restarts=5)
+    _, far = pgd(module, RadiusProblem(x[certified], y[certified], norm).at(radii[certified].float() * 20),
+                 steps=100, restarts=5)
     assert far.any()
 
 
@@ -108,8 +109,7 @@ def test_mnist_net_prop2_equals_exact_spectral_norms():
     ort_pred = np.array([sess.run(None, {"0": ds.x[i:i + 1].numpy()})[0].argmax() for i in range(len(y))])
     assert (ort_pred == logits.argmax(1).numpy()).all()
     # and PGD never breaks these (tiny) radii
-    _, success = pgd(module, ds.x, ds.y, radii.float() * 0.999, norm=2, steps=50, restarts=5, lower=0.0,
-                     upper=1.0)
+    _, success = pgd(module, RadiusProblem(ds.x, ds.y, 2, 0.0, 1.0).at(radii.float() * 0.999), steps=50, restarts=5)
     assert not success.any()
 
 

@@ -15,6 +15,7 @@ from verifier.certificates.certify import compute_bounds, pairwise_radii
 from verifier.certificates.methods import certified_radii
 from verifier.engines.attacks import pgd
 from verifier.engines.liplt import liplt
+from verifier.problem import RadiusProblem
 
 from .cases.models import blob_model, export
 from .conftest import run_main, shared_dir
@@ -154,7 +155,7 @@ def test_liplt_radii_survive_pgd(tmp_path_factory):
     prop2 = certified_radii(logits, y, bounds, 2.0, "lmt-pairwise")
     assert bool((radii >= prop2.double() * (1 - 1e-9)).all()) and float(radii.median()) > float(prop2.median())
     ok = radii > 0
-    _, success = pgd(module, x[ok], y[ok], radii[ok].float() * 0.999, norm=2, steps=100, restarts=10)
+    _, success = pgd(module, RadiusProblem(x[ok], y[ok], 2).at(radii[ok].float() * 0.999), steps=100, restarts=10)
     assert not success.any()
 
 

@@ -161,8 +161,8 @@ def test_local_radii_survive_pgd_and_beat_prop2(smooth_model, norm):  # noqa: F8
         if norm == 2:  # the global pairwise bound caps L_j, so rho(R) >= R for R up to Prop. 2's radius
             assert (radii >= prop2 * 0.999 - 1e-9).all(), name
         ok = radii > 0
-        _, success = pgd(module, x[ok], y[ok], radii[ok].float() * 0.999, norm=norm, steps=100, restarts=10,
-                         lower=lower, upper=upper)
+        _, success = pgd(module, RadiusProblem(x[ok], y[ok], norm, lower, upper).at(radii[ok].float() * 0.999),
+                         steps=100, restarts=10)
         assert not success.any(), f"{name}: an attack broke a certified radius"
 
 
@@ -172,7 +172,7 @@ def test_softplus_radii_survive_pgd(softplus_model):
     bounds = compute_bounds(module, 2.0, input_dim=6)
     radii = local_radii(module, bounds.l2, RadiusProblem(x, y, 2.0))
     assert (radii > 0.1).float().mean() > 0.8
-    _, success = pgd(module, x, y, radii.float() * 0.999, norm=2, steps=100, restarts=10)
+    _, success = pgd(module, RadiusProblem(x, y, 2).at(radii.float() * 0.999), steps=100, restarts=10)
     assert not success.any()
 
 
@@ -186,8 +186,8 @@ def test_mnist_net_median_radius_and_pgd():
     print("mnist-net_256x2 local median l2 radius, 100 images:", median)
     assert median >= 0.13
     ok = radii > 0
-    _, success = pgd(module, ds.x[ok], ds.y[ok], radii[ok].float() * 0.999, norm=2, steps=200, restarts=20,
-                     lower=lower, upper=upper)
+    _, success = pgd(module, RadiusProblem(ds.x[ok], ds.y[ok], 2, lower, upper).at(radii[ok].float() * 0.999),
+                     steps=200, restarts=20)
     assert not success.any()
 
 

@@ -98,7 +98,7 @@ def test_certified_points_of_trained_models_survive_pgd(trained):
         radii = torch.maximum(radii, pairwise_radii(z, y, pairs).double())
         ok = radii > 0
         assert int(ok.sum()) > 50, method
-        adv, success = pgd(module, x[ok], y[ok], radii[ok].float() * 0.999, norm=2, steps=100, restarts=10)
+        adv, success = pgd(module, RadiusProblem(x[ok], y[ok], 2).at(radii[ok].float() * 0.999), steps=100, restarts=10)
         with torch.no_grad():
             flipped = module(adv).argmax(1) != y[ok]
         assert not bool(flipped.any()) and not bool(success.any()), method

@@ -124,6 +124,7 @@ def test_zoo_manifest_is_reproduced_and_its_certificates_survive_pgd(entry):
     0.5 points), and PGD (10 restarts x 50 steps) breaks none of the certified points among the first 200."""
     from verifier.commands.certify_run import run_certify
     from verifier.engines.attacks import pgd
+    from verifier.problem import RadiusProblem
 
     path = REPO / "models" / entry["file"]
     result = run_certify(str(path), str(REPO / "data" / "fashion-mnist-1k"), method="lmt-pairwise",
@@ -139,8 +140,8 @@ def test_zoo_manifest_is_reproduced_and_its_certificates_survive_pgd(entry):
     if entry["method"] != "standard":
         assert int(ok.sum()) > 50
     if int(ok.sum()):
-        _, success = pgd(module, data.x[ok], data.y[ok], radii[ok] * 0.999, norm=2, steps=50, restarts=10,
-                         lower=0.0, upper=1.0)
+        _, success = pgd(module, RadiusProblem(data.x[ok], data.y[ok], 2, 0.0, 1.0).at(radii[ok] * 0.999),
+                         steps=50, restarts=10)
         assert not bool(success.any())
 
 

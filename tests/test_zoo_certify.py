@@ -16,6 +16,7 @@ import torch
 from frontends.data import load_dataset
 from verifier.commands.loading import import_model
 from verifier.engines.attacks import pgd
+from verifier.problem import RadiusProblem
 
 from .conftest import run_main, shared_dir
 from .onnx_graphs import torch_single_thread
@@ -77,6 +78,6 @@ def test_best_certificate_with_attack_and_every_method_survives_pgd(model, data,
         ok = r > 0
         if not ok.any():
             continue
-        _, success = pgd(user_model, ds.x_user[ok], ds.y[ok], r[ok].float() * 0.999, norm=2, steps=100,
-                         restarts=20, lower=lower, upper=upper)
+        _, success = pgd(user_model, RadiusProblem(ds.x_user[ok], ds.y[ok], 2, lower, upper).at(r[ok].float() * 0.999),
+                         steps=100, restarts=20)
         assert not success.any(), f"{method}: PGD broke a certified radius of {model}"

@@ -26,6 +26,7 @@ from verifier.commands.loading import load_inputs, norm_label
 from verifier.commands.progress import Timer, progress
 from verifier.errors import LipverifyError
 from verifier.ir import GraphModule
+from verifier.problem import RadiusProblem
 
 METHODS = ("pgd", "deepfool")
 #: the relative tolerance of the bisection (``attack_radius``'s ``tol``)
@@ -93,11 +94,11 @@ def attack_dataset(module: GraphModule, data: Any, norm: float, *, method: str =
                     raise LipverifyError(f"the model has {z.shape[1]} output; attacks need class logits")
                 ok = (z.argmax(1).cpu() == y)
                 if method == "pgd":
-                    r, xa = attack_radius(model, x, y, norm=norm, lower=lower, upper=upper, steps=steps,
+                    r, xa = attack_radius(model, RadiusProblem(x, y, norm, lower, upper), steps=steps,
                                           restarts=restarts, tol=TOLERANCE, seed=seed, return_examples=True)
                     r, xa = r.cpu(), xa.cpu()
                 else:
-                    xa = deepfool(model, x, y, norm=norm, steps=steps, lower=lower, upper=upper).cpu()
+                    xa = deepfool(model, RadiusProblem(x, y, norm, lower, upper), steps=steps).cpu()
                     with torch.no_grad():
                         flipped = model(xa.to(module.device)).argmax(1).cpu() != y
                     r = flat_norm(xa.double() - x.double(), norm)

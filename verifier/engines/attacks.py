@@ -2,12 +2,16 @@
 
 A certified radius r for input x claims that no perturbation d with ||d|| <= r changes the prediction; an
 adversarial example found at distance d_adv proves the robust radius is at most d_adv, so every sound
-certificate satisfies r <= d_adv. The attacks here:
+certificate satisfies r <= d_adv. The attacks take verification problems (``verifier.problem``) like the bound
+engines:
 
-- ``pgd``: projected gradient ascent on the margin max_{j != y} z_j - z_y (Carlini-Wagner's margin loss) in an
-  l2 or l_inf ball intersected with a box, with random restarts and per-class targeted restarts;
-- ``deepfool``: DeepFool (Moosavi-Dezfooli et al. 2016), l2 and l_inf, batched;
-- ``attack_radius``: per-sample smallest radius at which PGD finds an adversarial example, by batched bisection.
+- ``pgd(model, problem)``: projected gradient ascent on the margin max_{j != y} z_j - z_y (Carlini-Wagner's
+  margin loss) over a robustness ``Problem`` on l2 or l_inf balls within the domain box, with random restarts and
+  per-class targeted restarts;
+- ``deepfool(model, balls)``: DeepFool (Moosavi-Dezfooli et al. 2016), l2 and l_inf, batched, from the centres
+  of a ``RadiusProblem``;
+- ``attack_radius(model, balls)``: per input the smallest radius at which PGD finds an adversarial example, by
+  batched bisection: an upper bound on the radius the ``RadiusProblem`` asks for.
 
 "Adversarial" means ``argmax(model(x_adv)) != y`` with torch's argmax (ties go to the first index). ``model`` is
 any callable on batches ``(B, *sample_shape) -> (B, K)`` (a ``GraphModule`` or any ``nn.Module``); the attacks
@@ -25,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from verifier.problem import Conjunction, LpBall, Problem, RadiusProblem
 
 INF = float("inf")
 #: PGD's first step as a fraction of eps (it decays to 0 along a cosine)
@@ -90,6 +96,14 @@ def _bound(value: Any, x: torch.Tensor) -> torch.Tensor | None:
     if value is None:
         return None
     return torch.as_tensor(value, dtype=x.dtype, device=x.device).expand(x.shape)
+
+
+def _robustness_ball(problem: Problem) -> tuple[Any, ...]:
+    """(x, y, eps, norm, lower, upper) of a robustness problem on l_p balls, the question the attacks answer."""
+    ball, spec = problem.inputs, problem.spec
+    if not isinstance(ball, LpBall) or not isinstance(spec, Conjunction) or not spec.is_robustness:
+        raise ValueError("the attacks look for a changed prediction in l_p balls (a robustness problem)")
+    return ball.center, spec.labels, ball.eps, ball.norm, ball.lower, ball.upper
 
 
 def _logits(model: Model, x: torch.Tensor) -> torch.Tensor:
@@ -165,13 +179,12 @@ def _wrong_classes(z: torch.Tensor, y: torch.Tensor, count: int) -> torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------------------ PGD
-def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, norm: float = 2,
-        steps: int = 100, restarts: int = 10, step_size: float | None = None, lower: Any = None,
-        upper: Any = None, seed: int = 0, targeted_margin: bool = True, candidates: int = 9,
+def pgd(model: Model, problem: Problem, steps: int = 100, restarts: int = 10, step_size: float | None = None,
+        seed: int = 0, targeted_margin: bool = True, candidates: int = 9,
         max_batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected gradient ascent on the margin max_{j != y} z_j - z_y within the ``norm`` ball of radius ``eps``
-    (scalar or per sample, shape (B,)) around ``x``, intersected with the box [``lower``, ``upper``] when given
-    (scalars or tensors broadcastable to ``x``; ``x`` must lie in the box).
+    """Projected gradient ascent on the margin max_{j != y} z_j - z_y for ``problem``: labels y (its
+    robustness spec) on the l_p balls of radius eps around x (``LpBall``) within the domain [lower, upper]
+    (x must lie in it).
 
     Restart 0 starts at ``x``, the others at uniform random points of the ball (``seed`` fixes them). With
     ``targeted_margin``, restarts from the third on are targeted: each maximizes z_t - z_y for one wrong class
@@ -190,6 +203,7 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tenso
     Long because its checks of the arguments, the targeted order and the batched restarts read one another's
     state; the inner loop is ``_pgd_run``.
     """
+    x, y, eps, norm, lower, upper = _robustness_ball(problem)
     p = _norm_kind(norm)
     device, x, y = _prepare(model, x, y)
     b = x.shape[0]
@@ -316,10 +330,10 @@ def _pgd_run(model: Model, x: torch.Tensor, y: torch.Tensor, xa: torch.Tensor, e
 
 
 # ------------------------------------------------------------------------------------------------- DeepFool
-def deepfool(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 2, steps: int = 50,
-             overshoot: float = 0.02, lower: Any = None, upper: Any = None, candidates: int = 10
+def deepfool(model: Model, balls: RadiusProblem, steps: int = 50, overshoot: float = 0.02, candidates: int = 10
              ) -> torch.Tensor:
-    """DeepFool, batched: repeatedly step to the nearest linearized decision boundary.
+    """DeepFool, batched: repeatedly step to the nearest linearized decision boundary from each centre x of
+    ``balls`` (labels y, norm, domain [lower, upper]).
 
     At each step, for the ``candidates`` wrong classes with the highest logits, f_k = z_k - z_y and w_k its
     input gradient; the step for sample i goes to the boundary of k* = argmin |f_k| / ||w_k||_dual: for l2
@@ -329,7 +343,8 @@ def deepfool(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 2, st
     lands (1 + overshoot) times the exact minimal distance away. Samples that never flip return the last
     iterate; check ``argmax(model(x_adv)) != y`` before using the distance.
     """
-    p = _norm_kind(norm)
+    x, y, lower, upper = balls.center, balls.labels, balls.lower, balls.upper
+    p = _norm_kind(balls.norm)
     device = _device(model, x)
     x = x.detach().to(device)
     if not x.is_floating_point():
@@ -383,11 +398,18 @@ def deepfool(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 2, st
 
 
 # ------------------------------------------------------------------------------------------- attack radius
-def attack_radius(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 2, lower: Any = None,
-                  upper: Any = None, hi: float | torch.Tensor | None = None, steps: int = 50, restarts: int = 5,
-                  tol: float = 1e-3, cap: float | None = None, seed: int = 0, return_examples: bool = False
-                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Per sample, the distance of the closest adversarial example found: an upper bound on the robust radius.
+def _ball(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, eps: torch.Tensor, p: float,
+          lower: torch.Tensor | None, upper: torch.Tensor | None) -> Problem:
+    """The robustness problem of the samples ``idx`` at radii ``eps`` (the bounds are per sample here)."""
+    return Problem(LpBall(x[idx], eps, p, None if lower is None else lower[idx],
+                          None if upper is None else upper[idx]), Conjunction.robustness(y[idx]))
+
+
+def attack_radius(model: Model, balls: RadiusProblem, hi: float | torch.Tensor | None = None, steps: int = 50,
+                  restarts: int = 5, tol: float = 1e-3, cap: float | None = None, seed: int = 0,
+                  return_examples: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per centre x of ``balls`` (labels y, norm, domain [lower, upper]), the distance of the closest
+    adversarial example found: an upper bound on the robust radius ``balls`` asks for.
 
     Batched bisection on eps with ``pgd(steps, restarts)`` at every probe, all unresolved samples at once. The
     upper end starts at ``hi`` (scalar or per sample) or, by default, at the DeepFool distance when DeepFool
@@ -403,10 +425,10 @@ def attack_radius(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 
     Long because the bracket's growth, the bisection and the bookkeeping of verified examples update the same
     per-sample state.
     """
-    p = _norm_kind(norm)
-    device, x, y = _prepare(model, x, y)
+    p = _norm_kind(balls.norm)
+    device, x, y = _prepare(model, balls.center, balls.labels)
     b = x.shape[0]
-    lo_b, hi_b = _bound(lower, x), _bound(upper, x)
+    lo_b, hi_b = _bound(balls.lower, x), _bound(balls.upper, x)
     if cap is None:
         if lo_b is not None and hi_b is not None:
             cap = float(flat_norm(hi_b - lo_b, p).max()) if b else 1.0
@@ -437,7 +459,7 @@ def attack_radius(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 
     if hi is not None:
         hi_e = _per_sample(hi, b, device, torch.float64)
     else:
-        xd = deepfool(model, x, y, norm=p, lower=lower, upper=upper)
+        xd = deepfool(model, RadiusProblem(x, y, p, lo_b, hi_b))
         with torch.no_grad():
             succ_df = _logits(model, xd).argmax(1) != y
         record(torch.arange(b, device=device), xd, succ_df & ~wrong)
@@ -447,8 +469,7 @@ def attack_radius(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 
     pending = (~wrong).clone()
     while bool(pending.any()):
         idx = pending.nonzero()[:, 0]
-        xa, succ = pgd(model, x[idx], y[idx], hi_e[idx].to(x.dtype), norm=p, steps=steps, restarts=restarts,
-                       lower=None if lo_b is None else lo_b[idx], upper=None if hi_b is None else hi_b[idx],
+        xa, succ = pgd(model, _ball(x, y, idx, hi_e[idx], p, lo_b, hi_b), steps=steps, restarts=restarts,
                        seed=seed)
         record(idx, xa, succ)
         found = torch.isfinite(best[idx])
@@ -468,8 +489,7 @@ def attack_radius(model: Model, x: torch.Tensor, y: torch.Tensor, norm: float = 
         rounds += 1
         idx = gap_open.nonzero()[:, 0]
         mid = (lo_e[idx] + best[idx]) / 2
-        xa, succ = pgd(model, x[idx], y[idx], mid.to(x.dtype), norm=p, steps=steps, restarts=restarts,
-                       lower=None if lo_b is None else lo_b[idx], upper=None if hi_b is None else hi_b[idx],
+        xa, succ = pgd(model, _ball(x, y, idx, mid, p, lo_b, hi_b), steps=steps, restarts=restarts,
                        seed=seed + rounds)
         record(idx, xa, succ)
         fail = idx[~succ]
