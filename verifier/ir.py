@@ -89,6 +89,11 @@ class Graph:
         folded into constants at import)."""
         return {self.input_name} | {o for n in self.nodes() for o in n.outputs if o}
 
+    def keeps_batch_in_front(self, tensor: str) -> bool:
+        """Whether the tensor's axis 0 is the batch axis (its import-time shape has batch size 1 in front)."""
+        shape = self.shapes.get(tensor)
+        return shape is not None and len(shape) >= 1 and shape[0] == 1
+
     def nodes_up_to(self, tensor: str) -> list[Node]:
         """The nodes in topological order up to the one producing ``tensor`` (what a bound on it depends on)."""
         nodes = []

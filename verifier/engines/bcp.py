@@ -60,6 +60,7 @@ from torch import Tensor
 from verifier import fused
 from verifier.box import Box, exact_float32
 from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
+from verifier.engines.search import largest_verified
 from verifier.errors import NoRuleError
 from verifier.ir import GraphModule
 from verifier.last_layer import ball_box_min, box_min_pairs
@@ -280,33 +281,11 @@ def verify_bcp(module: GraphModule, report: LipschitzReport, problem: Problem, c
 
 def _radii(ctx: Context, balls: RadiusProblem, bcp: bool, start: Tensor | None, steps: int,
            batch_size: int) -> Tensor:
-    out = []
-    for i in range(0, len(balls), batch_size):
-        part = balls[i:i + batch_size].to(torch.float64)
+    def prepare_chunk(part: RadiusProblem):
         clean = clean_values(ctx, part.center)
+        return lambda eps: _verify(ctx, part.at(eps), bcp, clean)
 
-        def ok(eps: Tensor) -> Tensor:
-            return _verify(ctx, part.at(eps), bcp, clean)
-
-        n = len(part)
-        base = torch.zeros(n, dtype=torch.float64) if start is None else start[i:i + batch_size].double().clamp_min(0)
-        correct = ok(torch.zeros(n, dtype=torch.float64))
-        lo = torch.where(correct, base, torch.zeros_like(base))
-        # an upper end where verification fails: grow from max(2 lo, 1e-3)
-        hi = torch.maximum(2 * lo, torch.full_like(lo, 1e-3))
-        for _ in range(40):
-            good = ok(hi) & correct
-            if not bool(good.any()):
-                break
-            lo = torch.where(good, hi, lo)
-            hi = torch.where(good, hi * 4, hi)
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            good = ok(mid) & correct
-            lo = torch.where(good, mid, lo)
-            hi = torch.where(good, hi, mid)
-        out.append(torch.where(correct, lo, torch.zeros_like(lo)))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+    return largest_verified(balls, prepare_chunk, start, steps, batch_size)
 
 
 def ibp_radii(module: GraphModule, report: LipschitzReport, balls: RadiusProblem, steps: int = BISECTION_STEPS,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from verifier.box import Box, is_box, round_toward
 from verifier.errors import NoRuleError
 from verifier.jacobian import no_gradient_rule, scaled
+from verifier.linear import relu_backward
 from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
 from verifier.rounding import SAFETY, TINY64, outward_rounding, unit_roundoff
 
@@ -128,6 +129,14 @@ class Relu(Activation):
 
     def slope_range(self, lo, hi, consts):
         return _kink_range(lo, hi, 0.0, 1.0)
+
+    def linear(self, inputs, lams):
+        """CROWN's triangle relaxation over the input box (``verifier.linear.relu_backward``)."""
+        x = inputs[0]
+        if not is_box(x) or x.integer:
+            return super().linear(inputs, lams)
+        lam, bias = relu_backward(lams[0], x)
+        return [lam], bias
 
 
 @rule("LeakyRelu", since=(1, 6, 16))

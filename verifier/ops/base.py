@@ -15,6 +15,7 @@ import torch
 from verifier.box import is_box
 from verifier.errors import NoRuleError
 from verifier.jacobian import affine_transpose, no_gradient_rule
+from verifier.linear import affine_backward
 
 Shape = tuple[int, ...]
 
@@ -187,6 +188,17 @@ class Op:
         if not self.linear_in_inputs([is_box(x) for x in inputs]):
             raise no_gradient_rule(self)
         return affine_transpose(self, inputs, grads)
+
+    def linear(self, inputs: list[Any], lams: list[Any]) -> tuple[list[Any], torch.Tensor]:
+        """Backward linear rule (CROWN, ``verifier/linear.py``): ``inputs`` as for ``interval`` (forward boxes
+        of batch B), ``lams`` the coefficients of a lower bound on each output (batch B * R), or None; returns
+        per input its coefficients (None for constant inputs) and a bias (B * R,) such that
+        sum_o lam_o . out_o >= sum_i lam_i . in_i + bias on the input boxes. This default serves ops affine in
+        their input-dependent inputs (exact up to the rounding allowance); others raise NoRuleError, and the
+        engine bounds their output by its box."""
+        if not self.linear_in_inputs([is_box(x) for x in inputs]):
+            raise NoRuleError(f"no linear rule for {self.op_type} (node '{self.name}')")
+        return affine_backward(self, inputs, lams)
 
     def channel_scale(self, args: RuleArgs, channels: int) -> torch.Tensor | None:
         """The per-channel factor (axis 1, float64) when the op is a channel-wise affine map of its one

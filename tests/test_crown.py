@@ -1,0 +1,152 @@
+"""CROWN (``verifier.engines.crown``) and the ops' linear rules (``Op.linear``, ``verifier/linear.py``): every
+op case's backward bound holds at sampled points of random boxes (an op without a linear rule falls back to its
+box), ReLU's relaxation at its corners, and CROWN's radii survive PGD and beat IBP on small MLPs (CNNs are too
+slow for the engine as it stands)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from frontends import load_onnx
+from verifier.box import Box
+from verifier.certificates.certify import compute_bounds
+from verifier.engines.attacks import pgd
+from verifier.engines.bcp import ibp_radii
+from verifier.engines.crown import backward, boxes, crown_radii, verify_crown
+from verifier.engines.ibp import propagate
+from verifier.errors import NoRuleError
+from verifier.linear import relu_backward
+from verifier.problem import Conjunction, InputBox, LpBall, Problem, RadiusProblem
+
+from .cases.boxes import CASES, module_of, random_bounds, sample_points
+from .cases.models import NORMS_L2_FAST, blob_model, mlp_and_cnn, relu_tanh_blobs
+from .onnx_graphs import torch_single_thread
+
+single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
+
+
+def _holds(lhs: torch.Tensor, rhs: torch.Tensor, what: str) -> None:
+    tol = 1e-12 * (1 + float(lhs.abs().max()) + float(rhs.abs().max()))
+    gap = float((rhs - lhs).max())
+    assert gap <= tol, f"{what}: the linear bound exceeds the function by {gap:.3g}"
+
+
+@pytest.mark.parametrize("spec", [pytest.param(c, id=c["id"], marks=c["marks"]) for c in CASES])
+def test_linear_rule_of_every_op_holds_at_sampled_points(spec):
+    """lam . f(x) >= coeffs . x + bias at sampled points (corners included) of random boxes, for random lam."""
+    module = module_of(spec).double()
+    g = module.graph
+    if not g.batched or not g.leading_batch:
+        pytest.skip("per-sample graph: CROWN needs batched models")
+    gen = torch.Generator().manual_seed(7)
+    lo, hi = (t.double() for t in random_bounds(g.sample_shape, gen))
+    try:
+        env = propagate(module, Box.from_bounds(lo, hi), upto=g.output_name)
+    except NoRuleError:
+        pytest.skip("no box rule for this case")
+    out = env[g.output_name]
+    if out.integer or not out.center.is_floating_point():
+        pytest.skip("integer output")
+    rows = 3
+    lam = torch.randn((len(lo) * rows, *out.shape[1:]), generator=gen, dtype=torch.float64)
+    try:
+        coeffs, bias = backward(module, env, g.output_name, lam)
+    except NoRuleError as e:
+        assert "batch axis in front" in str(e)
+        pytest.skip(str(e))
+    points = sample_points(lo, hi, gen, count=32)  # (S, B, ...)
+    s, b = points.shape[:2]
+    with torch.no_grad():
+        y = module(points.reshape(s * b, *points.shape[2:])).reshape(s, b, 1, -1)
+    lhs = (lam.reshape(1, b, rows, -1) * y).sum(-1)
+    rhs = bias.reshape(1, b, rows)
+    if coeffs is not None:
+        rhs = rhs + (coeffs.reshape(1, b, rows, -1) * points.reshape(s, b, 1, -1)).sum(-1)
+    _holds(lhs, rhs, spec["id"])
+
+
+def test_relu_relaxation_at_the_corners_and_kinks():
+    gen = torch.Generator().manual_seed(3)
+    lo = torch.randn(4, 50, generator=gen, dtype=torch.float64)
+    hi = lo + torch.rand(4, 50, generator=gen, dtype=torch.float64) * 3
+    lo[0, :5], hi[0, :5] = -1e-300, 1e-300  # tiny unstable boxes
+    box = Box.from_bounds(lo, hi)
+    lam = torch.randn(4 * 6, 50, generator=gen, dtype=torch.float64)
+    coeffs, bias = relu_backward(lam, box)
+    t = torch.linspace(0, 1, 101, dtype=torch.float64).reshape(-1, 1, 1)
+    points = box.lo + (box.hi - box.lo) * t  # (101, 4, 50): both ends, and 0 where it lies inside
+    points = torch.cat([points, torch.zeros_like(points[:1]).clamp(box.lo, box.hi)])
+    lhs = (lam.reshape(1, 4, 6, 50) * torch.relu(points)[:, :, None]).sum(-1)
+    rhs = (coeffs.reshape(1, 4, 6, 50) * points[:, :, None]).sum(-1) + bias.reshape(1, 4, 6)
+    _holds(lhs, rhs, "relu")
+
+
+@pytest.fixture(scope="module")
+def smooth_model(tmp_path_factory):
+    return relu_tanh_blobs(tmp_path_factory.mktemp("smooth_crown"))
+
+
+@pytest.fixture(scope="module")
+def relu_mlp(tmp_path_factory):
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    path, _, x, y = blob_model(tmp_path_factory.mktemp("crown_relu"), net)
+    module = load_onnx(path)
+    with torch.no_grad():
+        keep = module(x).argmax(1) == y
+    return module, x[keep][:40], y[keep][:40]
+
+
+@pytest.mark.parametrize("norm", NORMS_L2_FAST)
+def test_crown_radii_survive_pgd_and_beat_ibp(relu_mlp, norm):
+    module, x, y = relu_mlp
+    balls = RadiusProblem(x, y, norm)
+    radii = crown_radii(module, balls)
+    ibp = ibp_radii(module, compute_bounds(module, 2.0, input_dim=6).l2, balls)
+    assert (radii > 0).float().mean() > 0.8
+    assert float(radii.median()) > 1.2 * float(ibp.median())
+    assert bool(verify_crown(module, balls.at(radii)).all())
+    _, success = pgd(module, balls.at(radii.float() * 0.999), steps=100, restarts=10)
+    assert not success.any(), "an attack broke a CROWN radius"
+
+
+def test_crown_on_models_with_fallback_ops(smooth_model):
+    """Tanh has no linear rule yet: CROWN bounds it by its box there and stays sound."""
+    name, module, x, y, lower, upper = next(iter(mlp_and_cnn(smooth_model)))
+    balls = RadiusProblem(x[:30], y[:30], 2.0, lower, upper)
+    radii = crown_radii(module, balls, steps=10)
+    ok = radii > 0
+    assert ok.float().mean() > 0.5, name
+    _, success = pgd(module, balls[ok.nonzero()[:, 0]].at(radii[ok].float() * 0.999), steps=100, restarts=10)
+    assert not success.any(), f"{name}: an attack broke a CROWN radius"
+
+
+def test_crown_decides_linear_specs_on_boxes(relu_mlp):
+    """A plain input box and random linear rows: CROWN's intermediate boxes hold at sampled points, and a
+    verified spec has no sampled violation."""
+    module, x, y = relu_mlp
+    gen = torch.Generator().manual_seed(9)
+    width = 0.5 * torch.rand(x.shape, generator=gen)
+    inputs = InputBox(x - width, x + width)
+    module64 = module.double()
+    env = boxes(module64, inputs)
+    points = inputs.lower + (inputs.upper - inputs.lower) * torch.rand((64, *x.shape), generator=gen).double()
+    with torch.no_grad():
+        values = module64.run(points.reshape(-1, 6), keep=set(env))
+    for name, box in env.items():
+        v = values[name].reshape(64, len(x), *box.shape[1:])
+        assert bool((v >= box.lo - 1e-12).all()) and bool((v <= box.hi + 1e-12).all()), name
+    with torch.no_grad():
+        z = module(x).double()
+    c = torch.randn(len(x), 2, 3, generator=gen, dtype=torch.float64)
+    spec = Conjunction(c, 0.3 - (c @ z[..., None])[..., 0])
+    ok = verify_crown(module, Problem(inputs, spec))
+    assert ok.any() and not ok.all()
+    with torch.no_grad():
+        zs = module(points.reshape(-1, 6).float()).double().reshape(64, len(x), 3)
+    values = (c[None] @ zs[..., None])[..., 0] + spec.d[None]
+    assert bool((values[:, ok] > 0).all())
+    assert bool(verify_crown(module, Problem(LpBall(x, 0.0, math.inf), spec)).all())

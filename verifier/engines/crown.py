@@ -1,0 +1,190 @@
+"""CROWN (Zhang et al. 2018): linear bounds propagated backward through the graph, concretized over the input set.
+
+For the spec's rows C (``verifier.problem``), the walk goes backward from the logits with lam = C and applies each
+op's linear rule (``Op.linear``, written in the kit of ``verifier/linear.py``): affine ops exactly, ReLU by its
+triangle relaxation over its input box; an op without a linear rule is bounded by its output box there (that
+branch stops). What reaches the input is C z(x') >= A x' + b for every x' of the set, and min over the set of
+A x' is taken exactly: over the box for l_inf balls and plain boxes, and for l2 balls within the domain box as
+BCP's problem (11) (``verifier.last_layer.ball_box_min``), which is at least the dual-norm bound of the ball
+alone.
+
+Intermediate bounds: before each nonlinear op, the box of its input-dependent inputs is tightened by CROWN
+itself (rows +I and -I, chunked), intersected with the interval image (both are sound, so the intersection is);
+the forward boxes after it follow from the tightened ones.
+
+Arithmetic as in ``verifier.engines.bcp``: a float64 copy of the module, the rules' rounding allowances, and
+the final lower bounds reduced by ``FLOAT_SLACK`` x max(1, max |z|) per unit of a row's l1 norm over 2, for the
+float32 forward. Needs a model that runs whole batches.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from verifier.box import Box, exact_float32, is_box
+from verifier.errors import NoRuleError
+from verifier.ir import GraphModule
+from verifier.last_layer import ball_box_min
+from verifier.linear import box_backward
+from verifier.problem import Conjunction, Disjunction, InputSet, LpBall, Problem, RadiusProblem
+from verifier.rounding import FLOAT_SLACK, REL64, TINY64
+
+from .search import largest_verified
+
+BISECTION_STEPS = 20
+#: rounds of BCP's iteration for min over the l2 ball and the domain box (any number gives a lower bound: weak
+#: duality, ``verifier.last_layer.ball_box_min``)
+BALL_ROUNDS = 16
+#: most float64 entries of the coefficient tensors of one backward pass (rows x largest tensor)
+ROW_BUDGET = 2 ** 24
+
+
+def prepare(module: GraphModule) -> GraphModule:
+    """The float64 copy CROWN runs on; NoRuleError for models that do not run whole batches."""
+    g = module.graph
+    if not g.batched or not g.leading_batch:
+        raise NoRuleError("CROWN needs a model that runs whole batches")
+    module64 = module if module.float_dtype == torch.float64 else copy.deepcopy(module).double()
+    return module64.eval()
+
+
+def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tensor) -> tuple[Tensor | None, Tensor]:
+    """Coefficients on the model input and a bias (B * R,) with lam . target >= coeffs . x + bias for every input
+    whose tensors lie in the boxes ``env``; ``lam``: (B * R, *target's sample shape). NoRuleError when an
+    input-dependent tensor does not keep the batch axis in front (rows are stacked along it)."""
+    g = module64.graph
+    lams: dict[str, Tensor] = {target: lam}
+    bias = torch.zeros(lam.shape[0], dtype=lam.dtype, device=lam.device)
+    if target == g.input_name:
+        return lam, bias
+    with torch.no_grad():
+        for node in reversed(g.nodes_up_to(target)):
+            outs = [lams.pop(o, None) if o else None for o in node.outputs]
+            if all(o is None for o in outs):
+                continue
+            args = module64.node_args(node, env)
+            for t, a in [*zip(node.inputs, args), *((o, env.get(o)) for o in node.outputs)]:
+                if is_box(a) and not g.keeps_batch_in_front(t):
+                    raise NoRuleError(f"CROWN: the tensor '{t}' (node '{node.name}') does not keep the batch axis "
+                                      "in front")
+            try:
+                in_lams, b = node.op.linear(args, outs)
+            except NoRuleError:  # bound the output by its box here; the walk stops on this branch
+                in_lams, b = [], box_backward(outs, [env[o] for o in node.outputs])
+            bias = bias + b
+            for t, part in zip(node.inputs, in_lams):
+                if part is not None and t and is_box(env.get(t)):
+                    lams[t] = lams[t] + part if t in lams else part
+    return lams.get(g.input_name), bias
+
+
+def _concretize(inputs: InputSet, box: Box, coeffs: Tensor | None, rows: int) -> Tensor:
+    """min over the input set of coeffs . x, (B, R) (coeffs: (B * R, *sample))."""
+    b = box.shape[0]
+    if coeffs is None:
+        return torch.zeros((b, rows), dtype=torch.float64)
+    if not isinstance(inputs, LpBall) or inputs.norm != 2:
+        return box_backward([coeffs], [box]).reshape(b, rows)
+    x0 = inputs.center.to(torch.float64).reshape(b, 1, -1)
+    c = coeffs.reshape(b, rows, -1)
+    lo = ((box.lo.reshape(b, 1, -1) - x0) * (1 + REL64) - TINY64).clamp_max(0.0)
+    hi = ((box.hi.reshape(b, 1, -1) - x0) * (1 + REL64) + TINY64).clamp_min(0.0)
+    at_centre = (c * x0).sum(-1) - REL64 * (c.abs() * x0.abs()).sum(-1) - TINY64
+    return at_centre + ball_box_min(c, lo, hi, inputs.eps.to(torch.float64)[:, None], rounds=BALL_ROUNDS)
+
+
+def _chunk_rows(module64: GraphModule, batch: int) -> int:
+    g = module64.graph
+    largest = max(math.prod(s[1:]) for s in g.shapes.values() if len(s) > 0)
+    return max(1, ROW_BUDGET // max(1, batch * largest))
+
+
+def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, name: str) -> Box:
+    """CROWN's box of the tensor ``name`` (rows +I and -I, in chunks), intersected with its interval box."""
+    box = env[name]
+    b, shape = box.shape[0], tuple(box.shape[1:])
+    n = math.prod(shape)
+    eye = torch.eye(n, dtype=torch.float64)
+    lows = []
+    step = _chunk_rows(module64, b)
+    for sign in (1.0, -1.0):
+        parts = []
+        for j in range(0, n, step):
+            rows = (sign * eye[j:j + step]).reshape(-1, *shape)
+            lam = rows[None].expand(b, *rows.shape).reshape(-1, *shape)
+            coeffs, bias = backward(module64, env, name, lam)
+            parts.append(_concretize(inputs, env[module64.graph.input_name], coeffs, len(rows))
+                         + bias.reshape(b, -1))
+        lows.append(torch.cat(parts, dim=1).reshape(b, *shape))
+    lo, hi = lows[0], -lows[1]
+    ok = lo <= hi  # a crossing can only come from rounding at a degenerate (point) box: keep the interval box there
+    crown = Box.from_bounds(torch.where(ok, lo, box.lo), torch.where(ok, hi, box.hi))
+    return box.intersect(crown)
+
+
+def boxes(module64: GraphModule, inputs: InputSet) -> dict[str, Any]:
+    """Forward boxes of every tensor over the input set, the inputs of every nonlinear op tightened by CROWN."""
+    g = module64.graph
+    env: dict[str, Any] = {g.input_name: inputs.box(torch.float64)}
+
+    def rule(node: Any, args: list[Any]) -> Any:
+        args = module64.node_args(node, env)  # the tightened boxes, for every reader
+        dynamic = [is_box(a) for a in args]
+        if not node.op.linear_in_inputs(dynamic):
+            for k, t in enumerate(node.inputs):
+                if dynamic[k] and not args[k].integer:
+                    env[t] = args[k] = _tightened(module64, env, inputs, t)
+        out = node.op.interval(*args)
+        for o, v in zip(node.outputs, out if isinstance(out, tuple) else (out,)):
+            if o:
+                env[o] = v
+        return out
+
+    with exact_float32(), torch.no_grad():
+        module64.walk(dict(env), rule)
+    return env
+
+
+def spec_low(module64: GraphModule, problem: Problem) -> Tensor:
+    """(B, R) lower bounds of C z + d over the input set (a ``Conjunction`` spec), less the float32 forward's
+    allowance."""
+    spec = problem.spec
+    g = module64.graph
+    out = g.logits_tensor()
+    with torch.no_grad():
+        z = module64.run(problem.inputs.l2_ball()[0].to(torch.float64), keep={out})[out].reshape(len(problem), -1)
+    if spec.is_robustness:
+        spec = Conjunction.robustness(spec.labels, z.shape[1])
+    c, d = spec.rows()
+    b, r = c.shape[:2]
+    env = boxes(module64, problem.inputs)
+    with torch.no_grad():
+        coeffs, bias = backward(module64, env, out, c.reshape(b * r, *g.shapes[out][1:]))
+        low = _concretize(problem.inputs, env[g.input_name], coeffs, r) + bias.reshape(b, r) + d
+    low = low - REL64 * d.abs() - FLOAT_SLACK * z.abs().amax(1, keepdim=True).clamp_min(1.0) \
+        * (c.abs().sum(-1) / 2).clamp_min(1.0)
+    return low
+
+
+def verify_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None) -> Tensor:
+    """Per input: whether CROWN proves ``problem`` (any input set, any linear spec or disjunction)."""
+    module64 = module64 or prepare(module)
+    spec = problem.spec
+    if isinstance(spec, Disjunction):
+        return torch.stack([verify_crown(module, Problem(problem.inputs, part), module64)
+                            for part in spec.parts]).any(0)
+    return (spec_low(module64, problem) > 0).all(dim=1)
+
+
+def crown_radii(module: GraphModule, balls: RadiusProblem, start: Tensor | None = None,
+                steps: int = BISECTION_STEPS, batch_size: int = 256) -> Tensor:
+    """The largest eps (model space) at which ``verify_crown`` proves ``balls.at(eps)``, per input, by bisection
+    from ``start`` (radii already proved) when given; the result is max(bisection, start)."""
+    module64 = prepare(module)
+    r = largest_verified(balls, lambda part: lambda eps: verify_crown(module, part.at(eps), module64), start, steps,
+                         batch_size)
+    return r if start is None else torch.maximum(r, start.double().cpu())

@@ -1,0 +1,123 @@
+"""Linear bounds, backward: the rule kit the ops' ``linear`` rules are written in (CROWN, Zhang et al. 2018, §3).
+
+A backward linear bound on an op's output is a coefficient tensor ``lam`` per output (batch B * R: R rows per
+forward sample, sample-major, like the gradient seeds of ``verifier.jacobian``); an op's linear rule returns
+coefficients on its input-dependent inputs and a bias, one per row, such that
+
+    sum_o lam_o . out_o  >=  sum_i lam_i' . in_i + beta
+
+for every value of the inputs in their forward boxes (the ``Box`` arguments, batch B). Chained backward from a
+spec's rows C through the graph, this gives C z >= A x + b on the input set (CROWN's A matrices), concretized over
+the set by the engine (``verifier.engines.crown``).
+
+Soundness, floating point included: the inequality holds in real arithmetic for the coefficients as computed.
+The products and sums that give lam' and beta round; their error is at most gamma_n (|lam| |J|) . |in| for an
+affine op (|J| the magnitudes of its matrix, n < 1e6 terms per sum, so gamma_n < REL64 in float64), which is
+taken off beta with |in| bounded by the forward boxes: |J| m comes from the op's own interval rule at the box
+[-m, m] (its radius is |J| m, widened). Relaxations of nonlinear ops (ReLU's triangle) are valid over the whole
+input box with their own rounding allowance. Rules run in float64 (the engines' module copy).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from verifier.box import Box, is_box
+from verifier.errors import NoRuleError
+from verifier.rounding import REL64, TINY64
+
+
+def rows_of(lam: Tensor, batch: int) -> Tensor:
+    """``lam`` (B * R, *shape) viewed as (B, R, *shape)."""
+    return lam.reshape(batch, lam.shape[0] // batch, *lam.shape[1:])
+
+
+def magnitude(box: Box) -> Tensor:
+    """The largest |value| of each entry of a box (batch B)."""
+    return torch.maximum(box.lo.abs(), box.hi.abs())
+
+
+def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None]) -> tuple[list[Tensor | None],
+                                                                                             Tensor]:
+    """The exact backward rule of an op affine in its input-dependent inputs (the Box entries of ``inputs``):
+    lam_i' = J_i^T lam (autograd through ``op.forward`` at zero inputs) and beta = lam . f(0), less the rounding
+    allowance REL64 |lam| . (|J| m + |f(0)|) with m the magnitudes of the input boxes (module docstring)."""
+    like = next(v for v in lams if v is not None)
+    dyn = [k for k, x in enumerate(inputs) if is_box(x)]
+    if any(inputs[k].integer for k in dyn):
+        raise NoRuleError(f"no linear rule for {op.op_type} (node '{op.name}'): an integer-valued input")
+    batch = next(inputs[k] for k in dyn).shape[0]
+    rows = like.shape[0]
+    with torch.enable_grad():
+        xs = [torch.zeros((rows, *inputs[k].shape[1:]), dtype=like.dtype, device=like.device, requires_grad=True)
+              for k in dyn]
+        args = list(inputs)
+        for k, v in zip(dyn, xs):
+            args[k] = v
+        outs = op.forward(*args)
+        outs = list(outs) if isinstance(outs, tuple) else [outs]
+        pairs = [(o, lam) for o, lam in zip(outs, lams) if lam is not None]
+        grads = torch.autograd.grad([o for o, _ in pairs], xs, [lam for _, lam in pairs], allow_unused=True)
+    bias = sum((lam * o.detach()).reshape(rows, -1).sum(1) for o, lam in pairs)
+    # rounding: |J| m from the interval rule at [-m, m], per forward sample, then |lam| . (|J| m + |f(0)|)
+    args = list(inputs)
+    for k in dyn:
+        m = magnitude(inputs[k])
+        args[k] = Box(torch.zeros_like(m), m)
+    boxes = op.interval(*args)
+    boxes = list(boxes) if isinstance(boxes, tuple) else [boxes]
+    slack = torch.zeros(rows, dtype=like.dtype, device=like.device)
+    for b, o, lam in zip(boxes, outs, lams):
+        if lam is None:
+            continue
+        spread = (b.radius.abs() + b.center.abs())[:, None]  # (B, 1, *out): |J| m + |f(0)| up to rounding
+        size = rows_of(lam, batch)
+        slack = slack + (size.abs() * (spread + rows_of(o.detach().abs(), batch))).reshape(rows, -1).sum(1)
+    out: list[Tensor | None] = [None] * len(inputs)
+    for k, x, g in zip(dyn, xs, grads):
+        out[k] = torch.zeros_like(x) if g is None else g.detach()
+    return out, bias - REL64 * slack - TINY64
+
+
+def relu_backward(lam: Tensor, box: Box, lower_slope: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """ReLU's triangle relaxation (CROWN): over the input box [l, u], relu(z) >= a z with a in [0, 1] (``lower_slope``
+    per entry; default CROWN's adaptive choice, 1 where u >= -l, else 0) and, where l < 0 < u, relu(z) <= s (z - l)
+    with s = u / (u - l); exact where the entry is stable (u <= 0: 0; l >= 0: z). Rows with lam >= 0 take the
+    lower line, rows with lam < 0 the upper one. The upper line is raised by 8 u_64 s (|l| + |u|) + tiny so that
+    it stays above relu in spite of the rounding of s and of s l; the products lam' = lam a round once each (an
+    allowance REL64 |lam'| . m, m the box's magnitudes). Shapes: lam (B * R, *shape), box batch B."""
+    batch = box.shape[0]
+    lo, hi = box.lo, box.hi
+    active, unstable = lo >= 0, (lo < 0) & (hi > 0)
+    width = (hi - lo).clamp_min(torch.finfo(lo.dtype).tiny)
+    s = torch.where(unstable, hi / width, torch.zeros_like(hi))
+    t = torch.where(unstable, -s * lo + 8 * 2.0 ** -53 * s * (lo.abs() + hi.abs()) + TINY64, torch.zeros_like(hi))
+    if lower_slope is None:
+        lower_slope = (hi >= -lo).to(lo.dtype)
+    a = torch.where(active, torch.ones_like(hi), torch.where(unstable, lower_slope, torch.zeros_like(hi)))
+    up = torch.where(active, torch.ones_like(hi), s)
+    lam_b = rows_of(lam, batch)
+    pos, neg = lam_b.clamp_min(0), lam_b.clamp_max(0)
+    out = pos * a[:, None] + neg * up[:, None]
+    bias = (neg * t[:, None]).reshape(lam_b.shape[0], lam_b.shape[1], -1).sum(-1)
+    slack = REL64 * ((out.abs() * magnitude(box)[:, None]).reshape(bias.shape[0], bias.shape[1], -1).sum(-1)
+                     + (neg * t[:, None]).abs().reshape(bias.shape[0], bias.shape[1], -1).sum(-1))
+    return out.reshape(lam.shape), (bias - slack).reshape(-1)
+
+
+def box_backward(lams: Sequence[Tensor | None], boxes: Sequence[Box]) -> Tensor:
+    """sum_o min over the output box of lam_o . out_o: where an op has no linear rule the bound is concretized at
+    its output (its forward box), and the walk stops on that branch. Summed in float64 with REL64 slack."""
+    total = None
+    for lam, box in zip(lams, boxes):
+        if lam is None:
+            continue
+        lam_b = rows_of(lam, box.shape[0])
+        lo, hi = box.lo[:, None], box.hi[:, None]
+        value = torch.minimum(lam_b * lo, lam_b * hi).reshape(lam_b.shape[0], lam_b.shape[1], -1)
+        err = (lam_b.abs() * torch.maximum(lo.abs(), hi.abs())).reshape(value.shape)
+        part = (value.sum(-1) - REL64 * err.sum(-1) - TINY64).reshape(-1)
+        total = part if total is None else total + part
+    return total
