@@ -100,12 +100,18 @@ def relu_mlp(tmp_path_factory):
     return module, x[keep][:40], y[keep][:40]
 
 
+@pytest.mark.parametrize("prior", ["interval", "bcp"])
 @pytest.mark.parametrize("norm", NORMS_L2_FAST)
-def test_crown_radii_survive_pgd_and_beat_ibp(relu_mlp, norm):
+def test_crown_radii_survive_pgd_and_beat_ibp(relu_mlp, norm, prior):
+    """CROWN from interval boxes, and from BCP's boxes with intermediate CROWN bounds switched off."""
     module, x, y = relu_mlp
     balls = RadiusProblem(x, y, norm)
-    radii = crown_radii(module, balls)
-    ibp = ibp_radii(module, compute_bounds(module, 2.0, input_dim=6).l2, balls)
+    report = compute_bounds(module, 2.0, input_dim=6).l2
+    if prior == "bcp":
+        radii = crown_radii(module, balls, report=report, max_neurons=0)
+    else:
+        radii = crown_radii(module, balls)
+    ibp = ibp_radii(module, report, balls)
     assert (radii > 0).float().mean() > 0.8
     assert float(radii.median()) > 1.2 * float(ibp.median())
     assert bool(verify_crown(module, balls.at(radii)).all())

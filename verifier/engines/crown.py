@@ -8,9 +8,10 @@ A x' is taken exactly: over the box for l_inf balls and plain boxes, and for l2 
 BCP's problem (11) (``verifier.last_layer.ball_box_min``), which is at least the dual-norm bound of the ball
 alone.
 
-Intermediate bounds: before each nonlinear op, the box of its input-dependent inputs is tightened by CROWN
-itself (rows +I and -I, chunked), intersected with the interval image (both are sound, so the intersection is);
-the forward boxes after it follow from the tightened ones.
+Intermediate bounds: the forward boxes are interval images, intersected with BCP's boxes when the l2 Lipschitz
+report is given (``verifier.engines.bcp.walk``); before each nonlinear op whose inputs have at most
+``CROWN_NEURONS`` entries per input, those boxes are tightened by CROWN itself (rows +I and -I, chunked). Every
+box is sound, so every intersection is; the forward boxes after a tightened one follow from it.
 
 Arithmetic as in ``verifier.engines.bcp``: a float64 copy of the module, the rules' rounding allowances, and
 the final lower bounds reduced by ``FLOAT_SLACK`` x max(1, max |z|) per unit of a row's l1 norm over 2, for the
@@ -33,12 +34,18 @@ from verifier.linear import box_backward
 from verifier.problem import Conjunction, Disjunction, InputSet, LpBall, Problem, RadiusProblem
 from verifier.rounding import FLOAT_SLACK, REL64, TINY64
 
+from . import bcp
+from .bcp import BallBounds, walk
+from .lipschitz import LipschitzReport
 from .search import largest_verified
 
 BISECTION_STEPS = 20
 #: rounds of BCP's iteration for min over the l2 ball and the domain box (any number gives a lower bound: weak
 #: duality, ``verifier.last_layer.ball_box_min``)
 BALL_ROUNDS = 16
+#: CROWN tightens the inputs of a nonlinear op only up to this many entries per input (else its forward box):
+#: MLP layers get CROWN's intermediate bounds; behind convolutions they cost too much as the engine stands
+CROWN_NEURONS = 512
 #: most float64 entries of the coefficient tensors of one backward pass (rows x largest tensor)
 ROW_BUDGET = 2 ** 24
 
@@ -126,42 +133,65 @@ def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, nam
     return box.intersect(crown)
 
 
-def boxes(module64: GraphModule, inputs: InputSet) -> dict[str, Any]:
-    """Forward boxes of every tensor over the input set, the inputs of every nonlinear op tightened by CROWN."""
+def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None = None,
+          max_neurons: int | None = None) -> dict[str, Any]:
+    """Forward boxes of every tensor over the input set: interval images, intersected with the ``prior`` boxes
+    when given (e.g. BCP's, ``verifier.engines.bcp.walk``), and the inputs of every nonlinear op tightened by
+    CROWN where they have at most ``max_neurons`` entries per input (default ``CROWN_NEURONS``; CROWN's cost
+    grows with their square)."""
     g = module64.graph
-    env: dict[str, Any] = {g.input_name: inputs.box(torch.float64)}
+    prior = prior or {}
+    limit = CROWN_NEURONS if max_neurons is None else max_neurons
+    env: dict[str, Any] = {g.input_name: _meet(inputs.box(torch.float64), prior.get(g.input_name))}
 
     def rule(node: Any, args: list[Any]) -> Any:
         args = module64.node_args(node, env)  # the tightened boxes, for every reader
         dynamic = [is_box(a) for a in args]
         if not node.op.linear_in_inputs(dynamic):
             for k, t in enumerate(node.inputs):
-                if dynamic[k] and not args[k].integer:
+                if dynamic[k] and not args[k].integer and math.prod(args[k].shape[1:]) <= limit:
                     env[t] = args[k] = _tightened(module64, env, inputs, t)
         out = node.op.interval(*args)
-        for o, v in zip(node.outputs, out if isinstance(out, tuple) else (out,)):
+        outs = out if isinstance(out, tuple) else (out,)
+        outs = tuple(_meet(v, prior.get(o)) if o else v for o, v in zip(node.outputs, outs))
+        for o, v in zip(node.outputs, outs):
             if o:
                 env[o] = v
-        return out
+        return outs if isinstance(out, tuple) else outs[0]
 
     with exact_float32(), torch.no_grad():
         module64.walk(dict(env), rule)
     return env
 
 
-def spec_low(module64: GraphModule, problem: Problem) -> Tensor:
+def _meet(box: Any, other: Any) -> Any:
+    """The intersection of two sound boxes of one tensor (the first where the other does not apply)."""
+    if not is_box(box) or not is_box(other) or box.integer or other.integer or box.shape != other.shape:
+        return box
+    return box.intersect(other)
+
+
+def spec_low(module64: GraphModule, problem: Problem, ball: BallBounds | None = None,
+             max_neurons: int | None = None) -> Tensor:
     """(B, R) lower bounds of C z + d over the input set (a ``Conjunction`` spec), less the float32 forward's
-    allowance."""
+    allowance. ``ball``: BCP's ball bounds (``verifier.engines.bcp.prepare(...).ball``), whose boxes then start
+    the forward pass."""
     spec = problem.spec
     g = module64.graph
     out = g.logits_tensor()
+    centre, rho = problem.inputs.l2_ball()
+    prior = None
     with torch.no_grad():
-        z = module64.run(problem.inputs.l2_ball()[0].to(torch.float64), keep={out})[out].reshape(len(problem), -1)
+        keep = {out} | (set(ball.tensor_bounds) if ball is not None else set())
+        clean = module64.run(centre.to(torch.float64), keep=keep)
+        if ball is not None:
+            prior = walk(module64, ball, problem.inputs.box(torch.float64), clean, rho.to(torch.float64), out)
+    z = clean[out].reshape(len(problem), -1)
     if spec.is_robustness:
         spec = Conjunction.robustness(spec.labels, z.shape[1])
     c, d = spec.rows()
     b, r = c.shape[:2]
-    env = boxes(module64, problem.inputs)
+    env = boxes(module64, problem.inputs, prior, max_neurons)
     with torch.no_grad():
         coeffs, bias = backward(module64, env, out, c.reshape(b * r, *g.shapes[out][1:]))
         low = _concretize(problem.inputs, env[g.input_name], coeffs, r) + bias.reshape(b, r) + d
@@ -170,21 +200,30 @@ def spec_low(module64: GraphModule, problem: Problem) -> Tensor:
     return low
 
 
-def verify_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None) -> Tensor:
-    """Per input: whether CROWN proves ``problem`` (any input set, any linear spec or disjunction)."""
+def verify_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
+                 ball: BallBounds | None = None, max_neurons: int | None = None) -> Tensor:
+    """Per input: whether CROWN proves ``problem`` (any input set, any linear spec or disjunction); with BCP's
+    ``ball`` bounds (and its ``module64``), its boxes start the forward pass; ``max_neurons`` as in ``boxes``."""
     module64 = module64 or prepare(module)
     spec = problem.spec
     if isinstance(spec, Disjunction):
-        return torch.stack([verify_crown(module, Problem(problem.inputs, part), module64)
+        return torch.stack([verify_crown(module, Problem(problem.inputs, part), module64, ball, max_neurons)
                             for part in spec.parts]).any(0)
-    return (spec_low(module64, problem) > 0).all(dim=1)
+    return (spec_low(module64, problem, ball, max_neurons) > 0).all(dim=1)
 
 
-def crown_radii(module: GraphModule, balls: RadiusProblem, start: Tensor | None = None,
-                steps: int = BISECTION_STEPS, batch_size: int = 256) -> Tensor:
+def crown_radii(module: GraphModule, balls: RadiusProblem, report: LipschitzReport | None = None,
+                start: Tensor | None = None, steps: int = BISECTION_STEPS, batch_size: int = 256,
+                max_neurons: int | None = None) -> Tensor:
     """The largest eps (model space) at which ``verify_crown`` proves ``balls.at(eps)``, per input, by bisection
-    from ``start`` (radii already proved) when given; the result is max(bisection, start)."""
-    module64 = prepare(module)
-    r = largest_verified(balls, lambda part: lambda eps: verify_crown(module, part.at(eps), module64), start, steps,
-                         batch_size)
+    from ``start`` (radii already proved) when given; the result is max(bisection, start). With the l2
+    Lipschitz ``report``, BCP's boxes start every forward pass; ``max_neurons`` as in ``boxes`` (0: CROWN only
+    for the spec's rows, the fast setting for CNNs)."""
+    if report is not None:
+        ctx = bcp.prepare(module, report)
+        module64, ball = ctx.module64, ctx.ball
+    else:
+        module64, ball = prepare(module), None
+    r = largest_verified(balls, lambda part: lambda eps: verify_crown(module, part.at(eps), module64, ball,
+                                                                      max_neurons), start, steps, batch_size)
     return r if start is None else torch.maximum(r, start.double().cpu())
