@@ -16,12 +16,11 @@ from verifier.certificates.certify import compute_bounds
 from verifier.engines.attacks import pgd
 from verifier.engines.bcp import ibp_radii
 from verifier.engines.crown import backward, boxes, crown_radii, verify_crown
-from verifier.engines.ibp import propagate
 from verifier.errors import NoRuleError
 from verifier.linear import relu_backward
 from verifier.problem import Conjunction, InputBox, LpBall, Problem, RadiusProblem
 
-from .cases.boxes import CASES, module_of, random_bounds, sample_points
+from .cases.boxes import CASES, case_boxes, sample_points
 from .cases.models import NORMS_L2_FAST, blob_model, mlp_and_cnn, relu_tanh_blobs
 from .onnx_graphs import torch_single_thread
 
@@ -37,19 +36,9 @@ def _holds(lhs: torch.Tensor, rhs: torch.Tensor, what: str) -> None:
 @pytest.mark.parametrize("spec", [pytest.param(c, id=c["id"], marks=c["marks"]) for c in CASES])
 def test_linear_rule_of_every_op_holds_at_sampled_points(spec):
     """lam . f(x) >= coeffs . x + bias at sampled points (corners included) of random boxes, for random lam."""
-    module = module_of(spec).double()
+    module, gen, lo, hi, env = case_boxes(spec, 7)
     g = module.graph
-    if not g.batched or not g.leading_batch:
-        pytest.skip("per-sample graph: CROWN needs batched models")
-    gen = torch.Generator().manual_seed(7)
-    lo, hi = (t.double() for t in random_bounds(g.sample_shape, gen))
-    try:
-        env = propagate(module, Box.from_bounds(lo, hi), upto=g.output_name)
-    except NoRuleError:
-        pytest.skip("no box rule for this case")
     out = env[g.output_name]
-    if out.integer or not out.center.is_floating_point():
-        pytest.skip("integer output")
     rows = 3
     lam = torch.randn((len(lo) * rows, *out.shape[1:]), generator=gen, dtype=torch.float64)
     try:

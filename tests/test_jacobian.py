@@ -21,7 +21,7 @@ from verifier.jacobian import dual_norm_bound
 from verifier.ops.activations import Activation
 from verifier.ops.base import _REGISTRY
 
-from .cases.boxes import AFFINE, CASES, module_of, random_bounds, sample_points
+from .cases.boxes import AFFINE, CASES, case_boxes, module_of, random_bounds, sample_points
 from .onnx_graphs import torch_single_thread
 
 single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
@@ -51,20 +51,8 @@ def _gradients(module, points, seeds):
 
 @pytest.mark.parametrize("spec", [pytest.param(c, id=c["id"], marks=c["marks"]) for c in CASES])
 def test_gradient_box_contains_sampled_gradients(spec):
-    module = module_of(spec).double()
-    g = module.graph
-    if not g.batched or not g.leading_batch:
-        pytest.skip("per-sample graph: local bounds need batched models")
-    gen = torch.Generator().manual_seed(5)
-    lo, hi = (t.double() for t in random_bounds(g.sample_shape, gen))
-    box = Box.from_bounds(lo, hi)
-    out_name = g.output_name
-    try:
-        env = propagate(module, box, upto=out_name)
-    except NoRuleError:
-        pytest.skip("no box rule for this case")
-    if not env[out_name].center.is_floating_point() or env[out_name].integer:
-        pytest.skip("integer output")
+    module, gen, lo, hi, env = case_boxes(spec, 5)
+    out_name = module.graph.output_name
     out_shape = tuple(env[out_name].shape[1:])
     seeds = torch.randn((len(lo), 3, *out_shape), generator=gen, dtype=torch.float64)
     try:

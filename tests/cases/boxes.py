@@ -11,6 +11,8 @@ import torch
 
 from frontends import load_onnx
 from verifier.box import Box
+from verifier.engines.ibp import propagate
+from verifier.errors import NoRuleError
 
 from ..conftest import shared_dir, zoo_models
 from ..onnx_graphs import case, make_model, node
@@ -42,6 +44,26 @@ def random_bounds(shape, gen, boxes=2, width=0.1):
     r = width * torch.rand((boxes, *shape), generator=gen)
     r = torch.where(torch.rand(r.shape, generator=gen) < 0.1, torch.zeros_like(r), r)
     return c - r, c + r
+
+
+def case_boxes(spec, seed: int):
+    """A case's float64 module, a generator, random input boxes [lo, hi] and the forward boxes up to its output,
+    for the backward rules (gradient boxes, linear bounds); skips per-sample graphs, cases without a box rule and
+    integer outputs."""
+    module = module_of(spec).double()
+    g = module.graph
+    if not g.batched or not g.leading_batch:
+        pytest.skip("per-sample graph: the backward rules need batched models")
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = (t.double() for t in random_bounds(g.sample_shape, gen))
+    try:
+        env = propagate(module, Box.from_bounds(lo, hi), upto=g.output_name)
+    except NoRuleError:
+        pytest.skip("no box rule for this case")
+    out = env[g.output_name]
+    if out.integer or not out.center.is_floating_point():
+        pytest.skip("integer output")
+    return module, gen, lo, hi, env
 
 
 def sample_points(lo, hi, gen, count=64):
