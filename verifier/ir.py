@@ -8,6 +8,8 @@ every other constant is a buffer, so ``.to(device)``, ``.double()``, ``state_dic
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -88,6 +90,16 @@ class Graph:
         """The tensors that depend on the model input: the input and every IR node's outputs (everything else was
         folded into constants at import)."""
         return {self.input_name} | {o for n in self.nodes() for o in n.outputs if o}
+
+    @property
+    def whole_batches(self) -> bool:
+        """Whether the graph runs a whole batch at once with the batch axis in front (what the box, BCP and CROWN
+        engines need; other graphs run sample by sample)."""
+        return self.batched and self.leading_batch
+
+    def largest_sample(self) -> int:
+        """The most entries one sample has in any tensor (the memory budgets of batched engines)."""
+        return max((math.prod(s[1:]) for s in self.shapes.values() if len(s) > 0), default=1)
 
     def keeps_batch_in_front(self, tensor: str) -> bool:
         """Whether the tensor's axis 0 is the batch axis (its import-time shape has batch size 1 in front)."""
@@ -195,6 +207,10 @@ class GraphModule(nn.Module):
         for node in self.graph.nodes():
             node.op.training = mode
         return self
+
+    def float64(self) -> "GraphModule":
+        """This module when it computes in float64, else a float64 copy; in eval mode (the engines' copy)."""
+        return (self if self.float_dtype == torch.float64 else copy.deepcopy(self).double()).eval()
 
     def check_input(self, x: torch.Tensor) -> None:
         expected = tuple(self.graph.sample_shape)

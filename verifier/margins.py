@@ -20,6 +20,13 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.
     return diff, correct
 
 
+def spec_allowance(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """What lower bounds of linear rows C z + d lose for the rounding of the float32 forward: ``FLOAT_SLACK`` x
+    max(1, max |z|) per unit of a row's l1 norm over 2 (a robustness row e_y - e_j: exactly the allowance of
+    ``margins``). z: (B, K) clean outputs, c: (B, R, K); returns (B, R)."""
+    return FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0) * (c.abs().sum(-1) / 2).clamp_min(1.0)
+
+
 def pair_norms(matrix: torch.Tensor, p: float) -> torch.Tensor:
     """||w_i - w_j||_p for all pairs of rows (float64)."""
     w = matrix.double()

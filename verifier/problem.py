@@ -233,6 +233,11 @@ class Problem:
     def __getitem__(self, index: Any) -> "Problem":
         return Problem(self.inputs[index], self.spec[index])
 
+    def conjunctions(self) -> list["Problem"]:
+        """One problem per conjunction of the spec (the problem holds where any of them holds)."""
+        parts = self.spec.parts if isinstance(self.spec, Disjunction) else (self.spec,)
+        return [Problem(self.inputs, part) for part in parts]
+
 
 @dataclass(frozen=True)
 class RadiusProblem:

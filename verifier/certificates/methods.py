@@ -140,8 +140,7 @@ def _affine_logits(task: Task) -> str | None:
 
 
 def _batched(task: Task) -> str | None:
-    g = task.module.graph
-    if not g.batched or not g.leading_batch:
+    if not task.module.graph.whole_batches:
         return "needs a model that runs whole batches (this one runs sample by sample)"
     return None
 

@@ -49,7 +49,6 @@ monotonicity of verification in eps. BCP's radius is max(bisection, LMT Prop. 2)
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +63,7 @@ from verifier.engines.search import largest_verified
 from verifier.errors import NoRuleError
 from verifier.ir import GraphModule
 from verifier.last_layer import ball_box_min, box_min_pairs
+from verifier.margins import spec_allowance
 from verifier.problem import Conjunction, Disjunction, Problem, RadiusProblem
 from verifier.rounding import FLOAT_SLACK, REL64, TINY64, outward_rounding
 
@@ -95,10 +95,9 @@ class Context:
 
 def prepare(module: GraphModule, report: LipschitzReport, bcp: bool = True) -> Context:
     g = module.graph
-    if not g.batched or not g.leading_batch:
+    if not g.whole_batches:
         raise NoRuleError("IBP/BCP certificates need a model that runs whole batches")
-    module64 = module if module.float_dtype == torch.float64 else copy.deepcopy(module).double()
-    module64 = module64.eval()
+    module64 = module.float64()
     ctx = Context(module64, report, BallBounds(report.tensor_bounds))
     if not bcp:
         return ctx
@@ -178,9 +177,9 @@ def walk(module: GraphModule, ball: BallBounds, box: Box, clean: dict[str, Tenso
 
 def _verify(ctx: Context, problem: Problem, bcp: bool, clean: dict[str, Tensor] | None = None) -> Tensor:
     """Per input: whether the spec provably holds on the input set (IBP's boxes, or BCP's with ``bcp``)."""
+    if isinstance(problem.spec, Disjunction):
+        return torch.stack([_verify(ctx, part, bcp, clean) for part in problem.conjunctions()]).any(0)
     spec = problem.spec
-    if isinstance(spec, Disjunction):
-        return torch.stack([_verify(ctx, Problem(problem.inputs, part), bcp, clean) for part in spec.parts]).any(0)
     centre, rho = problem.inputs.l2_ball()
     x64 = centre.to(torch.float64)
     clean = clean_values(ctx, x64) if clean is None else clean
@@ -253,8 +252,7 @@ def _spec_low(ctx: Context, spec: Conjunction, z: Tensor, box: Box, ball: Tensor
         low = spec.values(z) + ball_box_min(cw, lo[:, None, :], hi[:, None, :], rho)
         err = REL64 * ((c.abs() @ w.abs()) * (lo.abs() + hi.abs())[:, None, :]).sum(-1) \
             + REL64 * ((c.abs() * z.abs()[:, None, :]).sum(-1) + d.abs())
-    slack = FLOAT_SLACK * z.abs().amax(dim=1, keepdim=True).clamp_min(1.0) * (c.abs().sum(-1) / 2).clamp_min(1.0)
-    return low - err - slack
+    return low - err - spec_allowance(z, c)
 
 
 def _bound(b: Any) -> Any:

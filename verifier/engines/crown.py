@@ -19,7 +19,6 @@ float32 forward. Needs a model that runs whole batches.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -31,8 +30,9 @@ from verifier.errors import NoRuleError
 from verifier.ir import GraphModule
 from verifier.last_layer import ball_box_min
 from verifier.linear import box_backward
+from verifier.margins import spec_allowance
 from verifier.problem import Conjunction, Disjunction, InputSet, LpBall, Problem, RadiusProblem
-from verifier.rounding import FLOAT_SLACK, REL64, TINY64
+from verifier.rounding import REL64, TINY64
 
 from . import bcp
 from .bcp import BallBounds, walk
@@ -52,11 +52,9 @@ ROW_BUDGET = 2 ** 24
 
 def prepare(module: GraphModule) -> GraphModule:
     """The float64 copy CROWN runs on; NoRuleError for models that do not run whole batches."""
-    g = module.graph
-    if not g.batched or not g.leading_batch:
+    if not module.graph.whole_batches:
         raise NoRuleError("CROWN needs a model that runs whole batches")
-    module64 = module if module.float_dtype == torch.float64 else copy.deepcopy(module).double()
-    return module64.eval()
+    return module.float64()
 
 
 def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tensor) -> tuple[Tensor | None, Tensor]:
@@ -105,9 +103,7 @@ def _concretize(inputs: InputSet, box: Box, coeffs: Tensor | None, rows: int) ->
 
 
 def _chunk_rows(module64: GraphModule, batch: int) -> int:
-    g = module64.graph
-    largest = max(math.prod(s[1:]) for s in g.shapes.values() if len(s) > 0)
-    return max(1, ROW_BUDGET // max(1, batch * largest))
+    return max(1, ROW_BUDGET // max(1, batch * module64.graph.largest_sample()))
 
 
 def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, name: str) -> Box:
@@ -195,9 +191,7 @@ def spec_low(module64: GraphModule, problem: Problem, ball: BallBounds | None = 
     with torch.no_grad():
         coeffs, bias = backward(module64, env, out, c.reshape(b * r, *g.shapes[out][1:]))
         low = _concretize(problem.inputs, env[g.input_name], coeffs, r) + bias.reshape(b, r) + d
-    low = low - REL64 * d.abs() - FLOAT_SLACK * z.abs().amax(1, keepdim=True).clamp_min(1.0) \
-        * (c.abs().sum(-1) / 2).clamp_min(1.0)
-    return low
+    return low - REL64 * d.abs() - spec_allowance(z, c)
 
 
 def verify_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
@@ -205,10 +199,9 @@ def verify_crown(module: GraphModule, problem: Problem, module64: GraphModule | 
     """Per input: whether CROWN proves ``problem`` (any input set, any linear spec or disjunction); with BCP's
     ``ball`` bounds (and its ``module64``), its boxes start the forward pass; ``max_neurons`` as in ``boxes``."""
     module64 = module64 or prepare(module)
-    spec = problem.spec
-    if isinstance(spec, Disjunction):
-        return torch.stack([verify_crown(module, Problem(problem.inputs, part), module64, ball, max_neurons)
-                            for part in spec.parts]).any(0)
+    if isinstance(problem.spec, Disjunction):
+        return torch.stack([verify_crown(module, part, module64, ball, max_neurons)
+                            for part in problem.conjunctions()]).any(0)
     return (spec_low(module64, problem, ball, max_neurons) > 0).all(dim=1)
 
 

@@ -330,7 +330,7 @@ def liplt(module: GraphModule, norm: float = 2.0, naive: LipschitzReport | None 
     Jacobian rows, the lazily built Lipschitz rules and the AOL refiner between its steps; the bounds at the
     logits are ``_output_bounds``."""
     g = module.graph
-    if not g.batched or not g.leading_batch:
+    if not g.whole_batches:
         raise NoRuleError("LipLT needs a model that runs whole batches")
     out = module.graph.logits_tensor()
     module64 = copy.deepcopy(module).double().eval()

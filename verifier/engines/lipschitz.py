@@ -177,7 +177,7 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
                     materialize_limit: int = MATERIALIZE_LIMIT) -> LipschitzReport:
     """Guaranteed upper bounds of the Lipschitz constant of input -> logits in ``norm`` (2 or inf)."""
     g = module.graph
-    if not g.batched or not g.leading_batch:
+    if not g.whole_batches:
         raise NoRuleError("the graph has no batch axis in front (or mixes it into others); Lipschitz bounds "
                           "need a model that runs whole batches")
     module64 = copy.deepcopy(module).double().eval()

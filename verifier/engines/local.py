@@ -184,9 +184,7 @@ def _rho(ctx: LocalContext, problem: Problem, clean: dict[str, Tensor], diff: Te
 
 
 def _chunk(module: GraphModule, k: int, batch_size: int) -> int:
-    g = module.graph
-    largest = max(math.prod(s[1:]) for s in g.shapes.values() if len(s) > 0) if g.shapes else 1
-    return max(1, min(batch_size, GRADIENT_BUDGET // max(1, k * largest)))
+    return max(1, min(batch_size, GRADIENT_BUDGET // max(1, k * module.graph.largest_sample())))
 
 
 def local_radii(module: GraphModule, report: LipschitzReport, balls: RadiusProblem, start: Tensor | None = None,
