@@ -189,7 +189,7 @@ def test_gemm_radius_is_abs_w_times_r(trans_b):
 
 
 def test_gelu_minimum_and_softplus_threshold():
-    from verifier.ops.activations import Gelu
+    from verifier.ops.smooth import Gelu
 
     mp = pytest.importorskip("mpmath")
     mp.mp.dps = 30

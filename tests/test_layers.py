@@ -20,7 +20,8 @@ PACKAGES = ("verifier", "frontends", "training")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("numeric kit and value types", ("verifier", "verifier.errors", "verifier.rounding", "verifier.fused",
                                      "verifier.box", "verifier.jacobian", "verifier.conv_norms", "verifier.margins",
-                                     "verifier.last_layer", "verifier.problem", "verifier.linear")),
+                                     "verifier.last_layer", "verifier.problem", "verifier.linear",
+                                     "verifier.relaxations")),
     ("ops", ("verifier.ops", "verifier.ops.")),
     ("IR", ("verifier.ir", "verifier.rewrite")),
     ("engines and frontends", ("verifier.engines", "verifier.engines.", "frontends", "frontends.")),

@@ -81,30 +81,42 @@ def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None
     return out, bias - REL64 * slack - TINY64
 
 
+def lines_backward(lam: Tensor, box: Box, lower: tuple[Tensor, Tensor],
+                   upper: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The backward rule of an elementwise function bounded on its input box by lines, a_l x + b_l <= f(x) <=
+    a_u x + b_u (``lower`` = (a_l, b_l), ``upper`` = (a_u, b_u), shaped like the box, batch B): rows take the
+    lower line where lam >= 0 and the upper one where lam < 0. The products lam' = lam a round once each (an
+    allowance REL64 |lam'| . m, m the box's magnitudes), the bias sum too (REL64 of its terms' magnitudes).
+    Shapes: lam (B * R, *shape)."""
+    batch = box.shape[0]
+    (a_l, b_l), (a_u, b_u) = lower, upper
+    lam_b = rows_of(lam, batch)
+    pos, neg = lam_b.clamp_min(0), lam_b.clamp_max(0)
+    out = pos * a_l[:, None] + neg * a_u[:, None]
+    zero = torch.zeros((), dtype=lam.dtype, device=lam.device)
+    terms = torch.where(pos > 0, pos * b_l[:, None], zero) + torch.where(neg < 0, neg * b_u[:, None], zero)
+    terms = terms.reshape(lam_b.shape[0], lam_b.shape[1], -1)
+    spread = torch.where(out == 0, zero, out.abs() * magnitude(box)[:, None])
+    slack = REL64 * (spread.reshape(terms.shape).sum(-1) + terms.abs().sum(-1))
+    return out.reshape(lam.shape), (terms.sum(-1) - slack - TINY64).reshape(-1)
+
+
 def relu_backward(lam: Tensor, box: Box, lower_slope: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """ReLU's triangle relaxation (CROWN): over the input box [l, u], relu(z) >= a z with a in [0, 1] (``lower_slope``
     per entry; default CROWN's adaptive choice, 1 where u >= -l, else 0) and, where l < 0 < u, relu(z) <= s (z - l)
-    with s = u / (u - l); exact where the entry is stable (u <= 0: 0; l >= 0: z). Rows with lam >= 0 take the
-    lower line, rows with lam < 0 the upper one. The upper line is raised by 8 u_64 s (|l| + |u|) + tiny so that
-    it stays above relu in spite of the rounding of s and of s l; the products lam' = lam a round once each (an
-    allowance REL64 |lam'| . m, m the box's magnitudes). Shapes: lam (B * R, *shape), box batch B."""
-    batch = box.shape[0]
+    with s = u / (u - l); exact where the entry is stable (u <= 0: 0; l >= 0: z). The upper line is raised by
+    8 u_64 s (|l| + |u|) + tiny so that it stays above relu in spite of the rounding of s and of s l
+    (``lines_backward`` then). Shapes: lam (B * R, *shape), box batch B."""
     lo, hi = box.lo, box.hi
     active, unstable = lo >= 0, (lo < 0) & (hi > 0)
     width = (hi - lo).clamp_min(torch.finfo(lo.dtype).tiny)
-    s = torch.where(unstable, hi / width, torch.zeros_like(hi))
-    t = torch.where(unstable, -s * lo + 8 * 2.0 ** -53 * s * (lo.abs() + hi.abs()) + TINY64, torch.zeros_like(hi))
+    zero, one = torch.zeros_like(hi), torch.ones_like(hi)
+    s = torch.where(unstable, hi / width, zero)
+    t = torch.where(unstable, -s * lo + 8 * 2.0 ** -53 * s * (lo.abs() + hi.abs()) + TINY64, zero)
     if lower_slope is None:
         lower_slope = (hi >= -lo).to(lo.dtype)
-    a = torch.where(active, torch.ones_like(hi), torch.where(unstable, lower_slope, torch.zeros_like(hi)))
-    up = torch.where(active, torch.ones_like(hi), s)
-    lam_b = rows_of(lam, batch)
-    pos, neg = lam_b.clamp_min(0), lam_b.clamp_max(0)
-    out = pos * a[:, None] + neg * up[:, None]
-    bias = (neg * t[:, None]).reshape(lam_b.shape[0], lam_b.shape[1], -1).sum(-1)
-    slack = REL64 * ((out.abs() * magnitude(box)[:, None]).reshape(bias.shape[0], bias.shape[1], -1).sum(-1)
-                     + (neg * t[:, None]).abs().reshape(bias.shape[0], bias.shape[1], -1).sum(-1))
-    return out.reshape(lam.shape), (bias - slack).reshape(-1)
+    a = torch.where(active, one, torch.where(unstable, lower_slope, zero))
+    return lines_backward(lam, box, (a, zero), (torch.where(active, one, s), t))
 
 
 def box_backward(lams: Sequence[Tensor | None], boxes: Sequence[Box]) -> Tensor:

@@ -10,8 +10,9 @@ alone.
 
 Intermediate bounds: the forward boxes are interval images, intersected with BCP's boxes when the l2 Lipschitz
 report is given (``verifier.engines.bcp.walk``); before each nonlinear op whose inputs have at most
-``CROWN_NEURONS`` entries per input, those boxes are tightened by CROWN itself (rows +I and -I, chunked). Every
-box is sound, so every intersection is; the forward boxes after a tightened one follow from it.
+``CROWN_NEURONS`` entries per input, the entries whose relaxation depends on the box (``Op.unstable``: for ReLU
+those whose box contains 0 inside) are tightened by CROWN itself (rows +e_i and -e_i, chunked). Every box is
+sound, so every intersection is; the forward boxes after a tightened one follow from it.
 
 Arithmetic as in ``verifier.engines.bcp``: a float64 copy of the module, the rules' rounding allowances, and
 the final lower bounds reduced by ``FLOAT_SLACK`` x max(1, max |z|) per unit of a row's l1 norm over 2, for the
@@ -106,27 +107,35 @@ def _chunk_rows(module64: GraphModule, batch: int) -> int:
     return max(1, ROW_BUDGET // max(1, batch * module64.graph.largest_sample()))
 
 
-def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, name: str) -> Box:
-    """CROWN's box of the tensor ``name`` (rows +I and -I, in chunks), intersected with its interval box."""
+def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, name: str, mask: Tensor | None) -> Box:
+    """CROWN's box of the tensor ``name`` on the entries of ``mask`` (B, *shape) (all when None), intersected
+    with its interval box: per input, rows +e_i and -e_i for each of its masked entries (padded with zero rows
+    to the largest count), in chunks."""
     box = env[name]
     b, shape = box.shape[0], tuple(box.shape[1:])
     n = math.prod(shape)
-    eye = torch.eye(n, dtype=torch.float64)
-    lows = []
-    step = _chunk_rows(module64, b)
-    for sign in (1.0, -1.0):
-        parts = []
-        for j in range(0, n, step):
-            rows = (sign * eye[j:j + step]).reshape(-1, *shape)
-            lam = rows[None].expand(b, *rows.shape).reshape(-1, *shape)
-            coeffs, bias = backward(module64, env, name, lam)
-            parts.append(_concretize(inputs, env[module64.graph.input_name], coeffs, len(rows))
-                         + bias.reshape(b, -1))
-        lows.append(torch.cat(parts, dim=1).reshape(b, *shape))
-    lo, hi = lows[0], -lows[1]
-    ok = lo <= hi  # a crossing can only come from rounding at a degenerate (point) box: keep the interval box there
-    crown = Box.from_bounds(torch.where(ok, lo, box.lo), torch.where(ok, hi, box.hi))
-    return box.intersect(crown)
+    mask = torch.ones((b, n), dtype=torch.bool) if mask is None else mask.reshape(b, n)
+    counts = mask.sum(1)
+    most = int(counts.max()) if b else 0
+    if most == 0:
+        return box
+    index = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :most]  # (B, most): masked entries first
+    valid = torch.arange(most)[None] < counts[:, None]
+    lo, hi = box.lo.reshape(b, n).clone(), box.hi.reshape(b, n).clone()
+    step = max(1, _chunk_rows(module64, b) // 2)
+    for j in range(0, most, step):
+        idx, ok = index[:, j:j + step], valid[:, j:j + step]
+        r = idx.shape[1]
+        eye = torch.zeros((b, r, n), dtype=torch.float64)
+        eye.scatter_(2, idx[..., None], ok[..., None].to(torch.float64))
+        rows = torch.cat([eye, -eye], dim=1)  # (B, 2r, n)
+        coeffs, bias = backward(module64, env, name, rows.reshape(b * 2 * r, *shape))
+        low = _concretize(inputs, env[module64.graph.input_name], coeffs, 2 * r) + bias.reshape(b, 2 * r)
+        new_lo, new_hi = low[:, :r], -low[:, r:]
+        keep = ok & (new_lo <= new_hi)  # a crossing can only come from rounding at a point box: keep the interval
+        lo.scatter_(1, idx, torch.where(keep, torch.maximum(lo.gather(1, idx), new_lo), lo.gather(1, idx)))
+        hi.scatter_(1, idx, torch.where(keep, torch.minimum(hi.gather(1, idx), new_hi), hi.gather(1, idx)))
+    return Box.from_bounds(lo.reshape(b, *shape), hi.reshape(b, *shape))
 
 
 def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None = None,
@@ -146,7 +155,8 @@ def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None 
         if not node.op.linear_in_inputs(dynamic):
             for k, t in enumerate(node.inputs):
                 if dynamic[k] and not args[k].integer and math.prod(args[k].shape[1:]) <= limit:
-                    env[t] = args[k] = _tightened(module64, env, inputs, t)
+                    mask = node.op.unstable(args[k]) if k == 0 else None
+                    env[t] = args[k] = _tightened(module64, env, inputs, t, mask)
         out = node.op.interval(*args)
         outs = out if isinstance(out, tuple) else (out,)
         outs = tuple(_meet(v, prior.get(o)) if o else v for o, v in zip(node.outputs, outs))

@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
-from verifier.box import is_box
+from verifier.box import Box, is_box
 from verifier.errors import NoRuleError
 from verifier.jacobian import affine_transpose, no_gradient_rule
 from verifier.linear import affine_backward
@@ -199,6 +199,11 @@ class Op:
         if not self.linear_in_inputs([is_box(x) for x in inputs]):
             raise NoRuleError(f"no linear rule for {self.op_type} (node '{self.name}')")
         return affine_backward(self, inputs, lams)
+
+    def unstable(self, box: Box) -> torch.Tensor | None:
+        """The entries of its first input's box whose tightening can tighten the op's linear rule (CROWN
+        tightens only these, ``verifier.engines.crown``); None: all of them."""
+        return None
 
     def channel_scale(self, args: RuleArgs, channels: int) -> torch.Tensor | None:
         """The per-channel factor (axis 1, float64) when the op is a channel-wise affine map of its one
