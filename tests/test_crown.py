@@ -109,7 +109,7 @@ def test_crown_radii_survive_pgd_and_beat_ibp(relu_mlp, norm, prior):
 
 
 def test_crown_on_models_with_fallback_ops(smooth_model):
-    """Tanh has no linear rule yet: CROWN bounds it by its box there and stays sound."""
+    """Through Tanh (two lines over its box, verifier/relaxations.py) and the bundled CNN: CROWN stays sound."""
     name, module, x, y, lower, upper = next(iter(mlp_and_cnn(smooth_model)))
     balls = RadiusProblem(x[:30], y[:30], 2.0, lower, upper)
     radii = crown_radii(module, balls, steps=10)
@@ -145,3 +145,24 @@ def test_crown_decides_linear_specs_on_boxes(relu_mlp):
     values = (c[None] @ zs[..., None])[..., 0] + spec.d[None]
     assert bool((values[:, ok] > 0).all())
     assert bool(verify_crown(module, Problem(LpBall(x, 0.0, math.inf), spec)).all())
+
+
+def test_l2_concretization_is_the_dual_norm_unless_the_domain_cuts_the_ball():
+    from verifier.engines.crown import _concretize
+
+    gen = torch.Generator().manual_seed(2)
+    x0 = torch.rand(4, 6, generator=gen, dtype=torch.float64)
+    eps = torch.tensor([0.01, 0.1, 0.5, 2.0], dtype=torch.float64)
+    c = torch.randn(4 * 3, 6, generator=gen, dtype=torch.float64)
+    ball = LpBall(x0, eps, 2.0)
+    got = _concretize(ball, ball.box(torch.float64), c, 3)
+    exact = (c.reshape(4, 3, 6) * x0[:, None]).sum(-1) - eps[:, None] * c.reshape(4, 3, 6).norm(dim=-1)
+    assert bool((got <= exact).all()) and bool((got >= exact - 1e-7 * (1 + exact.abs())).all())  # REL64 slack
+    clipped = LpBall(x0, eps, 2.0, torch.zeros_like(x0), torch.ones_like(x0))  # the domain [0, 1] cuts the ball
+    tight = _concretize(clipped, clipped.box(torch.float64), c, 3)
+    assert bool((tight >= got - 1e-7).all()) and bool((tight[3] > got[3] + 1e-4).all())
+    d = torch.randn(4000, 4, 6, generator=gen, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True) * eps[:, None] * torch.rand(4000, 4, 1, generator=gen).double()
+    points = (x0 + d).clamp(0.0, 1.0)  # inside the ball and the domain (clamping to the box only moves toward x0)
+    values = (c.reshape(1, 4, 3, 6) * points[:, :, None]).sum(-1)
+    assert bool((values >= tight[None]).all())

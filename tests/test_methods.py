@@ -18,7 +18,8 @@ def test_duplicate_registration_is_refused():
         register(Method(LMT.name, "again", LMT.compute))
     with pytest.raises(ValueError, match="registered twice"):
         register(Method(BEST, "the portfolio's name", LMT.compute))
-    assert list(METHODS) == ["lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local"]  # the portfolio's order
+    # the portfolio's order
+    assert list(METHODS) == ["lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "crown", "alpha-crown", "local"]
 
 
 def test_the_command_line_lists_the_registry():
@@ -32,7 +33,7 @@ def test_the_command_line_lists_the_registry():
 def test_certificate_names_are_written_only_in_the_registry():
     """Names no other vocabulary uses (training methods share 'lmt' and 'bcp', the lipschitz command 'liplt')
     appear as string literals in verifier/certificates/methods.py alone."""
-    only_here = {"lmt-pairwise", "ibp", "local", BEST}
+    only_here = {"lmt-pairwise", "ibp", "crown", "alpha-crown", "local", BEST}
     found = []
     for package in ("verifier", "frontends", "training"):
         for path in (REPO / package).rglob("*.py"):

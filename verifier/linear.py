@@ -42,16 +42,18 @@ def magnitude(box: Box) -> Tensor:
 def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None]) -> tuple[list[Tensor | None],
                                                                                              Tensor]:
     """The exact backward rule of an op affine in its input-dependent inputs (the Box entries of ``inputs``):
-    lam_i' = J_i^T lam (autograd through ``op.forward`` at zero inputs) and beta = lam . f(0), less the rounding
-    allowance REL64 |lam| . (|J| m + |f(0)|) with m the magnitudes of the input boxes (module docstring)."""
+    lam_i' = J_i^T lam (autograd through ``op.forward`` at zero inputs, one forward sample per input and the rows
+    as a batch of output gradients) and beta = lam . f(0), less the rounding allowance
+    REL64 |lam| . (|J| m + |f(0)|) with m the magnitudes of the input boxes (module docstring)."""
     like = next(v for v in lams if v is not None)
     dyn = [k for k, x in enumerate(inputs) if is_box(x)]
     if any(inputs[k].integer for k in dyn):
         raise NoRuleError(f"no linear rule for {op.op_type} (node '{op.name}'): an integer-valued input")
     batch = next(inputs[k] for k in dyn).shape[0]
     rows = like.shape[0]
+    per = rows // batch
     with torch.enable_grad():
-        xs = [torch.zeros((rows, *inputs[k].shape[1:]), dtype=like.dtype, device=like.device, requires_grad=True)
+        xs = [torch.zeros((batch, *inputs[k].shape[1:]), dtype=like.dtype, device=like.device, requires_grad=True)
               for k in dyn]
         args = list(inputs)
         for k, v in zip(dyn, xs):
@@ -59,8 +61,13 @@ def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None
         outs = op.forward(*args)
         outs = list(outs) if isinstance(outs, tuple) else [outs]
         pairs = [(o, lam) for o, lam in zip(outs, lams) if lam is not None]
-        grads = torch.autograd.grad([o for o, _ in pairs], xs, [lam for _, lam in pairs], allow_unused=True)
-    bias = sum((lam * o.detach()).reshape(rows, -1).sum(1) for o, lam in pairs)
+        tracked = any(lam.requires_grad for _, lam in pairs)  # alpha-CROWN differentiates through the walk
+        seeds = [rows_of(lam, batch).transpose(0, 1) for _, lam in pairs]  # (R, B, *out): a batch of seeds
+        grads = torch.autograd.grad([o for o, _ in pairs], xs, seeds, allow_unused=True, create_graph=tracked,
+                                    is_grads_batched=True)
+    outs = [o.detach() for o in outs]
+    bias = sum((rows_of(lam, batch) * o[:, None]).reshape(rows, -1).sum(1) for o, lam in zip(outs, lams)
+               if lam is not None)
     # rounding: |J| m from the interval rule at [-m, m], per forward sample, then |lam| . (|J| m + |f(0)|)
     args = list(inputs)
     for k in dyn:
@@ -72,12 +79,13 @@ def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None
     for b, o, lam in zip(boxes, outs, lams):
         if lam is None:
             continue
-        spread = (b.radius.abs() + b.center.abs())[:, None]  # (B, 1, *out): |J| m + |f(0)| up to rounding
-        size = rows_of(lam, batch)
-        slack = slack + (size.abs() * (spread + rows_of(o.detach().abs(), batch))).reshape(rows, -1).sum(1)
+        spread = b.radius.abs() + b.center.abs() + o.abs()  # (B, *out): |J| m + |f(0)| up to rounding
+        slack = slack + (rows_of(lam, batch).abs() * spread[:, None]).reshape(rows, -1).sum(1)
     out: list[Tensor | None] = [None] * len(inputs)
     for k, x, g in zip(dyn, xs, grads):
-        out[k] = torch.zeros_like(x) if g is None else g.detach()
+        g = torch.zeros((per, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
+        g = g.transpose(0, 1).reshape(rows, *x.shape[1:])
+        out[k] = g if tracked else g.detach()
     return out, bias - REL64 * slack - TINY64
 
 
@@ -87,14 +95,15 @@ def lines_backward(lam: Tensor, box: Box, lower: tuple[Tensor, Tensor],
     a_u x + b_u (``lower`` = (a_l, b_l), ``upper`` = (a_u, b_u), shaped like the box, batch B): rows take the
     lower line where lam >= 0 and the upper one where lam < 0. The products lam' = lam a round once each (an
     allowance REL64 |lam'| . m, m the box's magnitudes), the bias sum too (REL64 of its terms' magnitudes).
-    Shapes: lam (B * R, *shape)."""
+    Shapes: lam (B * R, *shape); each line's slope and offset shaped like the box or, for lines chosen per row
+    (alpha-CROWN), (B, R, *shape)."""
     batch = box.shape[0]
-    (a_l, b_l), (a_u, b_u) = lower, upper
     lam_b = rows_of(lam, batch)
+    (a_l, b_l), (a_u, b_u) = ((v if v.dim() == lam_b.dim() else v[:, None] for v in line) for line in (lower, upper))
     pos, neg = lam_b.clamp_min(0), lam_b.clamp_max(0)
-    out = pos * a_l[:, None] + neg * a_u[:, None]
+    out = pos * a_l + neg * a_u
     zero = torch.zeros((), dtype=lam.dtype, device=lam.device)
-    terms = torch.where(pos > 0, pos * b_l[:, None], zero) + torch.where(neg < 0, neg * b_u[:, None], zero)
+    terms = torch.where(pos > 0, pos * b_l, zero) + torch.where(neg < 0, neg * b_u, zero)
     terms = terms.reshape(lam_b.shape[0], lam_b.shape[1], -1)
     spread = torch.where(out == 0, zero, out.abs() * magnitude(box)[:, None])
     slack = REL64 * (spread.reshape(terms.shape).sum(-1) + terms.abs().sum(-1))
@@ -106,7 +115,8 @@ def relu_backward(lam: Tensor, box: Box, lower_slope: Tensor | None = None) -> t
     per entry; default CROWN's adaptive choice, 1 where u >= -l, else 0) and, where l < 0 < u, relu(z) <= s (z - l)
     with s = u / (u - l); exact where the entry is stable (u <= 0: 0; l >= 0: z). The upper line is raised by
     8 u_64 s (|l| + |u|) + tiny so that it stays above relu in spite of the rounding of s and of s l
-    (``lines_backward`` then). Shapes: lam (B * R, *shape), box batch B."""
+    (``lines_backward`` then). Shapes: lam (B * R, *shape), box batch B, ``lower_slope`` like the box or one
+    per row, (B, R, *shape) (alpha-CROWN's variables, clamped to [0, 1] here)."""
     lo, hi = box.lo, box.hi
     active, unstable = lo >= 0, (lo < 0) & (hi > 0)
     width = (hi - lo).clamp_min(torch.finfo(lo.dtype).tiny)
@@ -114,9 +124,12 @@ def relu_backward(lam: Tensor, box: Box, lower_slope: Tensor | None = None) -> t
     s = torch.where(unstable, hi / width, zero)
     t = torch.where(unstable, -s * lo + 8 * 2.0 ** -53 * s * (lo.abs() + hi.abs()) + TINY64, zero)
     if lower_slope is None:
-        lower_slope = (hi >= -lo).to(lo.dtype)
-    a = torch.where(active, one, torch.where(unstable, lower_slope, zero))
-    return lines_backward(lam, box, (a, zero), (torch.where(active, one, s), t))
+        a = torch.where(active, one, torch.where(unstable, (hi >= -lo).to(lo.dtype), zero))
+    else:
+        rows = lower_slope.dim() > lo.dim()
+        fixed, free = (active[:, None], unstable[:, None]) if rows else (active, unstable)
+        a = torch.where(fixed, 1.0, torch.where(free, lower_slope.clamp(0.0, 1.0), 0.0))
+    return lines_backward(lam, box, (a, torch.zeros_like(a)), (torch.where(active, one, s), t))
 
 
 def box_backward(lams: Sequence[Tensor | None], boxes: Sequence[Box]) -> Tensor:

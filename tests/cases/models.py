@@ -16,7 +16,7 @@ from ..conftest import REPO, shared_dir
 
 BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
 #: what ``--method best`` runs on an MLP whose logits come from an affine layer
-ALL_METHODS = {"lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "local"}
+ALL_METHODS = {"lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "crown", "alpha-crown", "local"}
 #: the norms of the heavier soundness tests (PGD with many restarts): l2 in the fast tier, l_inf in the full suite
 NORMS_L2_FAST = [pytest.param(2.0, id="l2"), pytest.param(float("inf"), id="linf", marks=pytest.mark.slow)]
 

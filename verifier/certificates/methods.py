@@ -47,6 +47,7 @@ class Task:
     found: Tensor | None = None
     _cpu: Any = field(default=None, init=False, repr=False)
     _prop2: Any = field(default=None, init=False, repr=False)
+    _crown: Any = field(default=None, init=False, repr=False)
 
     @property
     def y(self) -> Tensor:
@@ -198,6 +199,55 @@ def _bcp_check(task: Task, eps: float) -> Tensor:
     return ok if start is None else ok | certified_at(start, eps)
 
 
+def _crown_start(task: Task) -> Tensor | None:
+    """The largest radius found so far and Prop. 2's, whichever are known (a sound start for a search)."""
+    import torch
+
+    found, prop2 = task.found, task.start()
+    if found is None or prop2 is None:
+        return found if prop2 is None else prop2.double()
+    return torch.maximum(found.double(), prop2.double())
+
+
+def _crown(task: Task) -> Tensor:
+    """CROWN's radii (over BCP's boxes in l2), by bisection above the radii already found."""
+    from verifier.engines.crown import crown_radii
+
+    report = task.bounds.l2 if task.norm == 2 else None
+    task._crown = crown_radii(task.cpu_module(), task.problem, report, start=_crown_start(task),
+                              batch_size=task.batch_size).cpu()
+    return task._crown
+
+
+def _crown_check(task: Task, eps: float) -> Tensor:
+    from verifier.certificates.certify import certified_at
+    from verifier.engines import bcp
+    from verifier.engines.crown import prepare, verify_crown
+
+    module = task.cpu_module()
+    if task.norm == 2:
+        ctx = bcp.prepare(module, task.bounds.l2)
+        ok = verify_crown(module, task.problem.at(eps), ctx.module64, ctx.ball).cpu()
+    else:
+        ok = verify_crown(module, task.problem.at(eps), prepare(module)).cpu()
+    start = task.start()
+    return ok if start is None else ok | certified_at(start, eps)
+
+
+def _alpha_crown(task: Task) -> Tensor:
+    """alpha-CROWN's radii, by bisection above CROWN's radii and those already found (so never below CROWN's)."""
+    import torch
+
+    from verifier.engines.alpha_crown import alpha_crown_radii
+
+    report = task.bounds.l2 if task.norm == 2 else None
+    start = (task._crown if task._crown is not None else _crown(task)).double()
+    if task.found is not None:
+        start = torch.maximum(start, task.found.double().cpu())
+    return alpha_crown_radii(task.cpu_module(), task.problem, report, start=start,
+                             batch_size=task.batch_size).cpu()
+
+
 def _local(task: Task) -> Tensor:
     """Starts its search at the largest radius found so far (or Prop. 2's) and reports only radii it proves."""
     import torch
@@ -221,6 +271,10 @@ LMT_PAIRWISE = register(Method("lmt-pairwise", "LMT Proposition 2 (with the last
 LIPLT = register(Method("liplt", "min_j (z_y - z_j) / L_yj with LipLT's pairwise bounds (CRM eq. 5)", _liplt))
 IBP = register(Method("ibp", "interval bound propagation", _ibp, _batched, _ibp_check))
 BCP = register(Method("bcp", "box constraint propagation (Lee et al. 2020)", _bcp, _batched, _bcp_check))
+CROWN = register(Method("crown", "CROWN: linear bounds propagated backward (Zhang et al. 2018), over BCP's boxes in "
+                        "l2", _crown, _batched, _crown_check))
+ALPHA_CROWN = register(Method("alpha-crown", "alpha-CROWN: CROWN with its ReLU lower slopes optimized (Xu et al. "
+                              "2021)", _alpha_crown, _batched))
 LOCAL = register(Method("local", "local Cross-Lipschitz bounds (Hein & Andriushchenko Thm 2.1, gradient boxes "
                         "over BCP's boxes)", _local, _batched))
 

@@ -10,8 +10,8 @@ alone.
 
 Intermediate bounds: the forward boxes are interval images, intersected with BCP's boxes when the l2 Lipschitz
 report is given (``verifier.engines.bcp.walk``); before each nonlinear op whose inputs have at most
-``CROWN_NEURONS`` entries per input, the entries whose relaxation depends on the box (``Op.unstable``: for ReLU
-those whose box contains 0 inside) are tightened by CROWN itself (rows +e_i and -e_i, chunked). Every box is
+``CROWN_NEURONS`` entries per input whose relaxation depends on the box (``Op.unstable``: for ReLU those whose
+box contains 0 inside), these entries are tightened by CROWN itself (rows +e_i and -e_i, chunked). Every box is
 sound, so every intersection is; the forward boxes after a tightened one follow from it.
 
 Arithmetic as in ``verifier.engines.bcp``: a float64 copy of the module, the rules' rounding allowances, and
@@ -21,6 +21,7 @@ float32 forward. Needs a model that runs whole batches.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,15 +39,16 @@ from verifier.rounding import REL64, TINY64
 from . import bcp
 from .bcp import BallBounds, walk
 from .lipschitz import LipschitzReport
-from .search import largest_verified
+from .search import largest_positive
 
-BISECTION_STEPS = 20
+#: most guesses of the radius search (it usually stops after 6 to 10, at a relative width of 1e-4)
+SEARCH_STEPS = 40
 #: rounds of BCP's iteration for min over the l2 ball and the domain box (any number gives a lower bound: weak
 #: duality, ``verifier.last_layer.ball_box_min``)
 BALL_ROUNDS = 16
-#: CROWN tightens the inputs of a nonlinear op only up to this many entries per input (else its forward box):
-#: MLP layers get CROWN's intermediate bounds; behind convolutions they cost too much as the engine stands
-CROWN_NEURONS = 512
+#: CROWN tightens the inputs of a nonlinear op only up to this many unstable entries per input (else its forward
+#: box): beyond, the rows through a large convolutional graph cost too much as the engine stands (dense rows)
+CROWN_NEURONS = 1024
 #: most float64 entries of the coefficient tensors of one backward pass (rows x largest tensor)
 ROW_BUDGET = 2 ** 24
 
@@ -58,16 +60,20 @@ def prepare(module: GraphModule) -> GraphModule:
     return module.float64()
 
 
-def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tensor) -> tuple[Tensor | None, Tensor]:
+def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tensor,
+             slopes: dict[str, Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
     """Coefficients on the model input and a bias (B * R,) with lam . target >= coeffs . x + bias for every input
-    whose tensors lie in the boxes ``env``; ``lam``: (B * R, *target's sample shape). NoRuleError when an
-    input-dependent tensor does not keep the batch axis in front (rows are stacked along it)."""
+    whose tensors lie in the boxes ``env``; ``lam``: (B * R, *target's sample shape). ``slopes``: the lower slopes
+    of the nodes named there (ops with ``slope_variable``; alpha-CROWN's variables, differentiated through the
+    walk). NoRuleError when an input-dependent tensor does not keep the batch axis in front (rows are stacked
+    along it)."""
     g = module64.graph
+    slopes = slopes or {}
     lams: dict[str, Tensor] = {target: lam}
     bias = torch.zeros(lam.shape[0], dtype=lam.dtype, device=lam.device)
     if target == g.input_name:
         return lam, bias
-    with torch.no_grad():
+    with torch.set_grad_enabled(any(v.requires_grad for v in slopes.values())):
         for node in reversed(g.nodes_up_to(target)):
             outs = [lams.pop(o, None) if o else None for o in node.outputs]
             if all(o is None for o in outs):
@@ -78,7 +84,10 @@ def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tenso
                     raise NoRuleError(f"CROWN: the tensor '{t}' (node '{node.name}') does not keep the batch axis "
                                       "in front")
             try:
-                in_lams, b = node.op.linear(args, outs)
+                if node.name in slopes:
+                    in_lams, b = node.op.linear(args, outs, lower_slope=slopes[node.name])
+                else:
+                    in_lams, b = node.op.linear(args, outs)
             except NoRuleError:  # bound the output by its box here; the walk stops on this branch
                 in_lams, b = [], box_backward(outs, [env[o] for o in node.outputs])
             bias = bias + b
@@ -100,28 +109,37 @@ def _concretize(inputs: InputSet, box: Box, coeffs: Tensor | None, rows: int) ->
     lo = ((box.lo.reshape(b, 1, -1) - x0) * (1 + REL64) - TINY64).clamp_max(0.0)
     hi = ((box.hi.reshape(b, 1, -1) - x0) * (1 + REL64) + TINY64).clamp_min(0.0)
     at_centre = (c * x0).sum(-1) - REL64 * (c.abs() * x0.abs()).sum(-1) - TINY64
-    return at_centre + ball_box_min(c, lo, hi, inputs.eps.to(torch.float64)[:, None], rounds=BALL_ROUNDS)
+    rho = inputs.eps.to(torch.float64)[:, None]
+    if bool(((lo <= -rho[..., None]) & (hi >= rho[..., None])).all()):
+        # the box does not cut the ball: min over the ball alone, -rho ||c||_2 (the sum of squares rounds by
+        # at most REL64 relative, the root halves that, the product rounds once)
+        return at_centre - rho * c.square().sum(-1).sqrt() * (1 + 2 * REL64) - TINY64
+    return at_centre + ball_box_min(c, lo, hi, rho, rounds=BALL_ROUNDS)
 
 
 def _chunk_rows(module64: GraphModule, batch: int) -> int:
     return max(1, ROW_BUDGET // max(1, batch * module64.graph.largest_sample()))
 
 
-def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, name: str, mask: Tensor | None) -> Box:
+def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, name: str, mask: Tensor | None,
+               slopes: Any = None) -> Box:
     """CROWN's box of the tensor ``name`` on the entries of ``mask`` (B, *shape) (all when None), intersected
     with its interval box: per input, rows +e_i and -e_i for each of its masked entries (padded with zero rows
-    to the largest count), in chunks."""
+    to the largest count), in chunks. ``slopes``: alpha-CROWN's variables
+    (``verifier.engines.alpha_crown.Slopes``: it fixes the entries per tensor and gives the slopes per chunk)."""
     box = env[name]
     b, shape = box.shape[0], tuple(box.shape[1:])
     n = math.prod(shape)
     mask = torch.ones((b, n), dtype=torch.bool) if mask is None else mask.reshape(b, n)
     counts = mask.sum(1)
-    most = int(counts.max()) if b else 0
+    index = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :int(counts.max()) if b else 0]
+    valid = torch.arange(index.shape[1])[None] < counts[:, None]  # (B, most): masked entries first
+    if slopes is not None:
+        index, valid = slopes.entries(name, index, valid)
+    most = index.shape[1]
     if most == 0:
         return box
-    index = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :most]  # (B, most): masked entries first
-    valid = torch.arange(most)[None] < counts[:, None]
-    lo, hi = box.lo.reshape(b, n).clone(), box.hi.reshape(b, n).clone()
+    lo, hi = box.lo.reshape(b, n), box.hi.reshape(b, n)
     step = max(1, _chunk_rows(module64, b) // 2)
     for j in range(0, most, step):
         idx, ok = index[:, j:j + step], valid[:, j:j + step]
@@ -129,21 +147,24 @@ def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, nam
         eye = torch.zeros((b, r, n), dtype=torch.float64)
         eye.scatter_(2, idx[..., None], ok[..., None].to(torch.float64))
         rows = torch.cat([eye, -eye], dim=1)  # (B, 2r, n)
-        coeffs, bias = backward(module64, env, name, rows.reshape(b * 2 * r, *shape))
+        chunk = slopes.chunk(name, env, j, r) if slopes is not None else None
+        coeffs, bias = backward(module64, env, name, rows.reshape(b * 2 * r, *shape), chunk)
         low = _concretize(inputs, env[module64.graph.input_name], coeffs, 2 * r) + bias.reshape(b, 2 * r)
         new_lo, new_hi = low[:, :r], -low[:, r:]
         keep = ok & (new_lo <= new_hi)  # a crossing can only come from rounding at a point box: keep the interval
-        lo.scatter_(1, idx, torch.where(keep, torch.maximum(lo.gather(1, idx), new_lo), lo.gather(1, idx)))
-        hi.scatter_(1, idx, torch.where(keep, torch.minimum(hi.gather(1, idx), new_hi), hi.gather(1, idx)))
+        old_lo, old_hi = lo.gather(1, idx), hi.gather(1, idx)
+        lo = lo.scatter(1, idx, torch.where(keep, torch.maximum(old_lo, new_lo), old_lo))
+        hi = hi.scatter(1, idx, torch.where(keep, torch.minimum(old_hi, new_hi), old_hi))
     return Box.from_bounds(lo.reshape(b, *shape), hi.reshape(b, *shape))
 
 
 def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None = None,
-          max_neurons: int | None = None) -> dict[str, Any]:
+          max_neurons: int | None = None, slopes: Any = None) -> dict[str, Any]:
     """Forward boxes of every tensor over the input set: interval images, intersected with the ``prior`` boxes
     when given (e.g. BCP's, ``verifier.engines.bcp.walk``), and the inputs of every nonlinear op tightened by
-    CROWN where they have at most ``max_neurons`` entries per input (default ``CROWN_NEURONS``; CROWN's cost
-    grows with their square)."""
+    CROWN where they have at most ``max_neurons`` entries to tighten per input (``Op.unstable``; default
+    ``CROWN_NEURONS``: each costs two backward rows through the graph before it). ``slopes``: alpha-CROWN's
+    variables for those tightenings (as in ``_tightened``), the boxes then differentiable in them."""
     g = module64.graph
     prior = prior or {}
     limit = CROWN_NEURONS if max_neurons is None else max_neurons
@@ -154,9 +175,12 @@ def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None 
         dynamic = [is_box(a) for a in args]
         if not node.op.linear_in_inputs(dynamic):
             for k, t in enumerate(node.inputs):
-                if dynamic[k] and not args[k].integer and math.prod(args[k].shape[1:]) <= limit:
-                    mask = node.op.unstable(args[k]) if k == 0 else None
-                    env[t] = args[k] = _tightened(module64, env, inputs, t, mask)
+                if not dynamic[k] or args[k].integer:
+                    continue
+                mask = node.op.unstable(args[k]) if k == 0 else None
+                count = math.prod(args[k].shape[1:]) if mask is None else int(mask.flatten(1).sum(1).max())
+                if count <= limit:
+                    env[t] = args[k] = _tightened(module64, env, inputs, t, mask, slopes)
         out = node.op.interval(*args)
         outs = out if isinstance(out, tuple) else (out,)
         outs = tuple(_meet(v, prior.get(o)) if o else v for o, v in zip(node.outputs, outs))
@@ -165,7 +189,7 @@ def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None 
                 env[o] = v
         return outs if isinstance(out, tuple) else outs[0]
 
-    with exact_float32(), torch.no_grad():
+    with exact_float32(), torch.set_grad_enabled(slopes is not None):
         module64.walk(dict(env), rule)
     return env
 
@@ -177,11 +201,48 @@ def _meet(box: Any, other: Any) -> Any:
     return box.intersect(other)
 
 
+@dataclass
+class SpecBounds:
+    """What the final bound of a ``Conjunction`` spec needs: the forward boxes ``env``, the spec's rows C
+    (B, R, *logits) and offsets d (B, R), and the float32 forward's allowance (B, R) (``spec_allowance``)."""
+
+    module64: GraphModule
+    problem: Problem
+    env: dict[str, Any]
+    c: Tensor
+    d: Tensor
+    allowance: Tensor
+    max_neurons: int | None = None
+
+    def rebound(self, slopes: Any) -> "SpecBounds":
+        """The same bounds over boxes recomputed with alpha-CROWN's ``slopes`` (as in ``boxes``), each
+        intersected with this one's: differentiable in the slopes, never looser than these."""
+        env = boxes(self.module64, self.problem.inputs, self.env, self.max_neurons, slopes)
+        return SpecBounds(self.module64, self.problem, env, self.c, self.d, self.allowance, self.max_neurons)
+
+    def low(self, slopes: dict[str, Tensor] | None = None) -> Tensor:
+        """(B, R) lower bounds of C z + d over the input set, less the allowance; ``slopes`` as in ``backward``
+        (differentiable in them)."""
+        g = self.module64.graph
+        out = g.logits_tensor()
+        b, r = self.c.shape[:2]
+        coeffs, bias = backward(self.module64, self.env, out, self.c.reshape(b * r, *g.shapes[out][1:]), slopes)
+        low = _concretize(self.problem.inputs, self.env[g.input_name], coeffs, r) + bias.reshape(b, r) + self.d
+        return low - REL64 * self.d.abs() - self.allowance
+
+
 def spec_low(module64: GraphModule, problem: Problem, ball: BallBounds | None = None,
              max_neurons: int | None = None) -> Tensor:
     """(B, R) lower bounds of C z + d over the input set (a ``Conjunction`` spec), less the float32 forward's
     allowance. ``ball``: BCP's ball bounds (``verifier.engines.bcp.prepare(...).ball``), whose boxes then start
     the forward pass."""
+    with torch.no_grad():
+        return spec_bounds(module64, problem, ball, max_neurons).low()
+
+
+def spec_bounds(module64: GraphModule, problem: Problem, ball: BallBounds | None = None,
+                max_neurons: int | None = None) -> SpecBounds:
+    """The forward boxes and rows of ``spec_low`` (arguments as there)."""
     spec = problem.spec
     g = module64.graph
     out = g.logits_tensor()
@@ -196,37 +257,41 @@ def spec_low(module64: GraphModule, problem: Problem, ball: BallBounds | None = 
     if spec.is_robustness:
         spec = Conjunction.robustness(spec.labels, z.shape[1])
     c, d = spec.rows()
-    b, r = c.shape[:2]
     env = boxes(module64, problem.inputs, prior, max_neurons)
-    with torch.no_grad():
-        coeffs, bias = backward(module64, env, out, c.reshape(b * r, *g.shapes[out][1:]))
-        low = _concretize(problem.inputs, env[g.input_name], coeffs, r) + bias.reshape(b, r) + d
-    return low - REL64 * d.abs() - spec_allowance(z, c)
+    return SpecBounds(module64, problem, env, c, d, spec_allowance(z, c), max_neurons)
+
+
+def crown_margin(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
+                 ball: BallBounds | None = None, max_neurons: int | None = None) -> Tensor:
+    """Per input, a lower bound of the problem's margin (the smallest row of a conjunction, the largest such over
+    a disjunction's parts): positive where CROWN proves ``problem``. With BCP's ``ball`` bounds (and its
+    ``module64``), its boxes start the forward pass; ``max_neurons`` as in ``boxes``."""
+    module64 = module64 or prepare(module)
+    if isinstance(problem.spec, Disjunction):
+        return torch.stack([crown_margin(module, part, module64, ball, max_neurons)
+                            for part in problem.conjunctions()]).amax(0)
+    return spec_low(module64, problem, ball, max_neurons).amin(dim=1)
 
 
 def verify_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
                  ball: BallBounds | None = None, max_neurons: int | None = None) -> Tensor:
-    """Per input: whether CROWN proves ``problem`` (any input set, any linear spec or disjunction); with BCP's
-    ``ball`` bounds (and its ``module64``), its boxes start the forward pass; ``max_neurons`` as in ``boxes``."""
-    module64 = module64 or prepare(module)
-    if isinstance(problem.spec, Disjunction):
-        return torch.stack([verify_crown(module, part, module64, ball, max_neurons)
-                            for part in problem.conjunctions()]).any(0)
-    return (spec_low(module64, problem, ball, max_neurons) > 0).all(dim=1)
+    """Per input: whether CROWN proves ``problem`` (any input set, any linear spec or disjunction); arguments as
+    ``crown_margin``."""
+    return crown_margin(module, problem, module64, ball, max_neurons) > 0
 
 
 def crown_radii(module: GraphModule, balls: RadiusProblem, report: LipschitzReport | None = None,
-                start: Tensor | None = None, steps: int = BISECTION_STEPS, batch_size: int = 256,
+                start: Tensor | None = None, steps: int = SEARCH_STEPS, batch_size: int = 256,
                 max_neurons: int | None = None) -> Tensor:
-    """The largest eps (model space) at which ``verify_crown`` proves ``balls.at(eps)``, per input, by bisection
-    from ``start`` (radii already proved) when given; the result is max(bisection, start). With the l2
-    Lipschitz ``report``, BCP's boxes start every forward pass; ``max_neurons`` as in ``boxes`` (0: CROWN only
-    for the spec's rows, the fast setting for CNNs)."""
+    """The largest eps (model space) at which CROWN proves ``balls.at(eps)``, per input, by the margin-guided
+    search (``verifier.engines.search.largest_positive``, at most ``steps`` guesses) from ``start`` (radii
+    already proved) when given; the result is max(search, start). With the l2 Lipschitz ``report``, BCP's boxes
+    start every forward pass; ``max_neurons`` as in ``boxes`` (0: CROWN only for the spec's rows)."""
     if report is not None:
         ctx = bcp.prepare(module, report)
         module64, ball = ctx.module64, ctx.ball
     else:
         module64, ball = prepare(module), None
-    r = largest_verified(balls, lambda part: lambda eps: verify_crown(module, part.at(eps), module64, ball,
+    r = largest_positive(balls, lambda part: lambda eps: crown_margin(module, part.at(eps), module64, ball,
                                                                       max_neurons), start, steps, batch_size)
     return r if start is None else torch.maximum(r, start.double().cpu())

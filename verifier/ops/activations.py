@@ -152,12 +152,15 @@ class Relu(Activation):
     def unstable(self, box):
         return (box.lo < 0) & (box.hi > 0)
 
-    def linear(self, inputs, lams):
-        """CROWN's triangle relaxation over the input box (``verifier.linear.relu_backward``)."""
+    slope_variable = True
+
+    def linear(self, inputs, lams, lower_slope=None):
+        """CROWN's triangle relaxation over the input box (``verifier.linear.relu_backward``), its lower slope
+        CROWN's adaptive one or ``lower_slope`` (alpha-CROWN's variables)."""
         x = inputs[0]
         if not is_box(x) or x.integer:
             return super().linear(inputs, lams)
-        lam, bias = relu_backward(lams[0], x)
+        lam, bias = relu_backward(lams[0], x, lower_slope)
         return [lam], bias
 
 

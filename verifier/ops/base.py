@@ -127,6 +127,8 @@ class Op:
     #: whether the forward normalizes with batch statistics while the module trains (BatchNormalization): one
     #: sample's training-mode outputs then depend on the rest of its batch
     batch_statistics: ClassVar[bool] = False
+    #: whether the linear rule takes a ``lower_slope`` (ReLU's triangle): alpha-CROWN optimizes it
+    slope_variable: ClassVar[bool] = False
 
     def __init__(self, attrs: dict[str, Any], static: dict[int, np.ndarray | None], opset: int, name: str,
                  n_outputs: int = 1):

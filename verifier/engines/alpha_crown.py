@@ -1,0 +1,182 @@
+"""alpha-CROWN (Xu et al. 2021, "Fast and Complete", §3.1): CROWN whose ReLU lower slopes are variables.
+
+CROWN bounds an unstable ReLU (l < 0 < u) from below by a z with one adaptive a (``verifier.linear.relu_backward``),
+but every a in [0, 1] gives a sound lower line, so every choice gives a sound bound. Here the lower slopes of
+every op with ``slope_variable`` are variables, one set per bound computed: for the spec's rows, (B, R, *shape)
+per such op, and for every intermediate tensor that CROWN tightens (``crown.boxes``), (B, 2, entries, *shape)
+per such op before it (rows +e_i and -e_i). They start at CROWN's choice and move by projected gradient ascent
+(Adam, then a clamp to [0, 1]) on the sum of the spec rows' lower bounds not yet positive, the intermediate boxes
+recomputed from them at every step, each intersected with CROWN's (so never looser). Every iterate is a sound
+bound, so the result is the largest value any iterate gave, per row: never below CROWN's (the first iterate is
+CROWN). Where the intermediate variables would exceed ``SLOPE_ENTRIES`` per input, only the spec's rows get
+variables and the boxes stay CROWN's.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from verifier.ir import GraphModule
+from verifier.problem import Disjunction, Problem, RadiusProblem
+
+from . import bcp
+from .bcp import BallBounds
+from .crown import SpecBounds, crown_radii, prepare, spec_bounds
+from .lipschitz import LipschitzReport
+from .search import largest_positive
+
+#: projected gradient steps and the step size of Adam (alpha-CROWN's usual 20 steps)
+STEPS = 20
+LEARNING_RATE = 0.25
+#: most float64 entries of the intermediate bounds' slope variables per input (beyond, the spec's rows alone get
+#: variables: every step would recompute CROWN's intermediate bounds of a large layer, e.g. a convolution's)
+SLOPE_ENTRIES = 2 ** 18
+#: most guesses of the radius search and its relative precision (each guess costs STEPS bounds)
+SEARCH_STEPS = 12
+SEARCH_RTOL = 1e-3
+#: the key of the spec's rows among the bound targets
+SPEC = ""
+
+
+def _unstable_nodes(module64: GraphModule, env: dict[str, Any], target: str) -> list[Any]:
+    """The ``slope_variable`` nodes before ``target`` with an unstable entry in their input box."""
+    out = []
+    for node in module64.graph.nodes_up_to(target):
+        box = env.get(node.inputs[0]) if node.inputs else None
+        if node.op.slope_variable and box is not None and bool(((box.lo < 0) & (box.hi > 0)).any()):
+            out.append(node)
+    return out
+
+
+def _crown_choice(box: Any) -> Tensor:
+    """CROWN's adaptive lower slope (1 where u >= -l, else 0), detached, (B, *shape)."""
+    return (box.hi >= -box.lo).to(torch.float64).detach()
+
+
+class Slopes:
+    """alpha-CROWN's variables, created at CROWN's choice when first asked for (``crown._tightened`` and
+    ``crown.boxes`` ask for them). The entries tightened per tensor are fixed at the first step: the boxes only
+    shrink after it (each is intersected with CROWN's), so the unstable entries stay among them."""
+
+    def __init__(self, module64: GraphModule, intermediate: bool = True):
+        self.module64 = module64
+        self.intermediate = intermediate
+        self.values: dict[tuple[str, str], Tensor] = {}
+        self.fixed: dict[str, tuple[Tensor, Tensor]] = {}
+        self.nodes: dict[str, list[Any]] = {}
+        self.overflow = False
+
+    def entries(self, target: str, index: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        return self.fixed.setdefault(target, (index, valid))
+
+    def chunk(self, target: str, env: dict[str, Any], j: int, r: int) -> dict[str, Tensor]:
+        """Per node before ``target``: the slopes of rows +e_i, -e_i for the tightened entries j .. j + r."""
+        if not self.intermediate:
+            return {}
+        index = self.fixed[target][0]
+        out = {}
+        for node in self._nodes(target, env):
+            box = env[node.inputs[0]]
+            key = (target, node.name)
+            if key not in self.values:
+                shape = (box.shape[0], 2, index.shape[1], *box.shape[1:])
+                if self.size() + math.prod(shape) > SLOPE_ENTRIES * shape[0]:
+                    self.overflow = True
+                    return {}
+                self.values[key] = _crown_choice(box)[:, None, None].expand(shape).clone().requires_grad_(True)
+            v = self.values[key][:, :, j:j + r]
+            out[node.name] = v.reshape(v.shape[0], 2 * v.shape[2], *v.shape[3:])
+        return out
+
+    def spec(self, bounds: SpecBounds) -> dict[str, Tensor]:
+        """Per node: the slopes of the spec's rows, (B, R, *shape)."""
+        rows = bounds.c.shape[1]
+        for node in self._nodes(SPEC, bounds.env):
+            key = (SPEC, node.name)
+            if key not in self.values:
+                start = _crown_choice(bounds.env[node.inputs[0]])[:, None]
+                self.values[key] = start.expand(-1, rows, *start.shape[2:]).clone().requires_grad_(True)
+        return {name: v for (target, name), v in self.values.items() if target == SPEC}
+
+    def size(self) -> int:
+        return sum(v.numel() for v in self.values.values())
+
+    def _nodes(self, target: str, env: dict[str, Any]) -> list[Any]:
+        if target not in self.nodes:
+            end = target if target != SPEC else self.module64.graph.logits_tensor()
+            self.nodes[target] = _unstable_nodes(self.module64, env, end)
+        return self.nodes[target]
+
+
+def optimized_low(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RATE) -> Tensor:
+    """(B, R) lower bounds of the spec's rows: the best over ``steps`` iterates of projected gradient ascent on
+    the lower slopes (module docstring), starting from CROWN's bounds ``crown``; stops once every row is
+    positive."""
+    with torch.no_grad():
+        best = crown.low()
+    if bool((best > 0).all()) or not _unstable_nodes(crown.module64, crown.env, crown.module64.graph.logits_tensor()):
+        return best
+    slopes = Slopes(crown.module64)
+    bounds = crown.rebound(slopes)
+    if slopes.overflow:  # the intermediate variables would be too many: the spec's rows alone, over CROWN's boxes
+        slopes, bounds = Slopes(crown.module64, intermediate=False), crown
+    optimizer = None
+    for step in range(steps + 1):
+        low = bounds.low(slopes.spec(bounds))
+        best = torch.maximum(best, low.detach())
+        if step == steps or bool((best > 0).all()):
+            break
+        optimizer = optimizer or torch.optim.Adam(list(slopes.values.values()), lr=lr)
+        optimizer.zero_grad()
+        (-torch.where(best > 0, 0.0, low).sum()).backward()  # rows already proved no longer pull
+        optimizer.step()
+        with torch.no_grad():
+            for v in slopes.values.values():
+                v.clamp_(0.0, 1.0)
+        if slopes.intermediate:
+            bounds = crown.rebound(slopes)
+    return best
+
+
+def alpha_crown_margin(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
+                       ball: BallBounds | None = None, max_neurons: int | None = None, steps: int = STEPS) -> Tensor:
+    """Per input, alpha-CROWN's lower bound of the problem's margin (positive: proved; any input set, any linear
+    spec or disjunction); arguments as ``verifier.engines.crown.crown_margin``."""
+    module64 = module64 or prepare(module)
+    if isinstance(problem.spec, Disjunction):
+        return torch.stack([alpha_crown_margin(module, part, module64, ball, max_neurons, steps)
+                            for part in problem.conjunctions()]).amax(0)
+    with torch.no_grad():
+        crown = spec_bounds(module64, problem, ball, max_neurons)
+    return optimized_low(crown, steps).amin(dim=1)
+
+
+def verify_alpha_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
+                       ball: BallBounds | None = None, max_neurons: int | None = None, steps: int = STEPS) -> Tensor:
+    """Per input: whether alpha-CROWN proves ``problem``; arguments as ``alpha_crown_margin``."""
+    return alpha_crown_margin(module, problem, module64, ball, max_neurons, steps) > 0
+
+
+def alpha_crown_radii(module: GraphModule, balls: RadiusProblem, report: LipschitzReport | None = None,
+                      start: Tensor | None = None, steps: int = SEARCH_STEPS, batch_size: int = 256,
+                      max_neurons: int | None = None) -> Tensor:
+    """The largest eps at which alpha-CROWN proves ``balls.at(eps)``, per input, by the margin-guided search
+    from ``start`` (radii already proved; CROWN's when not given, so that the result is never below CROWN's), at
+    most ``steps`` guesses to a relative width of ``SEARCH_RTOL``; the result is max(search, start).
+    ``report``: the l2 Lipschitz report, as in ``crown_radii``."""
+    if start is None:
+        start = crown_radii(module, balls, report, None, batch_size=batch_size, max_neurons=max_neurons)
+    if report is not None:
+        ctx = bcp.prepare(module, report)
+        module64, ball = ctx.module64, ctx.ball
+    else:
+        module64, ball = prepare(module), None
+
+    def margin(part: RadiusProblem):
+        return lambda eps: alpha_crown_margin(module, part.at(eps), module64, ball, max_neurons)
+
+    r = largest_positive(balls, margin, start, steps, batch_size, rtol=SEARCH_RTOL)
+    return torch.maximum(r, start.double().cpu())
