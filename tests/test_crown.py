@@ -166,3 +166,22 @@ def test_l2_concretization_is_the_dual_norm_unless_the_domain_cuts_the_ball():
     points = (x0 + d).clamp(0.0, 1.0)  # inside the ball and the domain (clamping to the box only moves toward x0)
     values = (c.reshape(1, 4, 3, 6) * points[:, :, None]).sum(-1)
     assert bool((values >= tight[None]).all())
+
+
+def test_maxpool_linear_rule_is_exact_where_one_entry_dominates():
+    """A window whose largest lower bound beats every other upper bound passes the rows through exactly (no
+    constant term); elsewhere the lower line is x_j and the upper one the window's largest upper bound."""
+    from verifier.ops.pooling import MaxPool
+
+    op = MaxPool({"kernel_shape": [2, 2], "strides": [2, 2]}, {}, 13, "pool")
+    lo = torch.tensor([[[[0.0, 5.0], [1.0, 2.0]]]], dtype=torch.float64)  # one window: 5 dominates
+    box = Box.from_bounds(lo, lo + 1.0)
+    lam = torch.tensor([[[[-2.0]]], [[[3.0]]]], dtype=torch.float64)  # two rows of one input
+    (coeffs,), bias = op.linear([box], [lam])
+    expected = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    expected[0, 0, 0, 1], expected[1, 0, 0, 1] = -2.0, 3.0
+    assert torch.equal(coeffs, expected) and float(bias.abs().max()) < 1e-200
+    box = Box.from_bounds(lo, lo + 4.0)  # 5 no longer dominates ([1, 5] meets [5, 9])
+    (coeffs,), bias = op.linear([box], [lam])
+    assert float(coeffs[0].abs().sum()) == 0.0 and float(coeffs[1, 0, 0, 1]) == 3.0
+    assert abs(float(bias[0]) - (-2.0 * 9.0)) < 1e-7 and abs(float(bias[1])) < 1e-200

@@ -30,7 +30,7 @@ from .search import largest_positive
 
 #: projected gradient steps and the step size of Adam (alpha-CROWN's usual 20 steps)
 STEPS = 20
-LEARNING_RATE = 0.25
+LEARNING_RATE = 0.5
 #: most float64 entries of the intermediate bounds' slope variables per input (beyond, the spec's rows alone get
 #: variables: every step would recompute CROWN's intermediate bounds of a large layer, e.g. a convolution's)
 SLOPE_ENTRIES = 2 ** 18
@@ -114,7 +114,7 @@ class Slopes:
 def optimized_low(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RATE) -> Tensor:
     """(B, R) lower bounds of the spec's rows: the best over ``steps`` iterates of projected gradient ascent on
     the lower slopes (module docstring), starting from CROWN's bounds ``crown``; stops once every row is
-    positive."""
+    positive, or once no input can be proved at its current pace (``_hopeless``)."""
     with torch.no_grad():
         best = crown.low()
     if bool((best > 0).all()) or not _unstable_nodes(crown.module64, crown.env, crown.module64.graph.logits_tensor()):
@@ -124,10 +124,12 @@ def optimized_low(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RA
     if slopes.overflow:  # the intermediate variables would be too many: the spec's rows alone, over CROWN's boxes
         slopes, bounds = Slopes(crown.module64, intermediate=False), crown
     optimizer = None
+    history = []
     for step in range(steps + 1):
         low = bounds.low(slopes.spec(bounds))
         best = torch.maximum(best, low.detach())
-        if step == steps or bool((best > 0).all()):
+        history.append(best.amin(dim=1))
+        if step == steps or bool((best > 0).all()) or _hopeless(history, steps - step):
             break
         optimizer = optimizer or torch.optim.Adam(list(slopes.values.values()), lr=lr)
         optimizer.zero_grad()
@@ -152,6 +154,16 @@ def alpha_crown_margin(module: GraphModule, problem: Problem, module64: GraphMod
     with torch.no_grad():
         crown = spec_bounds(module64, problem, ball, max_neurons)
     return optimized_low(crown, steps).amin(dim=1)
+
+
+def _hopeless(history: list[Tensor], left: int, window: int = 4) -> bool:
+    """Whether every input is either proved or so far from it that its progress over the last ``window``
+    steps, kept up for the ``left`` steps to go, would not prove it (the search then has its answer)."""
+    if len(history) <= window:
+        return False
+    now, before = history[-1], history[-1 - window]
+    reach = now + (now - before) * (left / window)
+    return bool(((now > 0) | (reach < 0)).all())
 
 
 def verify_alpha_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None,

@@ -11,7 +11,8 @@ the argument holds, and certificates are about inputs in the domain as for every
 
 L_j(R) for any graph (``local_bounds``): the forward boxes of every tensor over that set come from BCP's walk
 (``verifier.engines.bcp.walk``: interval images intersected with the Lipschitz-ball boxes, for p = 2; for p = inf the
-l2 ball of radius sqrt(N) R circumscribing the box, BCP §3.1), and the gradient of s . z with s = e_y - e_j is
+l2 ball of radius sqrt(N) R circumscribing the box, BCP §3.1), tightened by CROWN's intermediate bounds
+(``verifier.engines.crown.boxes``, within its budget of unstable entries), and the gradient of s . z with s = e_y - e_j is
 enclosed by propagating a box backwards through every node's Jacobian rule (``verifier.jacobian``); L_j is
 the q-norm of the largest magnitudes in the input gradient's box. Where the model ends with an affine layer, the
 global pairwise bound L_sub ||w_y - w_j||_2 (LMT Prop. 2) also bounds the local one, and L_j is the smaller.
@@ -40,6 +41,7 @@ import torch
 from torch import Tensor
 
 from verifier.engines.bcp import Context, clean_values, prepare, walk
+from verifier.engines.crown import boxes
 from verifier.engines.gradients import gradient_box
 from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
 from verifier.errors import NoRuleError
@@ -164,6 +166,7 @@ def local_bounds(ctx: LocalContext, problem: Problem, clean: dict[str, Tensor] |
     x64 = centre.to(torch.float64)
     clean = clean_values(bctx, x64) if clean is None else clean
     env = walk(module, bctx.ball, problem.inputs.box(torch.float64), clean, rho, report.output)
+    env = boxes(module, problem.inputs, env)  # CROWN's intermediate bounds where they are tighter
     out_shape = tuple(module.graph.shapes[report.output][1:])
     k = math.prod(out_shape)
     grad = gradient_box(module, env, _seeds(y, k, out_shape), report.output)

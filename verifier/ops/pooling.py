@@ -31,18 +31,28 @@ def average_interval(op: Op, x: Box, count: int, *rest) -> Box:
     return affine(x, lambda t: op.forward(t, *rest), lambda v, s: op.forward(v, *rest), count + 2)
 
 
+def window_entries(t: torch.Tensor, kernel: list[int], strides: list[int], dilations: list[int]) -> torch.Tensor:
+    """The entries of every 2-D window of ``t`` (B, C, H, W; -inf padding read as -1e308): (B, C, k, L)."""
+    b, ch, h, w = t.shape
+    cols = F.unfold(t.reshape(b * ch, 1, h, w).nan_to_num(neginf=-1e308), kernel, dilations, 0, strides)
+    return cols.reshape(b, ch, cols.shape[1], cols.shape[2])
+
+
+def window_fold(t: torch.Tensor, size: tuple[int, int], kernel: list[int], strides: list[int],
+                dilations: list[int]) -> torch.Tensor:
+    """The transpose of ``window_entries``: (N, C, k, L) -> (N, C, H * W), overlapping windows adding up."""
+    n, ch, k, n_win = t.shape
+    out = F.fold(t.reshape(n * ch, k, n_win), size, kernel, dilations, 0, strides)
+    return out.reshape(n, ch, size[0] * size[1])
+
+
 def window_max_transpose(lo: torch.Tensor, hi: torch.Tensor, g_c: torch.Tensor, g_r: torch.Tensor, kernel: list[int],
                          strides: list[int], dilations: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The transposed Jacobian box of a 2-D window max: ``lo``/``hi`` (B, C, H, W) the padded input box (-inf
     padding), ``g_c``/``g_r`` (B * P, C, L) the output gradient box per window; returns (centre, radius) of the
     input gradient, shape (B * P, C, H * W). See ``MaxPool.grad_interval``."""
     b, ch, h, w = lo.shape
-
-    def unfold(t: torch.Tensor) -> torch.Tensor:  # (B, 1, C, k, L): broadcasts against the B * P gradients
-        cols = F.unfold(t.reshape(b * ch, 1, h, w).nan_to_num(neginf=-1e308), kernel, dilations, 0, strides)
-        return cols.reshape(b, 1, ch, cols.shape[1], cols.shape[2])
-
-    lo_w, hi_w = unfold(lo), unfold(hi)
+    lo_w, hi_w = (window_entries(t, kernel, strides, dilations)[:, None] for t in (lo, hi))  # (B, 1, C, k, L)
     candidate = hi_w >= lo_w.amax(dim=3, keepdim=True)
     unique = candidate.sum(dim=3, keepdim=True) == 1
     g_c, g_r = g_c.reshape(b, -1, ch, 1, g_c.shape[-1]), g_r.reshape(b, -1, ch, 1, g_r.shape[-1])
@@ -50,11 +60,9 @@ def window_max_transpose(lo: torch.Tensor, hi: torch.Tensor, g_c: torch.Tensor, 
     zero = torch.zeros_like(g_lo)
     c_lo = torch.where(candidate, torch.where(unique, g_lo, torch.minimum(g_lo, zero)), zero)
     c_hi = torch.where(candidate, torch.where(unique, g_hi, torch.maximum(g_hi, zero)), zero)
-    k, n_win = c_lo.shape[3], c_lo.shape[4]
 
     def fold(t: torch.Tensor) -> torch.Tensor:
-        out = F.fold(t.reshape(-1, k, n_win), (h, w), kernel, dilations, 0, strides)
-        return out.reshape(-1, ch, h * w)
+        return window_fold(t.reshape(-1, *t.shape[2:]), (h, w), kernel, strides, dilations)
 
     center, radius = fold((c_lo + c_hi) / 2), fold((c_hi - c_lo) / 2)
     return center, radius * (1 + REL64) + REL64 * center.abs() + TINY64
@@ -138,6 +146,44 @@ class MaxPool(_Pool):
         if nd == 1:
             c, r = c.squeeze(2), r.squeeze(2)
         return [Box(c[(Ellipsis, *index)], r[(Ellipsis, *index)])]
+
+    def linear(self, inputs, lams):
+        """CROWN's window max (as DeepPoly's): per window, j the entry with the largest lower bound; max >= x_j
+        everywhere, and max <= x_j where j dominates (lo_j >= hi_i for every other entry i of the window), else
+        max <= max_i hi_i, a constant. Rows take the lower line where lam >= 0 and the upper one where lam < 0;
+        windows overlap, and their coefficients add (``window_fold``). Selections round nothing; the constant
+        terms lam hi round once each (REL64 of their sum of magnitudes). 1-D and 2-D pools (3-D: its box)."""
+        x = inputs[0]
+        nd = len(self.kernel)
+        if not is_box(x) or x.integer or nd > 2:
+            return super().linear(inputs, lams)
+        pads, overhang = self._layout(x.shape[2:])
+        full = [(pb, pe + o) for (pb, pe), o in zip(pads, overhang)]
+        lo, hi = (pad_spatial(t, full, value=-math.inf) for t in (x.lo, x.hi))
+        kernel, strides, dilations = list(self.kernel), list(self.strides), list(self.dilations)
+        if nd == 1:
+            lo, hi = lo.unsqueeze(2), hi.unsqueeze(2)
+            kernel, strides, dilations = [1, *kernel], [1, *strides], [1, *dilations]
+        lo_w, hi_w = (window_entries(t, kernel, strides, dilations) for t in (lo, hi))  # (B, C, k, L)
+        best = lo_w.argmax(dim=2, keepdim=True)
+        chosen = torch.zeros_like(lo_w, dtype=torch.bool).scatter_(2, best, True)
+        others = torch.where(chosen, torch.full_like(hi_w, -math.inf), hi_w).amax(dim=2)
+        dominant = lo_w.gather(2, best)[:, :, 0] >= others  # (B, C, L)
+        top = hi_w.amax(dim=2)
+        b, ch = lo.shape[:2]
+        lam = lams[0].reshape(b, -1, ch, dominant.shape[-1])  # (B, R, C, L)
+        pos, neg = lam.clamp_min(0), lam.clamp_max(0)
+        weight = pos + torch.where(dominant[:, None], neg, 0.0)
+        terms = torch.where(dominant[:, None] | (neg == 0), 0.0, neg * top[:, None])
+        per_window = chosen[:, None].to(lam.dtype) * weight[:, :, :, None]  # (B, R, C, k, L)
+        coeffs = window_fold(per_window.reshape(-1, *per_window.shape[2:]), tuple(lo.shape[2:]), kernel, strides,
+                             dilations).reshape(-1, ch, *lo.shape[2:])
+        if nd == 1:
+            coeffs = coeffs.squeeze(2)
+        index = tuple(slice(pb, pb + n) for (pb, _), n in zip(pads, x.shape[2:]))
+        flat = terms.reshape(terms.shape[0] * terms.shape[1], -1)
+        bias = flat.sum(1) - REL64 * flat.abs().sum(1) - TINY64
+        return [coeffs[(Ellipsis, *index)]] + [None] * (len(inputs) - 1), bias
 
     def window_counts(self, in_shape) -> torch.Tensor:
         """For each input entry, the number of pooling windows that contain it."""
