@@ -97,7 +97,7 @@ def test_crown_radii_survive_pgd_and_beat_ibp(relu_mlp, norm, prior):
     balls = RadiusProblem(x, y, norm)
     report = compute_bounds(module, 2.0, input_dim=6).l2
     if prior == "bcp":
-        radii = crown_radii(module, balls, report=report, max_neurons=0)
+        radii = crown_radii(module, balls, report=report, budget=0)
     else:
         radii = crown_radii(module, balls)
     ibp = ibp_radii(module, report, balls)

@@ -17,15 +17,12 @@ def _recording(margin_of):
     """A margin function (of eps and the inputs' indices) that records every (index, eps, value) it gave."""
     seen = []
 
-    def prepare(part):
+    def margin(part, eps):
         index = part.center[:, 0].long()
-
-        def margin(eps):
-            value = margin_of(eps, index)
-            seen.extend(zip(index.tolist(), eps.tolist(), value.tolist()))
-            return value
-        return margin
-    return prepare, seen
+        value = margin_of(eps, index)
+        seen.extend(zip(index.tolist(), eps.tolist(), value.tolist()))
+        return value
+    return margin, seen
 
 
 def _proved(seen, radii, i):
@@ -41,7 +38,7 @@ def test_margin_search_finds_smooth_roots_in_few_guesses():
     prepare, seen = _recording(lambda eps, i: a[i] - b[i] * eps ** p[i])
     radii = largest_positive(_balls(64), prepare, None, steps=40, batch_size=64, rtol=1e-4)
     assert bool((radii <= root).all()) and bool((radii >= root * (1 - 2e-4)).all())
-    assert len(seen) <= 14 * 64, len(seen) / 64  # margin calls (one entry per input each)
+    assert len(seen) <= 14 * 64, len(seen) / 64  # margins bounded (one entry per input and guess)
     assert all(_proved(seen, radii, i) for i in range(64))
 
 

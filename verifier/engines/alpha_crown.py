@@ -6,7 +6,8 @@ every op with ``slope_variable`` are variables, one set per bound computed: for 
 per such op, and for every intermediate tensor that CROWN tightens (``crown.boxes``), (B, 2, entries, *shape)
 per such op before it (rows +e_i and -e_i). They start at CROWN's choice and move by projected gradient ascent
 (Adam, then a clamp to [0, 1]) on the sum of the spec rows' lower bounds not yet positive, the intermediate boxes
-recomputed from them at every step, each intersected with CROWN's (so never looser). Every iterate is a sound
+recomputed from them at every step, each intersected with CROWN's and those of every step before (so never
+looser). Every iterate is a sound
 bound, so the result is the largest value any iterate gave, per row: never below CROWN's (the first iterate is
 CROWN). Where the intermediate variables would exceed ``SLOPE_ENTRIES`` per input, only the spec's rows get
 variables and the boxes stay CROWN's.
@@ -35,8 +36,8 @@ LEARNING_RATE = 0.5
 #: variables: every step would recompute CROWN's intermediate bounds of a large layer, e.g. a convolution's)
 SLOPE_ENTRIES = 2 ** 18
 #: most guesses of the radius search and its relative precision (each guess costs STEPS bounds)
-SEARCH_STEPS = 12
-SEARCH_RTOL = 1e-3
+SEARCH_STEPS = 16
+SEARCH_RTOL = 1e-4
 #: the key of the spec's rows among the bound targets
 SPEC = ""
 
@@ -138,21 +139,22 @@ def optimized_low(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RA
         with torch.no_grad():
             for v in slopes.values.values():
                 v.clamp_(0.0, 1.0)
-        if slopes.intermediate:
+        if slopes.intermediate:  # every step's boxes are sound: the next is intersected with all before
+            crown = crown.tightened(bounds)
             bounds = crown.rebound(slopes)
     return best
 
 
 def alpha_crown_margin(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
-                       ball: BallBounds | None = None, max_neurons: int | None = None, steps: int = STEPS) -> Tensor:
+                       ball: BallBounds | None = None, budget: int | None = None, steps: int = STEPS) -> Tensor:
     """Per input, alpha-CROWN's lower bound of the problem's margin (positive: proved; any input set, any linear
     spec or disjunction); arguments as ``verifier.engines.crown.crown_margin``."""
     module64 = module64 or prepare(module)
     if isinstance(problem.spec, Disjunction):
-        return torch.stack([alpha_crown_margin(module, part, module64, ball, max_neurons, steps)
+        return torch.stack([alpha_crown_margin(module, part, module64, ball, budget, steps)
                             for part in problem.conjunctions()]).amax(0)
     with torch.no_grad():
-        crown = spec_bounds(module64, problem, ball, max_neurons)
+        crown = spec_bounds(module64, problem, ball, budget)
     return optimized_low(crown, steps).amin(dim=1)
 
 
@@ -167,28 +169,28 @@ def _hopeless(history: list[Tensor], left: int, window: int = 4) -> bool:
 
 
 def verify_alpha_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
-                       ball: BallBounds | None = None, max_neurons: int | None = None, steps: int = STEPS) -> Tensor:
+                       ball: BallBounds | None = None, budget: int | None = None, steps: int = STEPS) -> Tensor:
     """Per input: whether alpha-CROWN proves ``problem``; arguments as ``alpha_crown_margin``."""
-    return alpha_crown_margin(module, problem, module64, ball, max_neurons, steps) > 0
+    return alpha_crown_margin(module, problem, module64, ball, budget, steps) > 0
 
 
 def alpha_crown_radii(module: GraphModule, balls: RadiusProblem, report: LipschitzReport | None = None,
                       start: Tensor | None = None, steps: int = SEARCH_STEPS, batch_size: int = 256,
-                      max_neurons: int | None = None) -> Tensor:
+                      budget: int | None = None) -> Tensor:
     """The largest eps at which alpha-CROWN proves ``balls.at(eps)``, per input, by the margin-guided search
     from ``start`` (radii already proved; CROWN's when not given, so that the result is never below CROWN's), at
     most ``steps`` guesses to a relative width of ``SEARCH_RTOL``; the result is max(search, start).
     ``report``: the l2 Lipschitz report, as in ``crown_radii``."""
     if start is None:
-        start = crown_radii(module, balls, report, None, batch_size=batch_size, max_neurons=max_neurons)
+        start = crown_radii(module, balls, report, None, batch_size=batch_size, budget=budget)
     if report is not None:
         ctx = bcp.prepare(module, report)
         module64, ball = ctx.module64, ctx.ball
     else:
         module64, ball = prepare(module), None
 
-    def margin(part: RadiusProblem):
-        return lambda eps: alpha_crown_margin(module, part.at(eps), module64, ball, max_neurons)
+    def margin(part: RadiusProblem, eps: Tensor) -> Tensor:
+        return alpha_crown_margin(module, part.at(eps), module64, ball, budget)
 
     r = largest_positive(balls, margin, start, steps, batch_size, rtol=SEARCH_RTOL)
     return torch.maximum(r, start.double().cpu())

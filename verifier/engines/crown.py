@@ -10,8 +10,8 @@ alone.
 
 Intermediate bounds: the forward boxes are interval images, intersected with BCP's boxes when the l2 Lipschitz
 report is given (``verifier.engines.bcp.walk``); before each nonlinear op whose inputs have at most
-``CROWN_NEURONS`` entries per input whose relaxation depends on the box (``Op.unstable``: for ReLU those whose
-box contains 0 inside), these entries are tightened by CROWN itself (rows +e_i and -e_i, chunked). Every box is
+entries whose relaxation depends on the box (``Op.unstable``: for ReLU those whose box contains 0 inside), these
+entries are tightened by CROWN itself, within ``CROWN_BUDGET`` (rows +e_i and -e_i, chunked). Every box is
 sound, so every intersection is; the forward boxes after a tightened one follow from it.
 
 Arithmetic as in ``verifier.engines.bcp``: a float64 copy of the module, the rules' rounding allowances, and
@@ -46,9 +46,11 @@ SEARCH_STEPS = 40
 #: rounds of BCP's iteration for min over the l2 ball and the domain box (any number gives a lower bound: weak
 #: duality, ``verifier.last_layer.ball_box_min``)
 BALL_ROUNDS = 16
-#: CROWN tightens the inputs of a nonlinear op only up to this many unstable entries per input (else its forward
-#: box): beyond, the rows through a large convolutional graph cost too much as the engine stands (dense rows)
-CROWN_NEURONS = 1024
+#: CROWN tightens the input of a nonlinear op only where its unstable entries per input times the entries of
+#: the graph before it (what the rows +-e_i cost, dense) stay within this; else the forward box is kept. MLPs
+#: and small CNNs (oval21's cifar_base_kw) get every intermediate bound; larger convolutional layers cost too
+#: much with dense rows
+CROWN_BUDGET = 2 ** 22
 #: most float64 entries of the coefficient tensors of one backward pass (rows x largest tensor)
 ROW_BUDGET = 2 ** 24
 
@@ -153,21 +155,33 @@ def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, nam
         new_lo, new_hi = low[:, :r], -low[:, r:]
         keep = ok & (new_lo <= new_hi)  # a crossing can only come from rounding at a point box: keep the interval
         old_lo, old_hi = lo.gather(1, idx), hi.gather(1, idx)
-        lo = lo.scatter(1, idx, torch.where(keep, torch.maximum(old_lo, new_lo), old_lo))
-        hi = hi.scatter(1, idx, torch.where(keep, torch.minimum(old_hi, new_hi), old_hi))
+        met_lo = torch.where(keep, torch.maximum(old_lo, new_lo), old_lo)
+        met_hi = torch.where(keep, torch.minimum(old_hi, new_hi), old_hi)
+        if slopes is not None:  # the slopes' gradient through the new bounds, wherever they stand
+            met_lo, met_hi = _through(new_lo, met_lo), _through(new_hi, met_hi)
+        lo = lo.scatter(1, idx, met_lo)
+        hi = hi.scatter(1, idx, met_hi)
     return Box.from_bounds(lo.reshape(b, *shape), hi.reshape(b, *shape))
 
 
+def _prefix_entries(module64: GraphModule, name: str) -> int:
+    """The entries per input of the tensors from the model input to ``name`` (what one backward row visits)."""
+    g = module64.graph
+    tensors = {g.input_name, *(o for node in g.nodes_up_to(name) for o in node.outputs if o)}
+    return sum(math.prod(g.shapes[t][1:]) for t in tensors if t in g.shapes)
+
+
 def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None = None,
-          max_neurons: int | None = None, slopes: Any = None) -> dict[str, Any]:
+          budget: int | None = None, slopes: Any = None) -> dict[str, Any]:
     """Forward boxes of every tensor over the input set: interval images, intersected with the ``prior`` boxes
     when given (e.g. BCP's, ``verifier.engines.bcp.walk``), and the inputs of every nonlinear op tightened by
-    CROWN where they have at most ``max_neurons`` entries to tighten per input (``Op.unstable``; default
-    ``CROWN_NEURONS``: each costs two backward rows through the graph before it). ``slopes``: alpha-CROWN's
+    CROWN where the entries to tighten per input (``Op.unstable``) times the entries of the graph before them
+    are at most ``budget`` (default ``CROWN_BUDGET``; 0: none). ``slopes``: alpha-CROWN's
     variables for those tightenings (as in ``_tightened``), the boxes then differentiable in them."""
     g = module64.graph
     prior = prior or {}
-    limit = CROWN_NEURONS if max_neurons is None else max_neurons
+    limit = CROWN_BUDGET if budget is None else budget
+    through = slopes is not None
     env: dict[str, Any] = {g.input_name: _meet(inputs.box(torch.float64), prior.get(g.input_name))}
 
     def rule(node: Any, args: list[Any]) -> Any:
@@ -179,11 +193,11 @@ def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None 
                     continue
                 mask = node.op.unstable(args[k]) if k == 0 else None
                 count = math.prod(args[k].shape[1:]) if mask is None else int(mask.flatten(1).sum(1).max())
-                if count <= limit:
+                if count * _prefix_entries(module64, t) <= limit:
                     env[t] = args[k] = _tightened(module64, env, inputs, t, mask, slopes)
         out = node.op.interval(*args)
         outs = out if isinstance(out, tuple) else (out,)
-        outs = tuple(_meet(v, prior.get(o)) if o else v for o, v in zip(node.outputs, outs))
+        outs = tuple(_meet(v, prior.get(o), through) if o else v for o, v in zip(node.outputs, outs))
         for o, v in zip(node.outputs, outs):
             if o:
                 env[o] = v
@@ -194,11 +208,22 @@ def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None 
     return env
 
 
-def _meet(box: Any, other: Any) -> Any:
-    """The intersection of two sound boxes of one tensor (the first where the other does not apply)."""
+def _meet(box: Any, other: Any, through: bool = False) -> Any:
+    """The intersection of two sound boxes of one tensor (the first where the other does not apply). With
+    ``through`` (alpha-CROWN), its bounds carry the first box's gradient: the value is the intersection, the
+    derivative that of the first box, so that a slope keeps its gradient where an older box is tighter."""
     if not is_box(box) or not is_box(other) or box.integer or other.integer or box.shape != other.shape:
         return box
-    return box.intersect(other)
+    meet = box.intersect(other)
+    if not through:
+        return meet
+    return Box.from_bounds(_through(box.lo, meet.lo), _through(box.hi, meet.hi))
+
+
+def _through(mine: Tensor, value: Tensor) -> Tensor:
+    """``value``, differentiated as ``mine`` where that is finite (a straight-through estimate: the value is what
+    is used)."""
+    return torch.where(torch.isfinite(mine), mine + (value - mine).detach(), value)
 
 
 @dataclass
@@ -212,13 +237,23 @@ class SpecBounds:
     c: Tensor
     d: Tensor
     allowance: Tensor
-    max_neurons: int | None = None
+    budget: int | None = None
+
+    def tightened(self, other: "SpecBounds") -> "SpecBounds":
+        """These bounds over the intersection of both boxes of every tensor (both are sound), detached."""
+        env = {}
+        for name, box in self.env.items():
+            new = other.env.get(name)
+            if is_box(new) and not new.integer:
+                new = Box(new.center.detach(), new.radius.detach())
+            env[name] = _meet(box, new)
+        return SpecBounds(self.module64, self.problem, env, self.c, self.d, self.allowance, self.budget)
 
     def rebound(self, slopes: Any) -> "SpecBounds":
         """The same bounds over boxes recomputed with alpha-CROWN's ``slopes`` (as in ``boxes``), each
         intersected with this one's: differentiable in the slopes, never looser than these."""
-        env = boxes(self.module64, self.problem.inputs, self.env, self.max_neurons, slopes)
-        return SpecBounds(self.module64, self.problem, env, self.c, self.d, self.allowance, self.max_neurons)
+        env = boxes(self.module64, self.problem.inputs, self.env, self.budget, slopes)
+        return SpecBounds(self.module64, self.problem, env, self.c, self.d, self.allowance, self.budget)
 
     def low(self, slopes: dict[str, Tensor] | None = None) -> Tensor:
         """(B, R) lower bounds of C z + d over the input set, less the allowance; ``slopes`` as in ``backward``
@@ -232,16 +267,16 @@ class SpecBounds:
 
 
 def spec_low(module64: GraphModule, problem: Problem, ball: BallBounds | None = None,
-             max_neurons: int | None = None) -> Tensor:
+             budget: int | None = None) -> Tensor:
     """(B, R) lower bounds of C z + d over the input set (a ``Conjunction`` spec), less the float32 forward's
     allowance. ``ball``: BCP's ball bounds (``verifier.engines.bcp.prepare(...).ball``), whose boxes then start
     the forward pass."""
     with torch.no_grad():
-        return spec_bounds(module64, problem, ball, max_neurons).low()
+        return spec_bounds(module64, problem, ball, budget).low()
 
 
 def spec_bounds(module64: GraphModule, problem: Problem, ball: BallBounds | None = None,
-                max_neurons: int | None = None) -> SpecBounds:
+                budget: int | None = None) -> SpecBounds:
     """The forward boxes and rows of ``spec_low`` (arguments as there)."""
     spec = problem.spec
     g = module64.graph
@@ -257,41 +292,41 @@ def spec_bounds(module64: GraphModule, problem: Problem, ball: BallBounds | None
     if spec.is_robustness:
         spec = Conjunction.robustness(spec.labels, z.shape[1])
     c, d = spec.rows()
-    env = boxes(module64, problem.inputs, prior, max_neurons)
-    return SpecBounds(module64, problem, env, c, d, spec_allowance(z, c), max_neurons)
+    env = boxes(module64, problem.inputs, prior, budget)
+    return SpecBounds(module64, problem, env, c, d, spec_allowance(z, c), budget)
 
 
 def crown_margin(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
-                 ball: BallBounds | None = None, max_neurons: int | None = None) -> Tensor:
+                 ball: BallBounds | None = None, budget: int | None = None) -> Tensor:
     """Per input, a lower bound of the problem's margin (the smallest row of a conjunction, the largest such over
     a disjunction's parts): positive where CROWN proves ``problem``. With BCP's ``ball`` bounds (and its
-    ``module64``), its boxes start the forward pass; ``max_neurons`` as in ``boxes``."""
+    ``module64``), its boxes start the forward pass; ``budget`` as in ``boxes``."""
     module64 = module64 or prepare(module)
     if isinstance(problem.spec, Disjunction):
-        return torch.stack([crown_margin(module, part, module64, ball, max_neurons)
+        return torch.stack([crown_margin(module, part, module64, ball, budget)
                             for part in problem.conjunctions()]).amax(0)
-    return spec_low(module64, problem, ball, max_neurons).amin(dim=1)
+    return spec_low(module64, problem, ball, budget).amin(dim=1)
 
 
 def verify_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
-                 ball: BallBounds | None = None, max_neurons: int | None = None) -> Tensor:
+                 ball: BallBounds | None = None, budget: int | None = None) -> Tensor:
     """Per input: whether CROWN proves ``problem`` (any input set, any linear spec or disjunction); arguments as
     ``crown_margin``."""
-    return crown_margin(module, problem, module64, ball, max_neurons) > 0
+    return crown_margin(module, problem, module64, ball, budget) > 0
 
 
 def crown_radii(module: GraphModule, balls: RadiusProblem, report: LipschitzReport | None = None,
                 start: Tensor | None = None, steps: int = SEARCH_STEPS, batch_size: int = 256,
-                max_neurons: int | None = None) -> Tensor:
+                budget: int | None = None) -> Tensor:
     """The largest eps (model space) at which CROWN proves ``balls.at(eps)``, per input, by the margin-guided
     search (``verifier.engines.search.largest_positive``, at most ``steps`` guesses) from ``start`` (radii
     already proved) when given; the result is max(search, start). With the l2 Lipschitz ``report``, BCP's boxes
-    start every forward pass; ``max_neurons`` as in ``boxes`` (0: CROWN only for the spec's rows)."""
+    start every forward pass; ``budget`` as in ``boxes`` (0: CROWN only for the spec's rows)."""
     if report is not None:
         ctx = bcp.prepare(module, report)
         module64, ball = ctx.module64, ctx.ball
     else:
         module64, ball = prepare(module), None
-    r = largest_positive(balls, lambda part: lambda eps: crown_margin(module, part.at(eps), module64, ball,
-                                                                      max_neurons), start, steps, batch_size)
+    r = largest_positive(balls, lambda part, eps: crown_margin(module, part.at(eps), module64, ball, budget),
+                         start, steps, batch_size)
     return r if start is None else torch.maximum(r, start.double().cpu())

@@ -46,32 +46,32 @@ def largest_verified(balls: RadiusProblem, prepare: Callable[[RadiusProblem], Ch
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
-#: a margin prepared for one chunk of inputs: eps (one per input) -> per input, a lower bound of the smallest
-#: margin of the problem at eps (positive: proved)
-Margin = Callable[[Tensor], Tensor]
+#: a margin bound: (a chunk of inputs, eps per input) -> per input, a lower bound of the smallest margin of the
+#: problem at eps (positive: proved)
+Margin = Callable[[RadiusProblem, Tensor], Tensor]
 #: the margin search stops once the bracket is this narrow relative to its upper end
 RTOL = 1e-4
 
 
-def largest_positive(balls: RadiusProblem, prepare: Callable[[RadiusProblem], Margin], start: Tensor | None,
-                     steps: int, batch_size: int, rtol: float = RTOL) -> Tensor:
-    """Per input, the largest eps found at which the margin bound ``prepare(chunk)(eps)`` is positive, guided by
+def largest_positive(balls: RadiusProblem, margin: Margin, start: Tensor | None, steps: int, batch_size: int,
+                     rtol: float = RTOL) -> Tensor:
+    """Per input, the largest eps found at which the margin bound ``margin(inputs, eps)`` is positive, guided by
     its values. Until a failure is known the guess grows: to 1.1x the root of the line through the last two
     values (within 1.25x and 100x the lower end), from max(2 lo, 1e-3). Then regula falsi with the Illinois rule
     between the largest proved eps and the smallest failed one, each guess at least 2% of the bracket from its
-    ends, until the bracket is within ``rtol`` of its upper end, or ``steps`` guesses in all. As in
-    ``largest_verified``, the lower end is always proved (or ``start``: radii already proved, or 0)."""
+    ends, until the bracket is within ``rtol`` of its upper end, or ``steps`` guesses in all; each guess bounds
+    only the inputs still open. As in ``largest_verified``, the lower end is always proved (or ``start``: radii
+    already proved, or 0)."""
     out = []
     for i in range(0, len(balls), batch_size):
         part = balls[i:i + batch_size].to(torch.float64)
-        margin = prepare(part)
         zero = torch.zeros(len(part), dtype=torch.float64)
-        m0 = margin(zero)
+        m0 = margin(part, zero)
         correct = m0 > 0
         lo = zero if start is None else torch.where(correct, start[i:i + batch_size].double().clamp_min(0), zero)
         m_lo = m0
         if bool((lo > 0).any()):  # the margin at a start from elsewhere: a value to guess from where positive
-            m_start = margin(lo)
+            m_start = _on(margin, part, lo, lo > 0)
             m_lo = torch.where(lo == 0, m0, torch.where(m_start > 0, m_start, torch.nan))
         state = _Bracket(lo, m_lo, zero, m0)
         for _ in range(steps):
@@ -79,9 +79,17 @@ def largest_positive(balls: RadiusProblem, prepare: Callable[[RadiusProblem], Ma
             if not bool(open_.any()):
                 break
             guess = torch.where(open_, state.guess(), state.lo)
-            state.update(guess, margin(guess), open_)
+            state.update(guess, _on(margin, part, guess, open_), open_)
         out.append(torch.where(correct, state.lo, zero))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _on(margin: Margin, part: RadiusProblem, eps: Tensor, which: Tensor) -> Tensor:
+    """The margin bound of the inputs ``which`` (NaN for the others)."""
+    index = which.nonzero()[:, 0]
+    values = torch.full_like(eps, torch.nan)
+    values[index] = margin(part[index], eps[index]).to(values.dtype)
+    return values
 
 
 class _Bracket:
