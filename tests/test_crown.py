@@ -185,3 +185,26 @@ def test_maxpool_linear_rule_is_exact_where_one_entry_dominates():
     (coeffs,), bias = op.linear([box], [lam])
     assert float(coeffs[0].abs().sum()) == 0.0 and float(coeffs[1, 0, 0, 1]) == 3.0
     assert abs(float(bias[0]) - (-2.0 * 9.0)) < 1e-7 and abs(float(bias[1])) < 1e-200
+
+
+def test_relu_rows_through_mostly_stable_boxes_match_the_general_rule(monkeypatch):
+    """Mostly stable boxes take the fast path of ``lines_backward`` (one line for both bounds, unstable entries
+    gathered): the same coefficients and, up to rounding allowances, the same bias as the general rule, and
+    sound at sampled points."""
+    import verifier.linear as linear
+
+    gen = torch.Generator().manual_seed(8)
+    lo = torch.randn(3, 200, generator=gen, dtype=torch.float64) * 3
+    hi = lo + torch.rand(3, 200, generator=gen, dtype=torch.float64) * 0.8  # few boxes contain 0
+    box = Box.from_bounds(lo, hi)
+    assert float(((lo < 0) & (hi > 0)).double().mean()) < 0.3
+    lam = torch.randn(3 * 5, 200, generator=gen, dtype=torch.float64)
+    fast = relu_backward(lam, box)
+    monkeypatch.setattr(linear, "_mostly_one_line", lambda *args: None)
+    general = relu_backward(lam, box)
+    assert torch.equal(fast[0], general[0])
+    assert torch.allclose(fast[1], general[1], rtol=0, atol=1e-8)
+    points = box.lo + (box.hi - box.lo) * torch.rand((64, 3, 200), generator=gen, dtype=torch.float64)
+    lhs = (lam.reshape(1, 3, 5, 200) * torch.relu(points)[:, :, None]).sum(-1)
+    rhs = (fast[0].reshape(1, 3, 5, 200) * points[:, :, None]).sum(-1) + fast[1].reshape(1, 3, 5)
+    _holds(lhs, rhs, "relu, fast path")

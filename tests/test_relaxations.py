@@ -69,7 +69,8 @@ def test_activation_lines_hold_on_a_dense_grid(spec):
     op_type = node.op.op_type
     narrow = ((box.hi - box.lo) <= 1.5e-3) & (box.hi > box.lo)
     gap = ((a_u - a_l) * pts + (b_u - b_l)).amax(0)
-    if spec["id"].startswith(SMOOTH) and "tanh" not in spec["id"]:  # second order: |f''| w^2 / 8 and rounding, far below w = 1e-3
+    # second order: |f''| w^2 / 8 and rounding, far below w = 1e-3
+    if spec["id"].startswith(SMOOTH) and "tanh" not in spec["id"]:
         assert float(gap[narrow].max()) <= 1e-6, f"{op_type}: lines {float(gap[narrow].max()):.3g} apart"
 
 

@@ -99,6 +99,10 @@ def lines_backward(lam: Tensor, box: Box, lower: tuple[Tensor, Tensor],
     (alpha-CROWN), (B, R, *shape)."""
     batch = box.shape[0]
     lam_b = rows_of(lam, batch)
+    if lower[0].dim() < lam_b.dim():
+        fast = _mostly_one_line(lam_b, box, lower, upper)
+        if fast is not None:
+            return fast[0].reshape(lam.shape), fast[1]
     (a_l, b_l), (a_u, b_u) = ((v if v.dim() == lam_b.dim() else v[:, None] for v in line) for line in (lower, upper))
     pos, neg = lam_b.clamp_min(0), lam_b.clamp_max(0)
     out = pos * a_l + neg * a_u
@@ -108,6 +112,44 @@ def lines_backward(lam: Tensor, box: Box, lower: tuple[Tensor, Tensor],
     spread = torch.where(out == 0, zero, out.abs() * magnitude(box)[:, None])
     slack = REL64 * (spread.reshape(terms.shape).sum(-1) + terms.abs().sum(-1))
     return out.reshape(lam.shape), (terms.sum(-1) - slack - TINY64).reshape(-1)
+
+
+def _mostly_one_line(lam_b: Tensor, box: Box, lower: tuple[Tensor, Tensor],
+                     upper: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor] | None:
+    """``lines_backward`` where most entries have one line through 0 for both bounds (stable ReLUs: a x with
+    a = 0 or 1) and the box is finite: lam' = lam a there, and the other entries, gathered, choose their line
+    by the sign of lam as in the general case; the allowance is the same, REL64 (|lam'| . m + |terms|), its
+    first sum a batched product. None where this does not apply (the general case then)."""
+    (a_l, b_l), (a_u, b_u) = lower, upper
+    b, r = lam_b.shape[:2]
+    m = magnitude(box).reshape(b, -1)
+    a_l, a_u, b_l, b_u = (t.reshape(b, -1) for t in (a_l, a_u, b_l, b_u))
+    same = (a_l == a_u) & (b_l == 0) & (b_u == 0)
+    if float(same.double().mean()) < 0.5 or not bool(torch.isfinite(m).all() and torch.isfinite(a_l).all()):
+        return None
+    lam3 = lam_b.reshape(b, r, -1)
+    out = lam3 * a_l[:, None]
+    counts = (~same).sum(1)
+    k = int(counts.max())
+    terms = torch.zeros((b, r), dtype=lam3.dtype, device=lam3.device)
+    if k:
+        index = torch.argsort(same.to(torch.int8), dim=1, stable=True)[:, :k]  # (B, k): the other entries first
+        valid = (torch.arange(k, device=index.device)[None] < counts[:, None])[:, None]  # (B, 1, k)
+        at = index[:, None].expand(b, r, k)
+        lam_d = lam3.gather(2, at)
+        al, au, bl, bu = (t.gather(1, index)[:, None] for t in (a_l, a_u, b_l, b_u))
+        out_d = torch.where(lam_d >= 0, lam_d * al, lam_d * au)
+        zero = torch.zeros((), dtype=lam3.dtype, device=lam3.device)
+        part = torch.where(lam_d > 0, lam_d * bl, torch.where(lam_d < 0, lam_d * bu, zero))
+        part = torch.where(valid, part, zero)
+        out.scatter_(2, at, torch.where(valid, out_d, out.gather(2, at)))
+        terms = part.sum(-1)
+        slack_terms = part.abs().sum(-1)
+    else:
+        slack_terms = terms
+    spread = torch.bmm(out.abs(), m[..., None])[..., 0]  # |lam'| . m
+    bias = terms - REL64 * (spread + slack_terms) - TINY64
+    return out, bias.reshape(-1)
 
 
 def relu_backward(lam: Tensor, box: Box, lower_slope: Tensor | None = None) -> tuple[Tensor, Tensor]:

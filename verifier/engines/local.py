@@ -12,10 +12,11 @@ the argument holds, and certificates are about inputs in the domain as for every
 L_j(R) for any graph (``local_bounds``): the forward boxes of every tensor over that set come from BCP's walk
 (``verifier.engines.bcp.walk``: interval images intersected with the Lipschitz-ball boxes, for p = 2; for p = inf the
 l2 ball of radius sqrt(N) R circumscribing the box, BCP §3.1), tightened by CROWN's intermediate bounds
-(``verifier.engines.crown.boxes``, within its budget of unstable entries), and the gradient of s . z with s = e_y - e_j is
-enclosed by propagating a box backwards through every node's Jacobian rule (``verifier.jacobian``); L_j is
-the q-norm of the largest magnitudes in the input gradient's box. Where the model ends with an affine layer, the
-global pairwise bound L_sub ||w_y - w_j||_2 (LMT Prop. 2) also bounds the local one, and L_j is the smaller.
+(``verifier.engines.crown.boxes``, where they are cheap: ``CROWN_BOXES``), and the gradient of s . z with
+s = e_y - e_j is enclosed by propagating a box backwards through every node's Jacobian rule
+(``verifier.jacobian``); L_j is the q-norm of the largest magnitudes in the input gradient's box. Where the model
+ends with an affine layer, the global pairwise bound L_sub ||w_y - w_j||_2 (LMT Prop. 2) also bounds the local
+one, and L_j is the smaller.
 
 Proposition 2.2 (``prop22_bounds``), for one-hidden-layer networks z = W sigma(U x + a) + b with a nondecreasing
 activation: ||grad (z_y - z_j)||_2^2 = sum_{r,m} beta_rm s_r s_m with beta_rm = d_r d_m (U U^T)_rm, d = w_y - w_j
@@ -53,6 +54,9 @@ from verifier.problem import Problem, RadiusProblem
 from verifier.rounding import REL64
 
 BISECTION_STEPS = 10
+#: the budget of CROWN's intermediate bounds (``verifier.engines.crown.boxes``) under the local bounds: every R
+#: tried pays it, so only the cheap ones (MLP layers)
+CROWN_BOXES = 2 ** 19
 #: most float64 entries of the gradient boxes of one chunk of inputs (B * K * largest tensor)
 GRADIENT_BUDGET = 2 ** 24
 
@@ -166,7 +170,7 @@ def local_bounds(ctx: LocalContext, problem: Problem, clean: dict[str, Tensor] |
     x64 = centre.to(torch.float64)
     clean = clean_values(bctx, x64) if clean is None else clean
     env = walk(module, bctx.ball, problem.inputs.box(torch.float64), clean, rho, report.output)
-    env = boxes(module, problem.inputs, env)  # CROWN's intermediate bounds where they are tighter
+    env = boxes(module, problem.inputs, env, CROWN_BOXES)  # CROWN's intermediate bounds where they are cheap
     out_shape = tuple(module.graph.shapes[report.output][1:])
     k = math.prod(out_shape)
     grad = gradient_box(module, env, _seeds(y, k, out_shape), report.output)
