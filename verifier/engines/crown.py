@@ -50,7 +50,7 @@ BALL_ROUNDS = 16
 #: the graph before it (what the rows +-e_i cost, dense) stay within this; else the forward box is kept. MLPs
 #: and small CNNs (oval21's cifar_base_kw) get every intermediate bound; larger convolutional layers cost too
 #: much with dense rows
-CROWN_BUDGET = 2 ** 22
+CROWN_BUDGET = 2 ** 24
 #: most float64 entries of the coefficient tensors of one backward pass (rows x largest tensor)
 ROW_BUDGET = 2 ** 24
 
