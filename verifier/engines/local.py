@@ -56,7 +56,7 @@ from verifier.rounding import REL64
 BISECTION_STEPS = 10
 #: the budget of CROWN's intermediate bounds (``verifier.engines.crown.boxes``) under the local bounds: every R
 #: tried pays it, so only the cheap ones (MLP layers)
-CROWN_BOXES = 2 ** 19
+CROWN_BOXES = 2 ** 21
 #: most float64 entries of the gradient boxes of one chunk of inputs (B * K * largest tensor)
 GRADIENT_BUDGET = 2 ** 24
 
