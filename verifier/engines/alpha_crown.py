@@ -7,10 +7,11 @@ per such op, and for every intermediate tensor that CROWN tightens (``crown.boxe
 per such op before it (rows +e_i and -e_i). They start at CROWN's choice and move by projected gradient ascent
 (Adam, then a clamp to [0, 1]) on the sum of the spec rows' lower bounds not yet positive, the intermediate boxes
 recomputed from them at every step, each intersected with CROWN's and those of every step before (so never
-looser). Every iterate is a sound
-bound, so the result is the largest value any iterate gave, per row: never below CROWN's (the first iterate is
-CROWN). Where the intermediate variables would exceed ``SLOPE_ENTRIES`` per input, only the spec's rows get
-variables and the boxes stay CROWN's.
+looser; the gradient passes straight through those intersections, ``crown._through``, else a slope whose bound
+ties with an older one would never move). Every iterate is a sound bound, so the result is the largest value
+any iterate gave, per row: never below CROWN's (the first iterate is CROWN). Where the intermediate variables
+would exceed ``SLOPE_ENTRIES`` per input, only the spec's rows get variables and the boxes stay CROWN's.
+Measured against auto_LiRPA's alpha-CROWN on mnist-net_256x2 (benchmarks/crown.py): the same radii to 1e-4.
 """
 from __future__ import annotations
 

@@ -132,13 +132,7 @@ class MaxPool(_Pool):
         nd = len(self.kernel)
         if not is_box(x) or nd > 2:
             raise no_gradient_rule(self)
-        pads, overhang = self._layout(x.shape[2:])
-        full = [(pb, pe + o) for (pb, pe), o in zip(pads, overhang)]
-        lo, hi = (pad_spatial(t, full, value=-math.inf) for t in (x.lo, x.hi))
-        kernel, strides, dilations = list(self.kernel), list(self.strides), list(self.dilations)
-        if nd == 1:
-            lo, hi = lo.unsqueeze(2), hi.unsqueeze(2)
-            kernel, strides, dilations = [1, *kernel], [1, *strides], [1, *dilations]
+        pads, lo, hi, (kernel, strides, dilations) = self._padded_2d(x)
         g_c, g_r = g.center.reshape(g.shape[0], g.shape[1], -1), g.radius.reshape(g.shape[0], g.shape[1], -1)
         c, r = window_max_transpose(lo, hi, g_c, g_r, kernel, strides, dilations)
         index = tuple(slice(pb, pb + n) for (pb, _), n in zip(pads, x.shape[2:]))
@@ -146,6 +140,18 @@ class MaxPool(_Pool):
         if nd == 1:
             c, r = c.squeeze(2), r.squeeze(2)
         return [Box(c[(Ellipsis, *index)], r[(Ellipsis, *index)])]
+
+    def _padded_2d(self, x: Box) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor, tuple[list[int], ...]]:
+        """The pads, the box's bounds padded with -inf (never a window's max) and as 2-D maps (a 1-D pool gets a
+        height of 1), and the window's kernel, strides and dilations to match."""
+        pads, overhang = self._layout(x.shape[2:])
+        full = [(pb, pe + o) for (pb, pe), o in zip(pads, overhang)]
+        lo, hi = (pad_spatial(t, full, value=-math.inf) for t in (x.lo, x.hi))
+        kernel, strides, dilations = list(self.kernel), list(self.strides), list(self.dilations)
+        if len(self.kernel) == 1:
+            lo, hi = lo.unsqueeze(2), hi.unsqueeze(2)
+            kernel, strides, dilations = [1, *kernel], [1, *strides], [1, *dilations]
+        return pads, lo, hi, (kernel, strides, dilations)
 
     def linear(self, inputs, lams):
         """CROWN's window max (as DeepPoly's): per window, j the entry with the largest lower bound; max >= x_j
@@ -157,13 +163,7 @@ class MaxPool(_Pool):
         nd = len(self.kernel)
         if not is_box(x) or x.integer or nd > 2:
             return super().linear(inputs, lams)
-        pads, overhang = self._layout(x.shape[2:])
-        full = [(pb, pe + o) for (pb, pe), o in zip(pads, overhang)]
-        lo, hi = (pad_spatial(t, full, value=-math.inf) for t in (x.lo, x.hi))
-        kernel, strides, dilations = list(self.kernel), list(self.strides), list(self.dilations)
-        if nd == 1:
-            lo, hi = lo.unsqueeze(2), hi.unsqueeze(2)
-            kernel, strides, dilations = [1, *kernel], [1, *strides], [1, *dilations]
+        pads, lo, hi, (kernel, strides, dilations) = self._padded_2d(x)
         lo_w, hi_w = (window_entries(t, kernel, strides, dilations) for t in (lo, hi))  # (B, C, k, L)
         best = lo_w.argmax(dim=2, keepdim=True)
         chosen = torch.zeros_like(lo_w, dtype=torch.bool).scatter_(2, best, True)
