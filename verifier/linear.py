@@ -152,6 +152,11 @@ def _mostly_one_line(lam_b: Tensor, box: Box, lower: tuple[Tensor, Tensor],
     return out, bias.reshape(-1)
 
 
+def adaptive_slope(box: Box) -> Tensor:
+    """CROWN's lower slope of ReLU over [l, u]: 1 where u >= -l, else 0 (the line closer to the triangle)."""
+    return (box.hi >= -box.lo).to(box.lo.dtype)
+
+
 def relu_backward(lam: Tensor, box: Box, lower_slope: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """ReLU's triangle relaxation (CROWN): over the input box [l, u], relu(z) >= a z with a in [0, 1] (``lower_slope``
     per entry; default CROWN's adaptive choice, 1 where u >= -l, else 0) and, where l < 0 < u, relu(z) <= s (z - l)
@@ -166,7 +171,7 @@ def relu_backward(lam: Tensor, box: Box, lower_slope: Tensor | None = None) -> t
     s = torch.where(unstable, hi / width, zero)
     t = torch.where(unstable, -s * lo + 8 * 2.0 ** -53 * s * (lo.abs() + hi.abs()) + TINY64, zero)
     if lower_slope is None:
-        a = torch.where(active, one, torch.where(unstable, (hi >= -lo).to(lo.dtype), zero))
+        a = torch.where(active, one, torch.where(unstable, adaptive_slope(box), zero))
     else:
         rows = lower_slope.dim() > lo.dim()
         fixed, free = (active[:, None], unstable[:, None]) if rows else (active, unstable)

@@ -213,7 +213,7 @@ def _crown(task: Task) -> Tensor:
     """CROWN's radii (over BCP's boxes in l2), by bisection above the radii already found."""
     from verifier.engines.crown import crown_radii
 
-    report = task.bounds.l2 if task.norm == 2 else None
+    report = _crown_report(task)
     task._crown = crown_radii(task.cpu_module(), task.problem, report, start=_crown_start(task),
                               batch_size=task.batch_size).cpu()
     return task._crown
@@ -221,17 +221,18 @@ def _crown(task: Task) -> Tensor:
 
 def _crown_check(task: Task, eps: float) -> Tensor:
     from verifier.certificates.certify import certified_at
-    from verifier.engines import bcp
-    from verifier.engines.crown import prepare, verify_crown
+    from verifier.engines.crown import context, verify_crown
 
     module = task.cpu_module()
-    if task.norm == 2:
-        ctx = bcp.prepare(module, task.bounds.l2)
-        ok = verify_crown(module, task.problem.at(eps), ctx.module64, ctx.ball).cpu()
-    else:
-        ok = verify_crown(module, task.problem.at(eps), prepare(module)).cpu()
+    ok = verify_crown(module, task.problem.at(eps), *context(module, _crown_report(task))).cpu()
     start = task.start()
     return ok if start is None else ok | certified_at(start, eps)
+
+
+def _crown_report(task: Task) -> Any:
+    """The l2 Lipschitz report whose BCP boxes start CROWN's forward passes (l2 only: for l_inf balls the
+    circumscribed l2 ball's boxes cost more than they give)."""
+    return task.bounds.l2 if task.norm == 2 else None
 
 
 def _alpha_crown(task: Task) -> Tensor:
@@ -240,7 +241,7 @@ def _alpha_crown(task: Task) -> Tensor:
 
     from verifier.engines.alpha_crown import alpha_crown_radii
 
-    report = task.bounds.l2 if task.norm == 2 else None
+    report = _crown_report(task)
     start = (task._crown if task._crown is not None else _crown(task)).double()
     if task.found is not None:
         start = torch.maximum(start, task.found.double().cpu())

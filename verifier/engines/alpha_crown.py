@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 
 from verifier.ir import GraphModule
-from verifier.problem import Disjunction, Problem, RadiusProblem
+from verifier.linear import adaptive_slope
+from verifier.problem import Problem, RadiusProblem
 
-from . import bcp
 from .bcp import BallBounds
-from .crown import SpecBounds, crown_radii, prepare, spec_bounds
+from .crown import SpecBounds, context, crown_radii, over_parts, prepare, spec_bounds
 from .lipschitz import LipschitzReport
 from .search import largest_positive
 
@@ -48,14 +48,14 @@ def _unstable_nodes(module64: GraphModule, env: dict[str, Any], target: str) -> 
     out = []
     for node in module64.graph.nodes_up_to(target):
         box = env.get(node.inputs[0]) if node.inputs else None
-        if node.op.slope_variable and box is not None and bool(((box.lo < 0) & (box.hi > 0)).any()):
+        if node.op.slope_variable and box is not None and bool(node.op.unstable(box).any()):
             out.append(node)
     return out
 
 
 def _crown_choice(box: Any) -> Tensor:
-    """CROWN's adaptive lower slope (1 where u >= -l, else 0), detached, (B, *shape)."""
-    return (box.hi >= -box.lo).to(torch.float64).detach()
+    """CROWN's adaptive lower slope, detached, (B, *shape)."""
+    return adaptive_slope(box).detach()
 
 
 class Slopes:
@@ -151,12 +151,12 @@ def alpha_crown_margin(module: GraphModule, problem: Problem, module64: GraphMod
     """Per input, alpha-CROWN's lower bound of the problem's margin (positive: proved; any input set, any linear
     spec or disjunction); arguments as ``verifier.engines.crown.crown_margin``."""
     module64 = module64 or prepare(module)
-    if isinstance(problem.spec, Disjunction):
-        return torch.stack([alpha_crown_margin(module, part, module64, ball, budget, steps)
-                            for part in problem.conjunctions()]).amax(0)
-    with torch.no_grad():
-        crown = spec_bounds(module64, problem, ball, budget)
-    return optimized_low(crown, steps).amin(dim=1)
+
+    def conjunction(part: Problem) -> Tensor:
+        with torch.no_grad():
+            crown = spec_bounds(module64, part, ball, budget)
+        return optimized_low(crown, steps).amin(dim=1)
+    return over_parts(problem, conjunction)
 
 
 def _hopeless(history: list[Tensor], left: int, window: int = 4) -> bool:
@@ -184,11 +184,7 @@ def alpha_crown_radii(module: GraphModule, balls: RadiusProblem, report: Lipschi
     ``report``: the l2 Lipschitz report, as in ``crown_radii``."""
     if start is None:
         start = crown_radii(module, balls, report, None, batch_size=batch_size, budget=budget)
-    if report is not None:
-        ctx = bcp.prepare(module, report)
-        module64, ball = ctx.module64, ctx.ball
-    else:
-        module64, ball = prepare(module), None
+    module64, ball = context(module, report)
 
     def margin(part: RadiusProblem, eps: Tensor) -> Tensor:
         return alpha_crown_margin(module, part.at(eps), module64, ball, budget)

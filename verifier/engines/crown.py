@@ -302,10 +302,24 @@ def crown_margin(module: GraphModule, problem: Problem, module64: GraphModule | 
     a disjunction's parts): positive where CROWN proves ``problem``. With BCP's ``ball`` bounds (and its
     ``module64``), its boxes start the forward pass; ``budget`` as in ``boxes``."""
     module64 = module64 or prepare(module)
+    return over_parts(problem, lambda part: spec_low(module64, part, ball, budget).amin(dim=1))
+
+
+def over_parts(problem: Problem, margin: Any) -> Tensor:
+    """A margin bound of any spec from one of conjunctions (``margin(conjunctive problem)``, per input): the
+    largest over a disjunction's parts."""
     if isinstance(problem.spec, Disjunction):
-        return torch.stack([crown_margin(module, part, module64, ball, budget)
-                            for part in problem.conjunctions()]).amax(0)
-    return spec_low(module64, problem, ball, budget).amin(dim=1)
+        return torch.stack([margin(part) for part in problem.conjunctions()]).amax(0)
+    return margin(problem)
+
+
+def context(module: GraphModule, report: LipschitzReport | None) -> tuple[GraphModule, BallBounds | None]:
+    """The float64 module and, with the l2 Lipschitz ``report``, BCP's ball bounds that start every forward pass
+    (the arguments ``crown_margin`` and alpha-CROWN take)."""
+    if report is None:
+        return prepare(module), None
+    ctx = bcp.prepare(module, report)
+    return ctx.module64, ctx.ball
 
 
 def verify_crown(module: GraphModule, problem: Problem, module64: GraphModule | None = None,
@@ -322,11 +336,7 @@ def crown_radii(module: GraphModule, balls: RadiusProblem, report: LipschitzRepo
     search (``verifier.engines.search.largest_positive``, at most ``steps`` guesses) from ``start`` (radii
     already proved) when given; the result is max(search, start). With the l2 Lipschitz ``report``, BCP's boxes
     start every forward pass; ``budget`` as in ``boxes`` (0: CROWN only for the spec's rows)."""
-    if report is not None:
-        ctx = bcp.prepare(module, report)
-        module64, ball = ctx.module64, ctx.ball
-    else:
-        module64, ball = prepare(module), None
+    module64, ball = context(module, report)
     r = largest_positive(balls, lambda part, eps: crown_margin(module, part.at(eps), module64, ball, budget),
                          start, steps, batch_size)
     return r if start is None else torch.maximum(r, start.double().cpu())
