@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("numeric kit and value types", ("verifier", "verifier.errors", "verifier.rounding", "verifier.fused",
                                      "verifier.box", "verifier.jacobian", "verifier.conv_norms", "verifier.margins",
                                      "verifier.last_layer", "verifier.problem", "verifier.linear",
-                                     "verifier.relaxations")),
+                                     "verifier.relaxations", "verifier.patches")),
     ("ops", ("verifier.ops", "verifier.ops.")),
     ("IR", ("verifier.ir", "verifier.rewrite")),
     ("engines and frontends", ("verifier.engines", "verifier.engines.", "frontends", "frontends.")),

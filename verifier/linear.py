@@ -65,9 +65,6 @@ def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None
         seeds = [rows_of(lam, batch).transpose(0, 1) for _, lam in pairs]  # (R, B, *out): a batch of seeds
         grads = torch.autograd.grad([o for o, _ in pairs], xs, seeds, allow_unused=True, create_graph=tracked,
                                     is_grads_batched=True)
-    outs = [o.detach() for o in outs]
-    bias = sum((rows_of(lam, batch) * o[:, None]).reshape(rows, -1).sum(1) for o, lam in zip(outs, lams)
-               if lam is not None)
     # rounding: |J| m from the interval rule at [-m, m], per forward sample, then |lam| . (|J| m + |f(0)|)
     args = list(inputs)
     for k in dyn:
@@ -75,12 +72,15 @@ def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None
         args[k] = Box(torch.zeros_like(m), m)
     boxes = op.interval(*args)
     boxes = list(boxes) if isinstance(boxes, tuple) else [boxes]
-    slack = torch.zeros(rows, dtype=like.dtype, device=like.device)
+    bias = slack = torch.zeros(rows, dtype=like.dtype, device=like.device)
     for b, o, lam in zip(boxes, outs, lams):
         if lam is None:
             continue
+        o = o.detach()
         spread = b.radius.abs() + b.center.abs() + o.abs()  # (B, *out): |J| m + |f(0)| up to rounding
-        slack = slack + (rows_of(lam, batch).abs() * spread[:, None]).reshape(rows, -1).sum(1)
+        lam3 = lam.reshape(batch, per, -1)
+        bias = bias + torch.bmm(lam3, o.reshape(batch, -1, 1)).reshape(rows)
+        slack = slack + torch.bmm(lam3.abs(), spread.reshape(batch, -1, 1)).reshape(rows)
     out: list[Tensor | None] = [None] * len(inputs)
     for k, x, g in zip(dyn, xs, grads):
         g = torch.zeros((per, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
@@ -164,6 +164,12 @@ def relu_backward(lam: Tensor, box: Box, lower_slope: Tensor | None = None) -> t
     8 u_64 s (|l| + |u|) + tiny so that it stays above relu in spite of the rounding of s and of s l
     (``lines_backward`` then). Shapes: lam (B * R, *shape), box batch B, ``lower_slope`` like the box or one
     per row, (B, R, *shape) (alpha-CROWN's variables, clamped to [0, 1] here)."""
+    return lines_backward(lam, box, *relu_lines(box, lower_slope))
+
+
+def relu_lines(box: Box, lower_slope: Tensor | None = None) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """The lines (slope, offset) below and above relu of ``relu_backward`` (its docstring), shaped like the box
+    or, with per-row ``lower_slope``, the lower one like those."""
     lo, hi = box.lo, box.hi
     active, unstable = lo >= 0, (lo < 0) & (hi > 0)
     width = (hi - lo).clamp_min(torch.finfo(lo.dtype).tiny)
@@ -176,7 +182,7 @@ def relu_backward(lam: Tensor, box: Box, lower_slope: Tensor | None = None) -> t
         rows = lower_slope.dim() > lo.dim()
         fixed, free = (active[:, None], unstable[:, None]) if rows else (active, unstable)
         a = torch.where(fixed, 1.0, torch.where(free, lower_slope.clamp(0.0, 1.0), 0.0))
-    return lines_backward(lam, box, (a, torch.zeros_like(a)), (torch.where(active, one, s), t))
+    return (a, torch.zeros_like(a)), (torch.where(active, one, s), t)
 
 
 def box_backward(lams: Sequence[Tensor | None], boxes: Sequence[Box]) -> Tensor:

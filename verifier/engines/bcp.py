@@ -76,11 +76,13 @@ class BallBounds:
     """What BCP's walk intersects the interval images with (module docstring, (a) and (b)): ``tensor_bounds``,
     per tensor t a bound of the l2 Lipschitz constant of input -> t (floats; differentiable estimates in
     training, ``training.bcp_bound``); ``row_norms``, per affine-chain output the l2 norms of the chain's rows
-    (sample shape); ``chain_input``, per chain output the chain's input tensor."""
+    (sample shape); ``chain_input``, per chain output the chain's input tensor; ``exact_rows``, the chain outputs
+    whose row norms are those of the materialized chain matrix (not the operator-norm bound)."""
 
     tensor_bounds: dict[str, Any] = field(default_factory=dict)
     row_norms: dict[str, Tensor] = field(default_factory=dict)
     chain_input: dict[str, str] = field(default_factory=dict)
+    exact_rows: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -112,11 +114,36 @@ def prepare(module: GraphModule, report: LipschitzReport, bcp: bool = True) -> C
             with torch.no_grad():
                 _, matrix = chain_matrix(module64, nodes, dynamic)
             rows = matrix.double().norm(dim=1) * (1 + REL64)
+            ctx.ball.exact_rows.add(seg.output)
+        elif (squares := _squared_rows(module64, seg)) is not None:
+            rows = squares.clamp_min(0).sqrt() * (1 + REL64)
+            ctx.ball.exact_rows.add(seg.output)
         else:
             rows = torch.full((n_out,), seg.bound * (1 + REL64), dtype=torch.float64)
         ctx.ball.row_norms[seg.output] = rows.reshape(out_shape)
         ctx.ball.chain_input[seg.output] = seg.input
     return ctx
+
+
+def _squared_rows(module64: GraphModule, seg: Any) -> Tensor | None:
+    """The squared row norms of a chain that is one weight op after data movements (``Op.permutes_entries``),
+    from ``Op.squared_row_norms`` (a convolution of ones with the squared kernel: exact, borders included), for
+    chains too large to materialize; None for other chains. Sums of nonnegative float64 terms: within REL64."""
+    g = module64.graph
+    nodes = [g.node(name) for name in seg.nodes]
+    prev = seg.input
+    for k, node in enumerate(nodes):
+        if node.op.permutes_entries and k < len(nodes) - 1:
+            prev = node.outputs[0]
+            continue
+        if k != len(nodes) - 1 or not node.inputs or node.inputs[0] != prev:
+            return None
+        args = [None if not t else (t if t == prev else module64.tensor(t)) for t in node.inputs]
+        ones = torch.ones((1, *g.shapes[prev][1:]), dtype=torch.float64)
+        with torch.no_grad():
+            squares = node.op.squared_row_norms(ones, args)
+        return None if squares is None else squares.reshape(g.shapes[seg.output][1:])
+    return None
 
 
 def clean_values(ctx: Context, x: Tensor) -> dict[str, Tensor]:

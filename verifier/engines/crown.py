@@ -21,7 +21,7 @@ float32 forward. Needs a model that runs whole batches.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ from verifier.ir import GraphModule
 from verifier.last_layer import ball_box_min
 from verifier.linear import box_backward
 from verifier.margins import spec_allowance
+from verifier.patches import Patches
 from verifier.problem import Conjunction, Disjunction, InputSet, LpBall, Problem, RadiusProblem
 from verifier.rounding import REL64, TINY64
 
@@ -51,6 +52,9 @@ BALL_ROUNDS = 16
 #: and small CNNs (oval21's cifar_base_kw) get every intermediate bound; larger convolutional layers cost too
 #: much with dense rows
 CROWN_BUDGET = 2 ** 24
+#: CROWN's rows +-e_i on (C, H, W) tensors start as local rows (``verifier.patches``: windows through 2-D
+#: convolutions and activations, dense from the first other op); False: dense from the start (same bounds)
+LOCAL_ROWS = True
 #: most float64 entries of the coefficient tensors of one backward pass (rows x largest tensor)
 ROW_BUDGET = 2 ** 24
 
@@ -71,8 +75,9 @@ def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tenso
     along it)."""
     g = module64.graph
     slopes = slopes or {}
-    lams: dict[str, Tensor] = {target: lam}
-    bias = torch.zeros(lam.shape[0], dtype=lam.dtype, device=lam.device)
+    lams: dict[str, Any] = {target: lam}
+    like = lam.data if isinstance(lam, Patches) else lam
+    bias = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
     if target == g.input_name:
         return lam, bias
     with torch.set_grad_enabled(any(v.requires_grad for v in slopes.values())):
@@ -85,8 +90,13 @@ def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tenso
                 if is_box(a) and not g.keeps_batch_in_front(t):
                     raise NoRuleError(f"CROWN: the tensor '{t}' (node '{node.name}') does not keep the batch axis "
                                       "in front")
+            local = node.op.linear_patches(args, outs[0]) if isinstance(outs[0], Patches) else None
+            if local is None:
+                outs = [_dense(o) for o in outs]
             try:
-                if node.name in slopes:
+                if local is not None:
+                    in_lams, b = local
+                elif node.name in slopes:
                     in_lams, b = node.op.linear(args, outs, lower_slope=slopes[node.name])
                 else:
                     in_lams, b = node.op.linear(args, outs)
@@ -95,8 +105,13 @@ def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tenso
             bias = bias + b
             for t, part in zip(node.inputs, in_lams):
                 if part is not None and t and is_box(env.get(t)):
-                    lams[t] = lams[t] + part if t in lams else part
+                    lams[t] = _dense(lams[t]) + _dense(part) if t in lams else part
     return lams.get(g.input_name), bias
+
+
+def _dense(lam: Any) -> Any:
+    """Rows as dense coefficients (local rows, ``verifier.patches``, made dense; anything else as it is)."""
+    return lam.dense() if isinstance(lam, Patches) else lam
 
 
 def _concretize(inputs: InputSet, box: Box, coeffs: Tensor | None, rows: int) -> Tensor:
@@ -105,17 +120,24 @@ def _concretize(inputs: InputSet, box: Box, coeffs: Tensor | None, rows: int) ->
     if coeffs is None:
         return torch.zeros((b, rows), dtype=torch.float64)
     if not isinstance(inputs, LpBall) or inputs.norm != 2:
-        return box_backward([coeffs], [box]).reshape(b, rows)
+        return box_backward([_dense(coeffs)], [box]).reshape(b, rows)
     x0 = inputs.center.to(torch.float64).reshape(b, 1, -1)
-    c = coeffs.reshape(b, rows, -1)
     lo = ((box.lo.reshape(b, 1, -1) - x0) * (1 + REL64) - TINY64).clamp_max(0.0)
     hi = ((box.hi.reshape(b, 1, -1) - x0) * (1 + REL64) + TINY64).clamp_min(0.0)
-    at_centre = (c * x0).sum(-1) - REL64 * (c.abs() * x0.abs()).sum(-1) - TINY64
     rho = inputs.eps.to(torch.float64)[:, None]
-    if bool(((lo <= -rho[..., None]) & (hi >= rho[..., None])).all()):
+    uncut = bool(((lo <= -rho[..., None]) & (hi >= rho[..., None])).all())
+    if uncut and isinstance(coeffs, Patches):  # each row's window holds all its nonzero entries
+        centre = inputs.center.to(torch.float64)
+        at_centre = coeffs.dot(centre) - REL64 * Patches.dot(replace(coeffs, data=coeffs.data.abs()), centre.abs())
+        norm = torch.linalg.vector_norm(coeffs.data.flatten(1), dim=1)
+        return (at_centre - TINY64).reshape(b, rows) - rho * norm.reshape(b, rows) * (1 + 2 * REL64) - TINY64
+    c = _dense(coeffs).reshape(b, rows, -1)
+    x0v = x0.reshape(b, -1, 1)
+    at_centre = (torch.bmm(c, x0v) - REL64 * torch.bmm(c.abs(), x0v.abs()))[..., 0] - TINY64
+    if uncut:
         # the box does not cut the ball: min over the ball alone, -rho ||c||_2 (the sum of squares rounds by
         # at most REL64 relative, the root halves that, the product rounds once)
-        return at_centre - rho * c.square().sum(-1).sqrt() * (1 + 2 * REL64) - TINY64
+        return at_centre - rho * torch.linalg.vector_norm(c, dim=-1) * (1 + 2 * REL64) - TINY64
     return at_centre + ball_box_min(c, lo, hi, rho, rounds=BALL_ROUNDS)
 
 
@@ -146,11 +168,17 @@ def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, nam
     for j in range(0, most, step):
         idx, ok = index[:, j:j + step], valid[:, j:j + step]
         r = idx.shape[1]
-        eye = torch.zeros((b, r, n), dtype=torch.float64)
-        eye.scatter_(2, idx[..., None], ok[..., None].to(torch.float64))
-        rows = torch.cat([eye, -eye], dim=1)  # (B, 2r, n)
         chunk = slopes.chunk(name, env, j, r) if slopes is not None else None
-        coeffs, bias = backward(module64, env, name, rows.reshape(b * 2 * r, *shape), chunk)
+        if LOCAL_ROWS and len(shape) == 3 and chunk is None:
+            one = ok.to(torch.float64)
+            rows = Patches.start(torch.cat([one, -one], 1), torch.cat([idx, idx], 1), shape)
+        else:
+            rows = torch.zeros((b, 2 * r, n), dtype=torch.float64)  # (B, 2r, n): +e_i, then -e_i
+            one = ok[..., None].to(torch.float64)
+            rows[:, :r].scatter_(2, idx[..., None], one)
+            rows[:, r:].scatter_(2, idx[..., None], -one)
+            rows = rows.reshape(b * 2 * r, *shape)
+        coeffs, bias = backward(module64, env, name, rows, chunk)
         low = _concretize(inputs, env[module64.graph.input_name], coeffs, 2 * r) + bias.reshape(b, 2 * r)
         new_lo, new_hi = low[:, :r], -low[:, r:]
         keep = ok & (new_lo <= new_hi)  # a crossing can only come from rounding at a point box: keep the interval
@@ -171,16 +199,45 @@ def _prefix_entries(module64: GraphModule, name: str) -> int:
     return sum(math.prod(g.shapes[t][1:]) for t in tensors if t in g.shapes)
 
 
+def settled(module64: GraphModule, inputs: InputSet, ball: BallBounds | None = None) -> dict[str, Tensor]:
+    """Per tensor, the inputs (B,) where its forward box is already what CROWN would give it (tightening it
+    cannot help): where the set is concretized over a box (l_inf balls, boxes), the output of an affine op whose
+    one input-dependent argument is the model input (the interval image of a box under an affine map is exact up
+    to rounding); for l2 balls the domain box does not cut, with BCP's ``ball`` bounds (their boxes start the
+    walk), the outputs of the affine chains from the model input whose row norms are exact: BCP's (b) is then
+    A x0 + a +- eps ||A_i||_2, CROWN's closed form. Skipping a tightening is always sound."""
+    g = module64.graph
+    b = len(inputs)
+    every = torch.ones(b, dtype=torch.bool)
+    if not isinstance(inputs, LpBall) or inputs.norm != 2:
+        dynamic = g.dependent_tensors()
+        out = {}
+        for node in g.nodes():
+            flags = [bool(t) and t in dynamic for t in node.inputs]
+            if flags.count(True) == 1 and node.inputs[flags.index(True)] == g.input_name \
+                    and node.op.linear_in_inputs(flags):
+                out.update({o: every for o in node.outputs if o})
+        return out
+    if ball is None or float(ball.tensor_bounds.get(g.input_name, math.inf)) > 1.0:
+        return {}
+    box, x0 = inputs.box(torch.float64), inputs.center.to(torch.float64)
+    rho = inputs.eps.to(torch.float64).reshape(-1, *[1] * (x0.dim() - 1))
+    uncut = ((box.lo <= x0 - rho) & (box.hi >= x0 + rho)).reshape(b, -1).all(1)
+    return {t: uncut for t in ball.exact_rows if ball.chain_input.get(t) == g.input_name}
+
+
 def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None = None,
-          budget: int | None = None, slopes: Any = None) -> dict[str, Any]:
+          budget: int | None = None, slopes: Any = None, done: dict[str, Tensor] | None = None) -> dict[str, Any]:
     """Forward boxes of every tensor over the input set: interval images, intersected with the ``prior`` boxes
     when given (e.g. BCP's, ``verifier.engines.bcp.walk``), and the inputs of every nonlinear op tightened by
     CROWN where the entries to tighten per input (``Op.unstable``) times the entries of the graph before them
-    are at most ``budget`` (default ``CROWN_BUDGET``; 0: none). ``slopes``: alpha-CROWN's
-    variables for those tightenings (as in ``_tightened``), the boxes then differentiable in them."""
+    are at most ``budget`` (default ``CROWN_BUDGET``; 0: none), except on the inputs ``done`` names per tensor
+    (``settled``; default: those ``settled`` finds without a ball). ``slopes``: alpha-CROWN's variables for those
+    tightenings (as in ``_tightened``), the boxes then differentiable in them."""
     g = module64.graph
     prior = prior or {}
     limit = CROWN_BUDGET if budget is None else budget
+    done = settled(module64, inputs) if done is None else done
     through = slopes is not None
     env: dict[str, Any] = {g.input_name: _meet(inputs.box(torch.float64), prior.get(g.input_name))}
 
@@ -192,6 +249,8 @@ def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None 
                 if not dynamic[k] or args[k].integer:
                     continue
                 mask = node.op.unstable(args[k]) if k == 0 else None
+                if t in done:
+                    mask = _unsettled(mask, args[k], done[t])
                 count = math.prod(args[k].shape[1:]) if mask is None else int(mask.flatten(1).sum(1).max())
                 if count * _prefix_entries(module64, t) <= limit:
                     env[t] = args[k] = _tightened(module64, env, inputs, t, mask, slopes)
@@ -206,6 +265,12 @@ def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None 
     with exact_float32(), torch.set_grad_enabled(slopes is not None):
         module64.walk(dict(env), rule)
     return env
+
+
+def _unsettled(mask: Tensor | None, box: Box, done: Tensor) -> Tensor:
+    """The entries of ``mask`` (all when None) on the inputs not ``done``."""
+    keep = (~done).reshape(-1, *[1] * (box.dim() - 1))
+    return keep.expand(box.shape) if mask is None else mask & keep
 
 
 def _meet(box: Any, other: Any, through: bool = False) -> Any:
@@ -238,6 +303,7 @@ class SpecBounds:
     d: Tensor
     allowance: Tensor
     budget: int | None = None
+    done: dict[str, Tensor] | None = None
 
     def tightened(self, other: "SpecBounds") -> "SpecBounds":
         """These bounds over the intersection of both boxes of every tensor (both are sound), detached."""
@@ -247,13 +313,13 @@ class SpecBounds:
             if is_box(new) and not new.integer:
                 new = Box(new.center.detach(), new.radius.detach())
             env[name] = _meet(box, new)
-        return SpecBounds(self.module64, self.problem, env, self.c, self.d, self.allowance, self.budget)
+        return SpecBounds(self.module64, self.problem, env, self.c, self.d, self.allowance, self.budget, self.done)
 
     def rebound(self, slopes: Any) -> "SpecBounds":
         """The same bounds over boxes recomputed with alpha-CROWN's ``slopes`` (as in ``boxes``), each
         intersected with this one's: differentiable in the slopes, never looser than these."""
-        env = boxes(self.module64, self.problem.inputs, self.env, self.budget, slopes)
-        return SpecBounds(self.module64, self.problem, env, self.c, self.d, self.allowance, self.budget)
+        env = boxes(self.module64, self.problem.inputs, self.env, self.budget, slopes, self.done)
+        return SpecBounds(self.module64, self.problem, env, self.c, self.d, self.allowance, self.budget, self.done)
 
     def low(self, slopes: dict[str, Tensor] | None = None) -> Tensor:
         """(B, R) lower bounds of C z + d over the input set, less the allowance; ``slopes`` as in ``backward``
@@ -292,8 +358,9 @@ def spec_bounds(module64: GraphModule, problem: Problem, ball: BallBounds | None
     if spec.is_robustness:
         spec = Conjunction.robustness(spec.labels, z.shape[1])
     c, d = spec.rows()
-    env = boxes(module64, problem.inputs, prior, budget)
-    return SpecBounds(module64, problem, env, c, d, spec_allowance(z, c), budget)
+    done = settled(module64, problem.inputs, ball)
+    env = boxes(module64, problem.inputs, prior, budget, done=done)
+    return SpecBounds(module64, problem, env, c, d, spec_allowance(z, c), budget, done)
 
 
 def crown_margin(module: GraphModule, problem: Problem, module64: GraphModule | None = None,

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from verifier.engines.bcp import Context, clean_values, prepare, walk
-from verifier.engines.crown import boxes
+from verifier.engines.crown import boxes, settled
 from verifier.engines.gradients import gradient_box
 from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
 from verifier.errors import NoRuleError
@@ -170,7 +170,8 @@ def local_bounds(ctx: LocalContext, problem: Problem, clean: dict[str, Tensor] |
     x64 = centre.to(torch.float64)
     clean = clean_values(bctx, x64) if clean is None else clean
     env = walk(module, bctx.ball, problem.inputs.box(torch.float64), clean, rho, report.output)
-    env = boxes(module, problem.inputs, env, CROWN_BOXES)  # CROWN's intermediate bounds where they are cheap
+    # CROWN's intermediate bounds where they are cheap and tighter than BCP's
+    env = boxes(module, problem.inputs, env, CROWN_BOXES, done=settled(module, problem.inputs, bctx.ball))
     out_shape = tuple(module.graph.shapes[report.output][1:])
     k = math.prod(out_shape)
     grad = gradient_box(module, env, _seeds(y, k, out_shape), report.output)

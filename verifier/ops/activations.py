@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from verifier.box import Box, is_box, round_toward
 from verifier.errors import NoRuleError
 from verifier.jacobian import no_gradient_rule, scaled
-from verifier.linear import lines_backward, relu_backward
+from verifier.linear import lines_backward, magnitude, relu_backward, relu_lines
 from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
+from verifier.patches import Patches, lines_patches
 from verifier.relaxations import fit_lines
 from verifier.rounding import SAFETY, outward_rounding, unit_roundoff
 
@@ -119,6 +120,17 @@ class Activation(Op):
         lam, bias = lines_backward(lams[0], x, *self.lines(x, consts))
         return [lam] + [None] * len(consts), bias
 
+    def linear_patches(self, inputs, lam: Patches):
+        """``linear`` on local rows: the same lines, taken at each row's window."""
+        x, consts = inputs[0], tuple(inputs[1:])
+        if not is_box(x) or x.integer or any(is_box(t) for t in consts) or x.dim() != 4:
+            return None
+        out, bias = lines_patches(lam, magnitude(x), *self._patch_lines(x, consts))
+        return [out] + [None] * len(consts), bias
+
+    def _patch_lines(self, x: Box, consts: tuple):
+        return self.lines(x, consts)
+
     def grad_interval(self, inputs, grads):
         """J = diag(f'(x)) with f'(x) in the slope range of the input box: the interval product (Hein &
         Andriushchenko's Prop. 2.2 bounds sigma' by its values at the ends of such a range)."""
@@ -162,6 +174,9 @@ class Relu(Activation):
             return super().linear(inputs, lams)
         lam, bias = relu_backward(lams[0], x, lower_slope)
         return [lam], bias
+
+    def _patch_lines(self, x, consts):
+        return relu_lines(x)
 
 
 @rule("LeakyRelu", since=(1, 6, 16))

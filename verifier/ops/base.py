@@ -202,6 +202,12 @@ class Op:
             raise NoRuleError(f"no linear rule for {self.op_type} (node '{self.name}')")
         return affine_backward(self, inputs, lams)
 
+    def linear_patches(self, inputs: list[Any], lam: Any) -> tuple[list[Any], torch.Tensor] | None:
+        """``linear`` on local rows (``verifier.patches.Patches`` on the op's one output), for ops whose rows stay
+        local (2-D convolutions, elementwise activations): their coefficients on the inputs (local rows, or None
+        for constants) and the bias. None: the engine makes the rows dense and applies ``linear``."""
+        return None
+
     def unstable(self, box: Box) -> torch.Tensor | None:
         """The entries of its first input's box whose tightening can tighten the op's linear rule (CROWN
         tightens only these, ``verifier.engines.crown``); None: all of them."""

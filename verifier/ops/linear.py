@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from verifier.box import Box, affine, interval_matmul, is_box
+from verifier.linear import magnitude
 from verifier.ops.base import Lipschitz, Op, RuleArgs, ints, rule
 from verifier.ops.padding import CONV, CONV_T, pad_spatial, resolve_pads, symmetric
-from verifier.rounding import SAFETY, unit_roundoff
+from verifier.patches import Patches, conv_backward
+from verifier.rounding import REL64, SAFETY, TINY64, unit_roundoff
 
 
 def spectral_norm(matrix: torch.Tensor) -> float:
@@ -236,6 +238,23 @@ class Conv(_ConvBase):
     def interval(self, x, w, b=None):
         """The affine rule: the forward on the centre, the forward with |W| and no bias on the radius."""
         return _conv_interval(self, x, w, b, w.shape[1] * math.prod(w.shape[2:]) + 2)
+
+    def linear_patches(self, inputs, lam: Patches):
+        """2-D, constant kernel: each window through the transposed convolution (``verifier.patches``); beta =
+        lam . f(0) less REL64 |lam| . (|J| m + |f(0)|), as ``verifier.linear.affine_backward``."""
+        x, w, b = (list(inputs) + [None])[:3]
+        if not is_box(x) or x.integer or is_box(w) or is_box(b) or w.dim() != 4:
+            return None
+        _, kernel, strides, dilations = self._geometry(x.center, w)
+        pads = resolve_pads(self.auto_pad, self.pads, x.shape[2:], kernel, strides, dilations)
+        out = conv_backward(lam, w, tuple(strides), tuple(dilations), self.group, (pads[0][0], pads[1][0]),
+                            tuple(x.shape[1:]))
+        m = magnitude(x)
+        f0 = self.forward(torch.zeros_like(m[:1]), w, b)
+        box = self.interval(Box(torch.zeros_like(m), m), w, b)
+        spread = box.radius.abs() + box.center.abs() + f0.abs()
+        slack = (lam.data.abs() * lam.windows(spread)).flatten(1).sum(1)
+        return [out, None, None][:len(inputs)], lam.dot(f0) - REL64 * slack - TINY64
 
     def geometry(self, args: RuleArgs) -> tuple[list[int], list[int], list[tuple[int, int]]]:
         """Strides, dilations and resolved (begin, end) pads on the input shape seen at import."""

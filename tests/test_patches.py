@@ -1,0 +1,165 @@
+"""Local rows (``verifier.patches``): the window rules of 2-D convolutions and activations give the same
+coefficients and biases as the dense rules (``Op.linear``) on the same rows made dense, for every 2-D Conv case
+(strides, dilations, groups, asymmetric and automatic pads); the window helpers agree with dense arithmetic; and
+CROWN's boxes and bounds are the same with local rows as with dense ones (the dense rules' soundness is tested
+in ``test_crown.py``)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import verifier.engines.crown as crown
+from frontends import load_onnx
+from verifier.box import Box
+from verifier.engines.ibp import propagate
+from verifier.patches import Patches
+from verifier.problem import LpBall, Problem
+
+from .cases.boxes import case_boxes
+from .cases.models import export
+from .cases.ops import CONV
+from .onnx_graphs import case, node
+
+CONV2D = [c for c in CONV if c["id"].startswith("Conv2d")]
+ACTIVATION_CASES = [case(f"{op}-4d", [node(op, ["x"])], [3, 5, 6]) for op in ("Relu", "Sigmoid", "LeakyRelu", "Tanh")]
+
+
+def random_patches(shape: tuple[int, int, int], batch: int, rows: int, gen: torch.Generator,
+                   window: tuple[int, int] = (3, 2), stride: tuple[int, int] = (2, 1),
+                   pad: tuple[int, int] = (1, 1)) -> Patches:
+    """Random windows on a grid over the tensor (some reaching past its borders), zero outside it."""
+    c, h, w = shape
+    grid = (max(1, (h + pad[0]) // stride[0]), max(1, (w + pad[1]) // stride[1]))
+    data = torch.randn((batch * rows, c, *window), generator=gen, dtype=torch.float64)
+    pos = torch.randint(0, grid[0] * grid[1], (batch, rows), generator=gen)
+    return Patches(data, pos, grid, stride, pad, shape).masked()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    a, b = a.detach(), b.detach()
+    tol = 1e-12 * (1 + float(a.abs().max()) + float(b.abs().max()))
+    assert float((a - b).abs().max()) <= tol, f"{what}: local and dense rows differ"
+
+
+def test_windows_dense_and_dot_agree():
+    gen = torch.Generator().manual_seed(0)
+    p = random_patches((3, 7, 5), 2, 4, gen)
+    values = torch.randn((2, 3, 7, 5), generator=gen, dtype=torch.float64)
+    dense = p.dense()
+    assert dense.shape == (8, 3, 7, 5)
+    expected = (dense.reshape(2, 4, -1) * values.reshape(2, 1, -1)).sum(-1).reshape(-1)
+    _close(p.dot(values), expected, "dot")
+    # a window's entries are the dense row's entries at its positions: the windows of the dense row's own map
+    assert float(p.data.abs().sum()) == pytest.approx(float(dense.abs().sum()), rel=1e-12)
+
+
+def test_start_rows_are_signed_unit_rows():
+    index = torch.tensor([[0, 17, 35], [5, 6, 7]])
+    signs = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, -1.0]], dtype=torch.float64)
+    dense = Patches.start(signs, index, (2, 3, 6)).dense().reshape(2, 3, -1)
+    expected = torch.zeros_like(dense).scatter_(2, index[..., None], signs[..., None])
+    assert torch.equal(dense, expected)
+
+
+@pytest.mark.parametrize("spec", [pytest.param(c, id=c["id"]) for c in CONV2D + ACTIVATION_CASES])
+def test_local_rule_equals_dense_rule(spec):
+    module, gen, lo, hi, env = case_boxes(spec, 5)
+    g = module.graph
+    node_ = list(g.nodes())[-1]
+    args = module.node_args(node_, env)
+    out_shape = tuple(env[g.output_name].shape[1:])
+    lam = random_patches(out_shape, len(lo), 5, gen)
+    local = node_.op.linear_patches(args, lam)
+    assert local is not None, f"{spec['id']} has no local rule"
+    (coeffs, *_), bias = local
+    (dense_coeffs, *_), dense_bias = node_.op.linear(args, [lam.dense()])
+    _close(coeffs.dense(), dense_coeffs, spec["id"])
+    _close(bias, dense_bias, spec["id"] + " bias")
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    """A small random CNN: strided, padded and dilated 2-D convolutions, ReLUs, a dense head."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=2, dilation=2),
+                        nn.ReLU(), nn.Conv2d(6, 4, 2, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(36, 5))
+    path = tmp_path_factory.mktemp("patches") / "cnn.onnx"
+    export(net, torch.rand(1, 2, 12, 12), path)
+    return load_onnx(path).float64()
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_crown_boxes_and_bounds_are_the_same_with_local_rows(cnn, norm, monkeypatch):
+    """On a small CNN, CROWN tightens every ReLU input (convolutional ones by local rows): the boxes and the
+    spec's bounds agree with dense rows to rounding."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand((3, *cnn.graph.sample_shape), generator=gen, dtype=torch.float64)
+    eps = torch.full((3,), 0.5 if norm == 2 else 0.03, dtype=torch.float64)
+    with torch.no_grad():
+        y = cnn(x).argmax(1)
+    from verifier.problem import Conjunction
+    problem = Problem(LpBall(x, eps, norm), Conjunction.robustness(y, 5))
+    results = []
+    for local in (True, False):
+        monkeypatch.setattr(crown, "LOCAL_ROWS", local)
+        with torch.no_grad():
+            bounds = crown.spec_bounds(cnn, problem, budget=2 ** 40)
+            results.append((bounds.env, bounds.low()))
+    (env_l, low_l), (env_d, low_d) = results
+    _close(low_l, low_d, "spec bounds")
+    tightened = 0
+    for name, box in env_l.items():
+        if isinstance(box, Box) and not box.integer:
+            _close(box.lo, env_d[name].lo, name)
+            _close(box.hi, env_d[name].hi, name)
+            plain = propagate(cnn, problem.inputs.box(torch.float64), upto=name)[name]
+            tightened += int(bool((box.hi - box.lo < plain.hi - plain.lo - 1e-9).any()))
+    assert tightened > 0, "CROWN tightened no box: the comparison tests nothing"
+
+
+def test_bcp_rows_of_a_first_convolution_are_exact(cnn, monkeypatch):
+    """A chain of one convolution too large to materialize gets the exact row norms of its map
+    (``Op.squared_row_norms``), the same as the materialized chain matrix's."""
+    import verifier.engines.bcp as bcp
+    from verifier.certificates.certify import compute_bounds
+
+    report = compute_bounds(cnn, 2.0, 2 * 12 * 12).l2
+    materialized = bcp.prepare(cnn, report).ball
+    monkeypatch.setattr(bcp, "MATERIALIZE_LIMIT", 0)
+    computed = bcp.prepare(cnn, report).ball
+    first = [t for t, src in computed.chain_input.items() if src == cnn.graph.input_name]
+    assert first and set(first) <= computed.exact_rows
+    for t in computed.exact_rows:  # here every chain is one convolution
+        _close(computed.row_norms[t], materialized.row_norms[t], t)
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_settled_boxes_are_not_tightened_and_lose_nothing(cnn, norm):
+    """The first convolution's box is already CROWN's (l_inf: its interval image of the input box; l2 without a
+    cutting domain: BCP's exact rows): skipping it gives the same spec bounds."""
+    from verifier.certificates.certify import compute_bounds
+    from verifier.engines import bcp
+    from verifier.problem import Conjunction
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand((2, *cnn.graph.sample_shape), generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = cnn(x).argmax(1)
+    problem = Problem(LpBall(x, torch.full((2,), 0.4 if norm == 2 else 0.02, dtype=torch.float64), norm),
+                      Conjunction.robustness(y, 5))
+    ball = bcp.prepare(cnn, compute_bounds(cnn, 2.0, 2 * 12 * 12).l2).ball if norm == 2 else None
+    done = crown.settled(cnn, problem.inputs, ball)
+    first = list(cnn.graph.nodes())[0].outputs[0]
+    assert first in done and bool(done[first].all())
+    with torch.no_grad():
+        skipped = crown.spec_bounds(cnn, problem, ball).low()
+        monkeypatch = pytest.MonkeyPatch()
+        monkeypatch.setattr(crown, "settled", lambda *args: {})
+        try:
+            full = crown.spec_bounds(cnn, problem, ball).low()
+        finally:
+            monkeypatch.undo()
+    _close(skipped, full, "spec bounds")
