@@ -14,8 +14,10 @@ from frontends import load_onnx
 from verifier.box import Box
 from verifier.certificates.certify import compute_bounds
 from verifier.engines.attacks import pgd
+from verifier.engines.backward import backward
 from verifier.engines.bcp import ibp_radii
-from verifier.engines.crown import backward, boxes, crown_radii, verify_crown
+from verifier.engines.crown import crown_radii, verify_crown
+from verifier.engines.intermediate import boxes
 from verifier.errors import NoRuleError
 from verifier.linear import relu_backward
 from verifier.problem import Conjunction, InputBox, LpBall, Problem, RadiusProblem
@@ -148,18 +150,18 @@ def test_crown_decides_linear_specs_on_boxes(relu_mlp):
 
 
 def test_l2_concretization_is_the_dual_norm_unless_the_domain_cuts_the_ball():
-    from verifier.engines.crown import _concretize
+    from verifier.engines.backward import concretize
 
     gen = torch.Generator().manual_seed(2)
     x0 = torch.rand(4, 6, generator=gen, dtype=torch.float64)
     eps = torch.tensor([0.01, 0.1, 0.5, 2.0], dtype=torch.float64)
     c = torch.randn(4 * 3, 6, generator=gen, dtype=torch.float64)
     ball = LpBall(x0, eps, 2.0)
-    got = _concretize(ball, ball.box(torch.float64), c, 3)
+    got = concretize(ball, ball.box(torch.float64), c, 3)
     exact = (c.reshape(4, 3, 6) * x0[:, None]).sum(-1) - eps[:, None] * c.reshape(4, 3, 6).norm(dim=-1)
     assert bool((got <= exact).all()) and bool((got >= exact - 1e-7 * (1 + exact.abs())).all())  # REL64 slack
     clipped = LpBall(x0, eps, 2.0, torch.zeros_like(x0), torch.ones_like(x0))  # the domain [0, 1] cuts the ball
-    tight = _concretize(clipped, clipped.box(torch.float64), c, 3)
+    tight = concretize(clipped, clipped.box(torch.float64), c, 3)
     assert bool((tight >= got - 1e-7).all()) and bool((tight[3] > got[3] + 1e-4).all())
     d = torch.randn(4000, 4, 6, generator=gen, dtype=torch.float64)
     d = d / d.norm(dim=-1, keepdim=True) * eps[:, None] * torch.rand(4000, 4, 1, generator=gen).double()
@@ -189,8 +191,8 @@ def test_maxpool_linear_rule_is_exact_where_one_entry_dominates():
 
 def test_relu_rows_through_mostly_stable_boxes_match_the_general_rule(monkeypatch):
     """Mostly stable boxes take the fast path of ``lines_backward`` (one line for both bounds, unstable entries
-    gathered): the same coefficients and, up to rounding allowances, the same bias as the general rule, and
-    sound at sampled points."""
+    gathered), other boxes its batched sums: the same coefficients and, up to rounding allowances, the same bias
+    as the general rule, and sound at sampled points."""
     import verifier.linear as linear
 
     gen = torch.Generator().manual_seed(8)
@@ -201,9 +203,12 @@ def test_relu_rows_through_mostly_stable_boxes_match_the_general_rule(monkeypatc
     lam = torch.randn(3 * 5, 200, generator=gen, dtype=torch.float64)
     fast = relu_backward(lam, box)
     monkeypatch.setattr(linear, "_mostly_one_line", lambda *args: None)
+    batched = relu_backward(lam, box)  # lines per entry, batched sums (_box_lines)
+    monkeypatch.setattr(linear, "_box_lines", lambda *args: None)
     general = relu_backward(lam, box)
-    assert torch.equal(fast[0], general[0])
-    assert torch.allclose(fast[1], general[1], rtol=0, atol=1e-8)
+    for other in (fast, batched):
+        assert torch.equal(other[0], general[0])
+        assert torch.allclose(other[1], general[1], rtol=0, atol=1e-8)
     points = box.lo + (box.hi - box.lo) * torch.rand((64, 3, 200), generator=gen, dtype=torch.float64)
     lhs = (lam.reshape(1, 3, 5, 200) * torch.relu(points)[:, :, None]).sum(-1)
     rhs = (fast[0].reshape(1, 3, 5, 200) * points[:, :, None]).sum(-1) + fast[1].reshape(1, 3, 5)

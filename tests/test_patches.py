@@ -2,7 +2,8 @@
 coefficients and biases as the dense rules (``Op.linear``) on the same rows made dense, for every 2-D Conv case
 (strides, dilations, groups, asymmetric and automatic pads); the window helpers agree with dense arithmetic; and
 CROWN's boxes and bounds are the same with local rows as with dense ones (the dense rules' soundness is tested
-in ``test_crown.py``)."""
+in ``test_crown.py``). Also the shortcuts of CROWN's intermediate bounds: boxes already CROWN's are skipped at
+no loss (and BCP's exact rows of a first convolution), and the probe stops where CROWN does not narrow."""
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 import verifier.engines.crown as crown
+import verifier.engines.intermediate as intermediate
 from frontends import load_onnx
 from verifier.box import Box
 from verifier.engines.ibp import propagate
@@ -104,7 +106,7 @@ def test_crown_boxes_and_bounds_are_the_same_with_local_rows(cnn, norm, monkeypa
     problem = Problem(LpBall(x, eps, norm), Conjunction.robustness(y, 5))
     results = []
     for local in (True, False):
-        monkeypatch.setattr(crown, "LOCAL_ROWS", local)
+        monkeypatch.setattr(intermediate, "LOCAL_ROWS", local)
         with torch.no_grad():
             bounds = crown.spec_bounds(cnn, problem, budget=2 ** 40)
             results.append((bounds.env, bounds.low()))
@@ -151,7 +153,7 @@ def test_settled_boxes_are_not_tightened_and_lose_nothing(cnn, norm):
     problem = Problem(LpBall(x, torch.full((2,), 0.4 if norm == 2 else 0.02, dtype=torch.float64), norm),
                       Conjunction.robustness(y, 5))
     ball = bcp.prepare(cnn, compute_bounds(cnn, 2.0, 2 * 12 * 12).l2).ball if norm == 2 else None
-    done = crown.settled(cnn, problem.inputs, ball)
+    done = intermediate.settled(cnn, problem.inputs, ball)
     first = list(cnn.graph.nodes())[0].outputs[0]
     assert first in done and bool(done[first].all())
     with torch.no_grad():
@@ -163,3 +165,29 @@ def test_settled_boxes_are_not_tightened_and_lose_nothing(cnn, norm):
         finally:
             monkeypatch.undo()
     _close(skipped, full, "spec bounds")
+
+
+def test_probe_stops_where_crown_does_not_narrow(cnn, monkeypatch):
+    """Past the probe, CROWN tightens the other entries only for inputs where the probed ones narrowed enough:
+    with a ratio no probe can meet, at most ``PROBE_ENTRIES`` entries per input and tensor are tightened."""
+    from verifier.engines.ibp import propagate
+    from verifier.problem import Conjunction
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand((2, *cnn.graph.sample_shape), generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = cnn(x).argmax(1)
+    problem = Problem(LpBall(x, torch.full((2,), 0.5, dtype=torch.float64), 2.0), Conjunction.robustness(y, 5))
+    counts = {}
+    for ratio in (-1.0, 2.0):
+        monkeypatch.setattr(intermediate, "PROBE_RATIO", ratio)
+        with torch.no_grad():
+            env = intermediate.boxes(cnn, problem.inputs, budget=2 ** 40, done={})
+        plain = propagate(cnn, problem.inputs.box(torch.float64))
+        narrower = [((plain[t].hi - plain[t].lo) - (env[t].hi - env[t].lo) > 1e-9).flatten(1).sum(1)
+                    for t in env if t in plain and t != cnn.graph.input_name and isinstance(env[t], Box)]
+        counts[ratio] = narrower
+    most = max(int(c.max()) for c in counts[2.0])
+    assert most > intermediate.PROBE_ENTRIES, "the CNN has too few unstable entries to test the probe"
+    first = counts[-1.0][0]  # the first convolution's output: later boxes narrow through the forward walk too
+    assert int(first.max()) <= intermediate.PROBE_ENTRIES

@@ -58,6 +58,18 @@ def test_margin_search_is_sound_on_erratic_margins_and_starts():
     assert all(float(radii[i]) == float(start[i]) or _proved(seen, radii, i) for i in range(4, 32))
 
 
+def test_margin_search_ends_at_a_start_it_cannot_prove():
+    """Where the margin is not positive at the start (radii proved by another method, beyond this check's
+    reach), the start is the answer after that one guess; elsewhere the search goes on from the start."""
+    root = torch.linspace(0.2, 0.8, 8, dtype=torch.float64)
+    prepare, seen = _recording(lambda eps, i: root[i] - eps)
+    start = torch.where(torch.arange(8) < 4, 0.9, 0.1).double()  # above the root for the first four
+    radii = largest_positive(_balls(8), prepare, start, steps=30, batch_size=8)
+    assert torch.equal(radii[:4], start[:4])
+    assert all(len([e for j, e, _ in seen if j == i]) == 2 for i in range(4))  # eps = 0, then the start
+    assert bool((radii[4:] <= root[4:]).all()) and bool((radii[4:] >= root[4:] * (1 - 2e-4)).all())
+
+
 def test_bisection_returns_proved_points():
     proved_up_to = torch.linspace(0.1, 2.0, 8, dtype=torch.float64)
     radii = largest_verified(_balls(8), lambda part: lambda eps: eps <= proved_up_to[part.center[:, 0].long()],

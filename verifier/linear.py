@@ -101,6 +101,8 @@ def lines_backward(lam: Tensor, box: Box, lower: tuple[Tensor, Tensor],
     lam_b = rows_of(lam, batch)
     if lower[0].dim() < lam_b.dim():
         fast = _mostly_one_line(lam_b, box, lower, upper)
+        if fast is None:
+            fast = _box_lines(lam_b, box, lower, upper)
         if fast is not None:
             return fast[0].reshape(lam.shape), fast[1]
     (a_l, b_l), (a_u, b_u) = ((v if v.dim() == lam_b.dim() else v[:, None] for v in line) for line in (lower, upper))
@@ -150,6 +152,28 @@ def _mostly_one_line(lam_b: Tensor, box: Box, lower: tuple[Tensor, Tensor],
     spread = torch.bmm(out.abs(), m[..., None])[..., 0]  # |lam'| . m
     bias = terms - REL64 * (spread + slack_terms) - TINY64
     return out, bias.reshape(-1)
+
+
+def _box_lines(lam_b: Tensor, box: Box, lower: tuple[Tensor, Tensor],
+               upper: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor] | None:
+    """``lines_backward`` for lines per box entry (not per row) with finite offsets and box: the same
+    coefficients and the same sums, as batched products: with lam = pos + neg (its positive and negative parts),
+    the bias pos . b_l + neg . b_u, the allowance REL64 (|lam'| . m + pos . |b_l| - neg . |b_u|). None where an
+    offset or the box is not finite (the general case then)."""
+    (a_l, b_l), (a_u, b_u) = lower, upper
+    b, r = lam_b.shape[:2]
+    m = magnitude(box).reshape(b, -1, 1)
+    if not bool(torch.isfinite(m).all() and torch.isfinite(b_l).all() and torch.isfinite(b_u).all()):
+        return None
+    lam3 = lam_b.reshape(b, r, -1)
+    a_l, a_u, b_l, b_u = (t.reshape(b, 1, -1) for t in (a_l, a_u, b_l, b_u))
+    pos = lam3.clamp_min(0)
+    neg = lam3 - pos  # exact
+    out = lam3 * torch.where(lam3 >= 0, a_l, a_u)  # one rounded product per entry, as in the general case
+    terms = torch.bmm(pos, b_l.transpose(1, 2)) + torch.bmm(neg, b_u.transpose(1, 2))
+    spread = torch.bmm(out.abs(), m) + torch.bmm(pos, b_l.abs().transpose(1, 2)) \
+        - torch.bmm(neg, b_u.abs().transpose(1, 2))
+    return out, (terms - REL64 * spread - TINY64).reshape(-1)
 
 
 def adaptive_slope(box: Box) -> Tensor:

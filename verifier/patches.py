@@ -70,10 +70,9 @@ class Patches:
         lw = (padded.shape[-1] - pw) // sw + 1
         index = (self.pos // gw) * lw + self.pos % gw  # (B, R)
         b, r = self.pos.shape
-        if cols.shape[0] == 1 and b > 1:
-            cols = cols.expand(b, -1, -1)
-        picked = cols.gather(2, index[:, None].expand(b, cols.shape[1], r))  # (B, C' P_h P_w, R)
-        return picked.transpose(1, 2).reshape(b * r, values.shape[1], ph, pw)
+        cols = cols.transpose(1, 2)  # (B', L, C' P_h P_w)
+        picked = cols[0][index] if cols.shape[0] == 1 else cols[torch.arange(b)[:, None], index]  # (B, R, ...)
+        return picked.reshape(b * r, values.shape[1], ph, pw)
 
     def masked(self) -> "Patches":
         """These rows with their entries outside the tensor set to 0."""
@@ -114,17 +113,22 @@ def conv_backward(lam: Patches, weight: Tensor, stride: tuple[int, int], dilatio
 
 
 def lines_patches(lam: Patches, magnitude: Tensor, lower: tuple[Tensor, Tensor],
-                  upper: tuple[Tensor, Tensor]) -> tuple[Patches, Tensor]:
+                  upper: tuple[Tensor, Tensor]) -> tuple[Patches, Tensor] | None:
     """``verifier.linear.lines_backward`` on windows: the lines and the box magnitudes (B, C, H, W) taken at
     each row's window; rows take the lower line where lam >= 0 and the upper one where lam < 0, with the same
     rounding allowance, REL64 (|lam'| . m + sum |terms|) + tiny. Entries outside the tensor stay 0 (their
-    lam is 0)."""
+    lam is 0). None where an offset or the box is not finite (the dense rule then)."""
     d = lam.data
-    a_l, b_l, a_u, b_u, m = (lam.windows(v) for v in (*lower, *upper, magnitude))
-    pos, neg = d.clamp_min(0), d.clamp_max(0)
-    out = pos * a_l + neg * a_u
-    zero = torch.zeros((), dtype=d.dtype, device=d.device)
-    terms = (torch.where(pos > 0, pos * b_l, zero) + torch.where(neg < 0, neg * b_u, zero)).flatten(1)
-    spread = torch.where(out == 0, zero, out.abs() * m).flatten(1)
-    bias = terms.sum(1) - REL64 * (spread.sum(1) + terms.abs().sum(1)) - TINY64
-    return replace(lam, data=out), bias
+    n, c = d.shape[:2]
+    (a_l, b_l), (a_u, b_u) = lower, upper
+    maps = [torch.broadcast_to(v, magnitude.shape) for v in (a_l, a_u, b_l, b_u, b_l.abs(), b_u.abs(), magnitude)]
+    if not all(bool(torch.isfinite(v).all()) for v in maps[2:]):
+        return None
+    a_l, a_u, *sums = lam.windows(torch.cat(maps, dim=1)).split(c, dim=1)  # one gather for all the maps
+    b_l, b_u, abs_l, abs_u, m = (v.reshape(n, -1, 1) for v in sums)
+    out = d * torch.where(d >= 0, a_l, a_u)  # one rounded product per entry
+    pos = d.clamp_min(0).reshape(n, 1, -1)
+    neg = d.reshape(n, 1, -1) - pos  # exact
+    terms = torch.bmm(pos, b_l) + torch.bmm(neg, b_u)  # per row: batched dot products
+    spread = torch.bmm(out.abs().reshape(n, 1, -1), m) + torch.bmm(pos, abs_l) - torch.bmm(neg, abs_u)
+    return replace(lam, data=out), (terms - REL64 * spread - TINY64).reshape(n)

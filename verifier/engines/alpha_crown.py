@@ -3,11 +3,11 @@
 CROWN bounds an unstable ReLU (l < 0 < u) from below by a z with one adaptive a (``verifier.linear.relu_backward``),
 but every a in [0, 1] gives a sound lower line, so every choice gives a sound bound. Here the lower slopes of
 every op with ``slope_variable`` are variables, one set per bound computed: for the spec's rows, (B, R, *shape)
-per such op, and for every intermediate tensor that CROWN tightens (``crown.boxes``), (B, 2, entries, *shape)
+per such op, and for every intermediate tensor that CROWN tightens (``intermediate.boxes``), (B, 2, entries, *shape)
 per such op before it (rows +e_i and -e_i). They start at CROWN's choice and move by projected gradient ascent
 (Adam, then a clamp to [0, 1]) on the sum of the spec rows' lower bounds not yet positive, the intermediate boxes
 recomputed from them at every step, each intersected with CROWN's and those of every step before (so never
-looser; the gradient passes straight through those intersections, ``crown._through``, else a slope whose bound
+looser; the gradient passes straight through those intersections, ``intermediate._through``, else a slope whose bound
 ties with an older one would never move). Every iterate is a sound bound, so the result is the largest value
 any iterate gave, per row: never below CROWN's (the first iterate is CROWN). Where the intermediate variables
 would exceed ``SLOPE_ENTRIES`` per input, only the spec's rows get variables and the boxes stay CROWN's.
@@ -59,8 +59,8 @@ def _crown_choice(box: Any) -> Tensor:
 
 
 class Slopes:
-    """alpha-CROWN's variables, created at CROWN's choice when first asked for (``crown._tightened`` and
-    ``crown.boxes`` ask for them). The entries tightened per tensor are fixed at the first step: the boxes only
+    """alpha-CROWN's variables, created at CROWN's choice when first asked for (``intermediate._tightened`` and
+    ``intermediate.boxes`` ask for them). The entries tightened per tensor are fixed at the first step: the boxes only
     shrink after it (each is intersected with CROWN's), so the unstable entries stay among them."""
 
     def __init__(self, module64: GraphModule, intermediate: bool = True):

@@ -12,7 +12,7 @@ the argument holds, and certificates are about inputs in the domain as for every
 L_j(R) for any graph (``local_bounds``): the forward boxes of every tensor over that set come from BCP's walk
 (``verifier.engines.bcp.walk``: interval images intersected with the Lipschitz-ball boxes, for p = 2; for p = inf the
 l2 ball of radius sqrt(N) R circumscribing the box, BCP §3.1), tightened by CROWN's intermediate bounds
-(``verifier.engines.crown.boxes``, where they are cheap: ``CROWN_BOXES``), and the gradient of s . z with
+(``verifier.engines.intermediate.boxes``, where they are cheap: ``CROWN_BOXES``), and the gradient of s . z with
 s = e_y - e_j is enclosed by propagating a box backwards through every node's Jacobian rule
 (``verifier.jacobian``); L_j is the q-norm of the largest magnitudes in the input gradient's box. Where the model
 ends with an affine layer, the global pairwise bound L_sub ||w_y - w_j||_2 (LMT Prop. 2) also bounds the local
@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from verifier.engines.bcp import Context, clean_values, prepare, walk
-from verifier.engines.crown import boxes, settled
 from verifier.engines.gradients import gradient_box
+from verifier.engines.intermediate import boxes, settled
 from verifier.engines.lipschitz import MATERIALIZE_LIMIT, LipschitzReport, chain_matrix
 from verifier.errors import NoRuleError
 from verifier.ir import GraphModule
@@ -54,7 +54,7 @@ from verifier.problem import Problem, RadiusProblem
 from verifier.rounding import REL64
 
 BISECTION_STEPS = 10
-#: the budget of CROWN's intermediate bounds (``verifier.engines.crown.boxes``) under the local bounds: every R
+#: the budget of CROWN's intermediate bounds (``verifier.engines.intermediate.boxes``) under the local bounds: every R
 #: tried pays it, so only the cheap ones (MLP layers)
 CROWN_BOXES = 2 ** 21
 #: most float64 entries of the gradient boxes of one chunk of inputs (B * K * largest tensor)

@@ -61,7 +61,7 @@ def largest_positive(balls: RadiusProblem, margin: Margin, start: Tensor | None,
     between the largest proved eps and the smallest failed one, each guess at least 2% of the bracket from its
     ends, until the bracket is within ``rtol`` of its upper end, or ``steps`` guesses in all; each guess bounds
     only the inputs still open. As in ``largest_verified``, the lower end is always proved (or ``start``: radii
-    already proved, or 0)."""
+    already proved, or 0); where the margin at ``start`` is not positive, the search ends there."""
     out = []
     for i in range(0, len(balls), batch_size):
         part = balls[i:i + batch_size].to(torch.float64)
@@ -70,10 +70,13 @@ def largest_positive(balls: RadiusProblem, margin: Margin, start: Tensor | None,
         correct = m0 > 0
         lo = zero if start is None else torch.where(correct, start[i:i + batch_size].double().clamp_min(0), zero)
         m_lo = m0
+        failed = torch.zeros_like(correct)
         if bool((lo > 0).any()):  # the margin at a start from elsewhere: a value to guess from where positive
             m_start = _on(margin, part, lo, lo > 0)
             m_lo = torch.where(lo == 0, m0, torch.where(m_start > 0, m_start, torch.nan))
+            failed = (lo > 0) & ~(m_start > 0)  # the check fails at the start already: nothing to look for above
         state = _Bracket(lo, m_lo, zero, m0)
+        state.hi = torch.where(failed, lo, state.hi)
         for _ in range(steps):
             open_ = correct & ~state.narrow(rtol)
             if not bool(open_.any()):

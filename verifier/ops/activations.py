@@ -125,8 +125,8 @@ class Activation(Op):
         x, consts = inputs[0], tuple(inputs[1:])
         if not is_box(x) or x.integer or any(is_box(t) for t in consts) or x.dim() != 4:
             return None
-        out, bias = lines_patches(lam, magnitude(x), *self._patch_lines(x, consts))
-        return [out] + [None] * len(consts), bias
+        local = lines_patches(lam, magnitude(x), *self._patch_lines(x, consts))
+        return None if local is None else ([local[0]] + [None] * len(consts), local[1])
 
     def _patch_lines(self, x: Box, consts: tuple):
         return self.lines(x, consts)
