@@ -213,3 +213,28 @@ def test_relu_rows_through_mostly_stable_boxes_match_the_general_rule(monkeypatc
     lhs = (lam.reshape(1, 3, 5, 200) * torch.relu(points)[:, :, None]).sum(-1)
     rhs = (fast[0].reshape(1, 3, 5, 200) * points[:, :, None]).sum(-1) + fast[1].reshape(1, 3, 5)
     _holds(lhs, rhs, "relu, fast path")
+
+
+@pytest.mark.parametrize("spec", [pytest.param(c, id=c["id"]) for c in CASES
+                                  if c["id"].startswith(("Gemm", "MatMul"))])
+def test_weight_products_equal_the_generic_affine_rule(spec):
+    """Gemm's and MatMul's own backward products give the generic rule's coefficients (autograd through the
+    forward) and bias."""
+    from verifier.ops.base import Op
+
+    module, gen, lo, hi, env = case_boxes(spec, 9)
+    g = module.graph
+    node = list(g.nodes())[-1]
+    args = module.node_args(node, env)
+    if not node.op.linear_in_inputs([isinstance(a, Box) for a in args]):
+        pytest.skip("not affine in its inputs")
+    if not all(g.keeps_batch_in_front(t) for t in [*node.inputs, *node.outputs] if t in env):
+        pytest.skip("the batch axis is not in front (CROWN refuses such graphs)")
+    lam = torch.randn((len(lo) * 3, *env[g.output_name].shape[1:]), generator=gen, dtype=torch.float64)
+    own, own_bias = node.op.linear(args, [lam])
+    generic, generic_bias = Op.linear(node.op, args, [lam])
+    for a, b in zip(own, generic):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(own_bias, generic_bias, rtol=1e-12, atol=1e-12)

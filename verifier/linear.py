@@ -19,7 +19,7 @@ input box with their own rounding allowance. Rules run in float64 (the engines' 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -39,12 +39,14 @@ def magnitude(box: Box) -> Tensor:
     return torch.maximum(box.lo.abs(), box.hi.abs())
 
 
-def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None]) -> tuple[list[Tensor | None],
-                                                                                             Tensor]:
+def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None],
+                    transpose: Callable[[Tensor], Tensor] | None = None) -> tuple[list[Tensor | None], Tensor]:
     """The exact backward rule of an op affine in its input-dependent inputs (the Box entries of ``inputs``):
     lam_i' = J_i^T lam (autograd through ``op.forward`` at zero inputs, one forward sample per input and the rows
-    as a batch of output gradients) and beta = lam . f(0), less the rounding allowance
-    REL64 |lam| . (|J| m + |f(0)|) with m the magnitudes of the input boxes (module docstring)."""
+    as a batch of output gradients; or ``transpose(lam)``, the op's own J^T for its one input-dependent input and
+    one output, e.g. a product with a weight) and beta = lam . f(0), less the rounding allowance
+    REL64 |lam| . (|J| m + |f(0)|) with m the magnitudes of the input boxes (module docstring), that sum bounded
+    by norms of lam."""
     like = next(v for v in lams if v is not None)
     dyn = [k for k, x in enumerate(inputs) if is_box(x)]
     if any(inputs[k].integer for k in dyn):
@@ -52,19 +54,21 @@ def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None
     batch = next(inputs[k] for k in dyn).shape[0]
     rows = like.shape[0]
     per = rows // batch
-    with torch.enable_grad():
-        xs = [torch.zeros((batch, *inputs[k].shape[1:]), dtype=like.dtype, device=like.device, requires_grad=True)
-              for k in dyn]
+    direct = transpose is not None and len(dyn) == 1 and len(lams) == 1
+    tracked = any(lam is not None and lam.requires_grad for lam in lams)  # alpha-CROWN differentiates the walk
+    with torch.enable_grad() if not direct else torch.no_grad():
+        xs = [torch.zeros((batch, *inputs[k].shape[1:]), dtype=like.dtype, device=like.device,
+                          requires_grad=not direct) for k in dyn]
         args = list(inputs)
         for k, v in zip(dyn, xs):
             args[k] = v
         outs = op.forward(*args)
         outs = list(outs) if isinstance(outs, tuple) else [outs]
-        pairs = [(o, lam) for o, lam in zip(outs, lams) if lam is not None]
-        tracked = any(lam.requires_grad for _, lam in pairs)  # alpha-CROWN differentiates through the walk
-        seeds = [rows_of(lam, batch).transpose(0, 1) for _, lam in pairs]  # (R, B, *out): a batch of seeds
-        grads = torch.autograd.grad([o for o, _ in pairs], xs, seeds, allow_unused=True, create_graph=tracked,
-                                    is_grads_batched=True)
+        if not direct:
+            pairs = [(o, lam) for o, lam in zip(outs, lams) if lam is not None]
+            seeds = [rows_of(lam, batch).transpose(0, 1) for _, lam in pairs]  # (R, B, *out): a batch of seeds
+            grads = torch.autograd.grad([o for o, _ in pairs], xs, seeds, allow_unused=True, create_graph=tracked,
+                                        is_grads_batched=True)
     # rounding: |J| m from the interval rule at [-m, m], per forward sample, then |lam| . (|J| m + |f(0)|)
     args = list(inputs)
     for k in dyn:
@@ -80,8 +84,17 @@ def affine_backward(op: Any, inputs: Sequence[Any], lams: Sequence[Tensor | None
         spread = b.radius.abs() + b.center.abs() + o.abs()  # (B, *out): |J| m + |f(0)| up to rounding
         lam3 = lam.reshape(batch, per, -1)
         bias = bias + torch.bmm(lam3, o.reshape(batch, -1, 1)).reshape(rows)
-        slack = slack + torch.bmm(lam3.abs(), spread.reshape(batch, -1, 1)).reshape(rows)
+        # |lam| . spread <= min(||lam||_2 ||spread||_2, ||lam||_1 max spread) (Cauchy-Schwarz, Hoelder: norms
+        # without an |lam| copy; the allowance dwarfs their rounding)
+        flat = spread.reshape(batch, 1, -1)
+        if flat.shape[-1] == 0:
+            continue
+        slack = slack + torch.minimum(torch.linalg.vector_norm(lam3, dim=-1) * torch.linalg.vector_norm(flat, dim=-1),
+                                      torch.linalg.vector_norm(lam3, 1, dim=-1) * flat.amax(-1)).reshape(rows)
     out: list[Tensor | None] = [None] * len(inputs)
+    if direct:
+        out[dyn[0]] = transpose(lams[0])
+        return out, bias - REL64 * slack - TINY64
     for k, x, g in zip(dyn, xs, grads):
         g = torch.zeros((per, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
         g = g.transpose(0, 1).reshape(rows, *x.shape[1:])

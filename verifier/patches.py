@@ -50,10 +50,6 @@ class Patches:
         return Patches(data, index % (h * w), (h, w), (1, 1), (0, 0), (c, h, w))
 
     @property
-    def batch(self) -> int:
-        return self.pos.shape[0]
-
-    @property
     def window(self) -> tuple[int, int]:
         return self.data.shape[2], self.data.shape[3]
 

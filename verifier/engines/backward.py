@@ -12,7 +12,6 @@ float64 with the rules' rounding allowances.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -94,18 +93,19 @@ def concretize(inputs: InputSet, box: Box, coeffs: Tensor | None, rows: int) -> 
     hi = ((box.hi.reshape(b, 1, -1) - x0) * (1 + REL64) + TINY64).clamp_min(0.0)
     rho = inputs.eps.to(torch.float64)[:, None]
     uncut = bool(((lo <= -rho[..., None]) & (hi >= rho[..., None])).all())
+    # c . x0 rounds by at most gamma_n |c| . |x0| <= REL64 ||c||_2 ||x0||_2 (Cauchy-Schwarz)
+    x0_norm = torch.linalg.vector_norm(x0.reshape(b, -1), dim=1)[:, None]
     if uncut and isinstance(coeffs, Patches):  # each row's window holds all its nonzero entries
-        centre = inputs.center.to(torch.float64)
-        at_centre = coeffs.dot(centre) - REL64 * Patches.dot(replace(coeffs, data=coeffs.data.abs()), centre.abs())
-        norm = torch.linalg.vector_norm(coeffs.data.flatten(1), dim=1)
-        return (at_centre - TINY64).reshape(b, rows) - rho * norm.reshape(b, rows) * (1 + 2 * REL64) - TINY64
+        norm = torch.linalg.vector_norm(coeffs.data.flatten(1), dim=1).reshape(b, rows)
+        at_centre = coeffs.dot(inputs.center.to(torch.float64)).reshape(b, rows) - REL64 * norm * x0_norm
+        return at_centre - TINY64 - rho * norm * (1 + 2 * REL64) - TINY64
     c = dense_rows(coeffs).reshape(b, rows, -1)
-    x0v = x0.reshape(b, -1, 1)
-    at_centre = (torch.bmm(c, x0v) - REL64 * torch.bmm(c.abs(), x0v.abs()))[..., 0] - TINY64
+    norm = torch.linalg.vector_norm(c, dim=-1)
+    at_centre = torch.bmm(c, x0.reshape(b, -1, 1))[..., 0] - REL64 * norm * x0_norm - TINY64
     if uncut:
         # the box does not cut the ball: min over the ball alone, -rho ||c||_2 (the sum of squares rounds by
         # at most REL64 relative, the root halves that, the product rounds once)
-        return at_centre - rho * torch.linalg.vector_norm(c, dim=-1) * (1 + 2 * REL64) - TINY64
+        return at_centre - rho * norm * (1 + 2 * REL64) - TINY64
     return at_centre + ball_box_min(c, lo, hi, rho, rounds=BALL_ROUNDS)
 
 

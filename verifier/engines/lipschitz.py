@@ -234,7 +234,7 @@ def _fused_conv_bound(chain: list[Node], args: dict[str, RuleArgs]) -> float | N
     """A chain [channel ops..., Conv, channel ops...] is one convolution with a rescaled kernel
     W'[o, c] = s_out[o] W[o, c] s_in[c] (biases do not matter): its DFT bound (Sedghi et al. 2019)."""
     from verifier.conv_norms import conv_l2_bound
-    from verifier.ops.linear import Conv
+    from verifier.ops.conv import Conv
 
     convs = [i for i, n in enumerate(chain) if isinstance(n.op, Conv)]
     if len(convs) != 1:
