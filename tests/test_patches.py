@@ -193,3 +193,28 @@ def test_probe_stops_where_crown_does_not_narrow(cnn, monkeypatch):
     assert most > intermediate.PROBE_ENTRIES, "the CNN has too few unstable entries to test the probe"
     first = counts[-1.0][0]  # the first convolution's output: later boxes narrow through the forward walk too
     assert int(first.max()) <= intermediate.PROBE_ENTRIES
+
+
+def test_an_inputs_bounds_do_not_depend_on_its_batch(cnn):
+    """The budget is per input: an input with many unstable entries (a large ball) beside one with few does
+    not change the other's boxes or bounds."""
+    from verifier.problem import Conjunction
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand((2, *cnn.graph.sample_shape), generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = cnn(x).argmax(1)
+    eps = torch.tensor([0.2, 5.0], dtype=torch.float64)
+    both = Problem(LpBall(x, eps, 2.0), Conjunction.robustness(y, 5))
+    alone = both[:1]
+    first = list(cnn.graph.nodes())[0].outputs[0]
+    with torch.no_grad():
+        box = intermediate.boxes(cnn, both.inputs, budget=0)[first]
+        unstable = ((box.lo < 0) & (box.hi > 0)).flatten(1).sum(1)
+        assert int(unstable[1]) > int(unstable[0]) > 0
+        budget = int(unstable[0]) * intermediate._prefix_entries(cnn, first)  # the first input's entries only
+        low_both = crown.spec_bounds(cnn, both, budget=budget).low()
+        low_alone = crown.spec_bounds(cnn, alone, budget=budget).low()
+        low_none = crown.spec_bounds(cnn, alone, budget=0).low()
+    _close(low_both[:1], low_alone, "bounds of the first input")
+    assert bool((low_alone > low_none + 1e-9).any()), "the budget let no tightening through: the test tests nothing"

@@ -147,7 +147,7 @@ def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None 
           budget: int | None = None, slopes: Any = None, done: dict[str, Tensor] | None = None) -> dict[str, Any]:
     """Forward boxes of every tensor over the input set: interval images, intersected with the ``prior`` boxes
     when given (e.g. BCP's, ``verifier.engines.bcp.walk``), and the inputs of every nonlinear op tightened by
-    CROWN where the entries to tighten per input (``Op.unstable``) times the entries of the graph before them
+    CROWN on the inputs where the entries to tighten (``Op.unstable``) times the entries of the graph before them
     are at most ``budget`` (default ``CROWN_BUDGET``; 0: none), except on the inputs ``done`` names per tensor
     (``settled``; default: those ``settled`` finds without a ball). ``slopes``: alpha-CROWN's variables for those
     tightenings (as in ``_tightened``), the boxes then differentiable in them."""
@@ -168,8 +168,12 @@ def boxes(module64: GraphModule, inputs: InputSet, prior: dict[str, Any] | None 
                 mask = node.op.unstable(args[k]) if k == 0 else None
                 if t in done:
                     mask = _unsettled(mask, args[k], done[t])
-                count = math.prod(args[k].shape[1:]) if mask is None else int(mask.flatten(1).sum(1).max())
-                if count * _prefix_entries(module64, t) <= limit:
+                b = args[k].shape[0]
+                counts = torch.full((b,), math.prod(args[k].shape[1:])) if mask is None else mask.flatten(1).sum(1)
+                within = counts * _prefix_entries(module64, t) <= limit  # per input: the bounds of one input never
+                if bool(within.any()):  # depend on the others in its batch
+                    if not bool(within.all()):
+                        mask = _unsettled(mask, args[k], ~within)
                     env[t] = args[k] = _tightened(module64, env, inputs, t, mask, slopes)
         out = node.op.interval(*args)
         outs = out if isinstance(out, tuple) else (out,)
