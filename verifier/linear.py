@@ -179,7 +179,7 @@ def _box_lines(lam_b: Tensor, box: Box, lower: tuple[Tensor, Tensor],
     if not bool(torch.isfinite(m).all() and torch.isfinite(b_l).all() and torch.isfinite(b_u).all()):
         return None
     lam3 = lam_b.reshape(b, r, -1)
-    a_l, a_u, b_l, b_u = (t.reshape(b, 1, -1) for t in (a_l, a_u, b_l, b_u))
+    a_l, a_u, b_l, b_u = (torch.broadcast_to(t, box.shape).reshape(b, 1, -1) for t in (a_l, a_u, b_l, b_u))
     pos = lam3.clamp_min(0)
     neg = lam3 - pos  # exact
     out = lam3 * torch.where(lam3 >= 0, a_l, a_u)  # one rounded product per entry, as in the general case

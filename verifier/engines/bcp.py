@@ -77,7 +77,8 @@ class BallBounds:
     per tensor t a bound of the l2 Lipschitz constant of input -> t (floats; differentiable estimates in
     training, ``training.bcp_bound``); ``row_norms``, per affine-chain output the l2 norms of the chain's rows
     (sample shape); ``chain_input``, per chain output the chain's input tensor; ``exact_rows``, the chain outputs
-    whose row norms are those of the materialized chain matrix (not the operator-norm bound)."""
+    whose row norms are exact (the materialized chain matrix's, or one weight op's ``Op.squared_row_norms``), not
+    the operator-norm bound."""
 
     tensor_bounds: dict[str, Any] = field(default_factory=dict)
     row_norms: dict[str, Tensor] = field(default_factory=dict)

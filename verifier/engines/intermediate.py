@@ -24,10 +24,9 @@ from verifier.problem import InputSet, LpBall
 from .backward import backward, chunk_rows, concretize
 from .bcp import BallBounds
 
-#: CROWN tightens the input of a nonlinear op only where its unstable entries per input times the entries of
-#: the graph before it (what the rows +-e_i cost, dense) stay within this; else the forward box is kept. MLPs
-#: and small CNNs (oval21's cifar_base_kw) get every intermediate bound; larger convolutional layers cost too
-#: much with dense rows
+#: CROWN tightens the input of a nonlinear op on the inputs whose unstable entries times the entries of the
+#: graph before it (what the rows +-e_i cost, dense) stay within this; elsewhere the forward box is kept. MLPs
+#: and small CNNs (oval21's cifar_base_kw, resnet_2b) get every intermediate bound
 CROWN_BUDGET = 2 ** 24
 #: CROWN first tightens this many entries of a tensor per input (in a fixed spread order), and the others only
 #: for the inputs where the probed widths shrank to at most ``PROBE_RATIO`` of the forward box's, in sum (on
@@ -37,6 +36,7 @@ PROBE_RATIO = 0.9
 #: CROWN's rows +-e_i on (C, H, W) tensors start as local rows (``verifier.patches``: windows through 2-D
 #: convolutions and activations, dense from the first other op); False: dense from the start (same bounds)
 LOCAL_ROWS = True
+
 
 def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, name: str, mask: Tensor | None,
                slopes: Any = None) -> Box:

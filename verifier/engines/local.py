@@ -54,8 +54,8 @@ from verifier.problem import Problem, RadiusProblem
 from verifier.rounding import REL64
 
 BISECTION_STEPS = 10
-#: the budget of CROWN's intermediate bounds (``verifier.engines.intermediate.boxes``) under the local bounds: every R
-#: tried pays it, so only the cheap ones (MLP layers)
+#: the budget of CROWN's intermediate bounds (``verifier.engines.intermediate.boxes``) under the local bounds:
+#: every R tried pays it, so only the cheap ones (MLP layers)
 CROWN_BOXES = 2 ** 21
 #: most float64 entries of the gradient boxes of one chunk of inputs (B * K * largest tensor)
 GRADIENT_BUDGET = 2 ** 24
