@@ -84,14 +84,19 @@ def test_local_rule_equals_dense_rule(spec):
 
 
 @pytest.fixture(scope="module")
-def cnn(tmp_path_factory):
+def cnn_file(tmp_path_factory):
     """A small random CNN: strided, padded and dilated 2-D convolutions, ReLUs, a dense head."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=2, dilation=2),
                         nn.ReLU(), nn.Conv2d(6, 4, 2, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(36, 5))
     path = tmp_path_factory.mktemp("patches") / "cnn.onnx"
     export(net, torch.rand(1, 2, 12, 12), path)
-    return load_onnx(path).float64()
+    return path
+
+
+@pytest.fixture(scope="module")
+def cnn(cnn_file):
+    return load_onnx(cnn_file).float64()
 
 
 @pytest.mark.parametrize("norm", [2.0, math.inf])
@@ -218,3 +223,23 @@ def test_an_inputs_bounds_do_not_depend_on_its_batch(cnn):
         low_none = crown.spec_bounds(cnn, alone, budget=0).low()
     _close(low_both[:1], low_alone, "bounds of the first input")
     assert bool((low_alone > low_none + 1e-9).any()), "the budget let no tightening through: the test tests nothing"
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_crown_radii_with_local_rows_survive_pgd(cnn_file, norm):
+    """CROWN's radii on the small CNN (every convolutional bound through local rows) are not broken by PGD."""
+    from verifier.engines.attacks import pgd
+    from verifier.engines.crown import crown_radii
+    from verifier.problem import RadiusProblem
+
+    gen = torch.Generator().manual_seed(8)
+    module = load_onnx(cnn_file)
+    x = torch.rand((6, *module.graph.sample_shape), generator=gen)
+    with torch.no_grad():
+        y = module(x).argmax(1)
+    balls = RadiusProblem(x, y, norm)
+    radii = crown_radii(module, balls, budget=2 ** 40)
+    ok = radii > 0
+    assert bool(ok.any())
+    _, success = pgd(module, balls[ok.nonzero()[:, 0]].at(radii[ok].float() * 0.999), steps=100, restarts=10)
+    assert not bool(success.any()), "PGD broke a CROWN radius"
