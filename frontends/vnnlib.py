@@ -1,111 +1,111 @@
-"""VNN-LIB property files as evaluation data: one sample per file, the centre of its input box, and its label.
+"""VNN-LIB properties (``read_vnnlib``): input regions, and per region the output conditions of a counterexample.
 
-A VNN-LIB file is a list of s-expressions: ``(declare-const X_i Real)`` / ``(declare-const Y_j Real)`` for the
-model's flattened inputs and outputs, and ``(assert E)`` where ``E`` is a comparison (``<=``, ``>=``, ``<``,
-``>``) between terms (variables, numbers, ``+``, ``-``, ``*``) or an ``and`` / ``or`` of such. The file is
-parsed as a whole (``parse_sexprs``: balanced parentheses, one line naming the line and what was expected
-otherwise), every variable must be declared with an index from 0, every constant must be a finite number, and
-at least one assertion must constrain the outputs.
+A VNN-LIB file is a list of s-expressions (``frontends.sexpr``): ``(declare-const X_i Real)`` /
+``(declare-const Y_j Real)`` for the model's flattened inputs and outputs (row-major order), and ``(assert E)``
+where ``E`` is a comparison (``<=``, ``>=``, ``<``, ``>``) between linear terms (variables, numbers, ``+``, ``-``,
+``*`` by constants) or an ``and`` / ``or`` of such. The assertions together state what a counterexample
+satisfies: the file is read as their conjunction, brought to disjunctive normal form (at most ``MAX_CASES``
+cases). Each case is a conjunction of input constraints (bounds on one X_i each: input regions are boxes) and
+output constraints (any linear inequality over the Y_j); cases with the same input box are grouped into one
+``Region`` whose ``disjuncts`` are their output conjunctions, so several input boxes (acasxu's) and disjunctions
+of output conditions (robustness against every other class) are both stated. A region whose box is empty holds
+trivially and is dropped. Malformed files, constraints mixing X and Y, and constraints over several inputs are
+refused with one line naming the line.
 
-As data, a VNN-COMP robustness property gives an input box (``(assert (<= X_i hi))``, ``(assert (>= X_i lo))``,
-in the model's own input space, flattened in row-major order; a top-level ``and`` of such bounds counts too) and
-the output condition of a counterexample. The sample is the box's centre. The label is the class the property
-protects: the index that is on the losing side of every comparison (``Y_j >= Y_c`` or ``Y_c <= Y_j`` for the
-other classes j, the usual disjunction), or else the label the file's comment states (``label: 2``, ``correct
-label 0``: targeted properties say which class must not win, not which one is right). Files with several input
-boxes (input bounds inside an ``or``) are refused here.
+``load_vnnlib`` reads properties as evaluation data (one sample per file: the box centre and the class the
+property protects), for ``certify --data``.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from verifier.errors import LipverifyError
 
+from .sexpr import SList, parse_sexprs, show
+
 _COMMENT_LABEL = re.compile(r";.*?(?:correct label|label)\s*:?\s*(\d+)", re.IGNORECASE)
 _VARIABLE = re.compile(r"([XY])_(0|[1-9][0-9]*)")
 _COMPARISONS = {"<=", ">=", "<", ">"}
 _ARITHMETIC = {"+", "-", "*"}
-#: deeper nesting than any benchmark uses; refused so that no walk can exhaust Python's stack
-MAX_DEPTH = 64
 #: property files larger than this are refused before being read (the largest VNN-COMP files are ~30 MB)
 MAX_BYTES = 512 * 2**20
+#: most cases of the disjunctive normal form (VNN-COMP files have at most a few thousand)
+MAX_CASES = 2**16
+
+#: a linear term: coefficients by variable ('X' or 'Y', index), and a constant
+Linear = tuple[dict[tuple[str, int], float], float]
+
+
+@dataclass(frozen=True)
+class Atom:
+    """One constraint of a case: sum coef[k] * V_index[k] + const >= 0 (> 0 when ``strict``) over the inputs
+    (``kind`` 'X') or the outputs ('Y')."""
+
+    kind: str
+    index: tuple[int, ...]
+    coef: tuple[float, ...]
+    const: float
+    strict: bool
 
 
 @dataclass
-class SList:
-    """A parenthesized s-expression: its items (nested ``SList``s and atoms, plain strings) and the line of its
-    '('."""
+class Rows:
+    """A conjunction of output constraints: a y + c >= 0 in every row (> 0 where ``strict``); a (R, K)."""
 
-    items: list["SList | str"]
-    line: int
+    a: np.ndarray
+    c: np.ndarray
+    strict: np.ndarray
 
-
-#: one token: a comment, a newline (to count lines), a parenthesis, a quote (refused) or an atom
-_TOKEN = re.compile(r';[^\n]*|\n|[()"]|[^\s();"]+')
-
-
-def parse_sexprs(text: str, where: str) -> list[SList]:
-    """The top-level s-expressions of ``text`` (comments start with ';'). Unbalanced parentheses, atoms outside
-    parentheses, nesting deeper than ``MAX_DEPTH`` and string literals are refused with one line naming the
-    line."""
-    stack: list[SList] = []
-    top: list[SList] = []
-    number = 1
-    for match in _TOKEN.finditer(text):
-        token = match.group()
-        first = token[0]
-        if first == "\n":
-            number += 1
-        elif first == ";":
-            continue
-        elif first == "(":
-            if len(stack) >= MAX_DEPTH:
-                raise LipverifyError(f"{where}: line {number}: expressions nested deeper than {MAX_DEPTH}")
-            stack.append(SList([], number))
-        elif first == ")":
-            if not stack:
-                raise LipverifyError(f"{where}: line {number}: unexpected ')' with no '(' open")
-            done = stack.pop()
-            (stack[-1].items if stack else top).append(done)
-        elif first == '"':
-            raise LipverifyError(f"{where}: line {number}: unexpected '\"' (VNN-LIB has no strings)")
-        elif stack:
-            stack[-1].items.append(token)
-        else:
-            raise LipverifyError(f"{where}: line {number}: expected (declare-const ...) or (assert ...), got "
-                                 f"'{token}'")
-    if stack:
-        raise LipverifyError(f"{where}: line {stack[-1].line}: '(' opened here is never closed")
-    return top
-
-
-def _show(e: SList | str) -> str:
-    if isinstance(e, str):
-        return f"'{e}'"
-    head = e.items[0] if e.items and isinstance(e.items[0], str) else "..."
-    return f"'({head} ...)'" if e.items else "'()'"
+    def satisfied(self, y: np.ndarray) -> bool:
+        """Whether the outputs y (K,) satisfy every row (float64, exactly as written)."""
+        v = self.a @ np.asarray(y, dtype=np.float64).reshape(-1) + self.c
+        return bool(np.where(self.strict, v > 0, v >= 0).all())
 
 
 @dataclass
-class _Property:
-    """What ``read_property`` keeps of a parsed file."""
+class Region:
+    """An input box [lower, upper] (float64, rounded outward where a bound is not exact) and the conjunctions of
+    output constraints (``disjuncts``) any of which makes a point of the box a counterexample. ``inputs``: the
+    input constraints as written (index, coef, const, strict arrays), for exact membership (``contains``)."""
 
+    lower: np.ndarray
+    upper: np.ndarray
+    disjuncts: list[Rows]
+    inputs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] = field(repr=False, default=None)
+
+    def contains(self, x: np.ndarray) -> bool:
+        """Whether x (flattened) satisfies the region's input constraints as written (float64)."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        index, coef, const, strict = self.inputs
+        v = coef * x[index] + const
+        return bool(np.where(strict, v > 0, v >= 0).all())
+
+    def violated_by(self, x: np.ndarray, y: np.ndarray) -> bool:
+        """Whether (x, y) is a counterexample: x in the region and y satisfying one of its disjuncts."""
+        return self.contains(x) and any(rows.satisfied(y) for rows in self.disjuncts)
+
+
+@dataclass
+class VnnlibProperty:
+    """A parsed property: the flattened input and output sizes and its regions (the property is violated where
+    any region has a counterexample)."""
+
+    path: str
     n_inputs: int
     n_outputs: int
-    bounds: list[tuple[str, int, float]]  # (op, input index, value): X_i op value
-    compares: list[tuple[str, int, int]]  # (op, a, b): Y_a op Y_b, anywhere in the assertions
+    regions: list[Region]
+    text: str = field(repr=False, default="")
 
 
 class _Reader:
     def __init__(self, where: str):
         self.where = where
         self.declared: dict[str, dict[int, int]] = {"X": {}, "Y": {}}  # kind -> index -> line
-        self.prop = _Property(0, 0, [], [])
         self.constrains_outputs = False
 
     def fail(self, line: int, message: str) -> LipverifyError:
@@ -115,20 +115,6 @@ class _Reader:
         """('X' or 'Y', index) for a variable name, None for anything else."""
         m = _VARIABLE.fullmatch(atom)
         return (m.group(1), int(m.group(2))) if m else None
-
-    def form(self, e: SList) -> None:
-        if not e.items or not isinstance(e.items[0], str):
-            raise self.fail(e.line, f"expected (declare-const ...) or (assert ...), got {_show(e)}")
-        head = e.items[0]
-        if head == "declare-const":
-            self.declare(e)
-        elif head == "assert":
-            if len(e.items) != 2:
-                raise self.fail(e.line, "expected (assert EXPRESSION) with one expression")
-            has_y = self.expression(e.items[1], e.line, top=True)
-            self.constrains_outputs |= has_y
-        else:
-            raise self.fail(e.line, f"expected (declare-const ...) or (assert ...), got {_show(e)}")
 
     def declare(self, e: SList) -> None:
         if len(e.items) != 3 or not all(isinstance(i, str) for i in e.items[1:]):
@@ -144,15 +130,14 @@ class _Reader:
                                     f"{self.declared[var[0]][var[1]]})")
         self.declared[var[0]][var[1]] = e.line
 
-    def term(self, e: SList | str, line: int) -> tuple[set[str], float | None, tuple[str, int] | None]:
-        """(kinds of the variables in the term, its value if constant, the variable if it is one); ``line``: the
-        line of the enclosing expression (an atom's)."""
+    def term(self, e: SList | str, line: int) -> Linear:
+        """The linear form of a term; ``line``: the line of the enclosing expression (an atom's)."""
         if isinstance(e, str):
             var = self.variable(e)
             if var is not None:
                 if var[1] not in self.declared[var[0]]:
                     raise self.fail(line, f"variable '{e}' is used but not declared")
-                return {var[0]}, None, var
+                return {var: 1.0}, 0.0
             if e[:2] in ("X_", "Y_"):
                 raise self.fail(line, f"variable '{e}': expected X_<index> or Y_<index> (index 0, 1, 2, ...)")
             try:
@@ -161,58 +146,99 @@ class _Reader:
                 raise self.fail(line, f"expected a number or a declared variable, got '{e}'")
             if not math.isfinite(value):
                 raise self.fail(line, f"expected a finite number, got '{e}'")
-            return set(), value, None
+            return {}, value
         if not e.items or not isinstance(e.items[0], str) or e.items[0] not in _ARITHMETIC:
             raise self.fail(e.line, f"expected a term (a number, a variable, (+ ...), (- ...) or (* ...)), got "
-                                    f"{_show(e)}")
+                                    f"{show(e)}")
+        head = e.items[0]
         if len(e.items) < 2:
-            raise self.fail(e.line, f"'({e.items[0]})' needs at least one operand")
-        kinds: set[str] = set()
-        for item in e.items[1:]:
-            kinds |= self.term(item, e.line)[0]
-        return kinds, None, None
+            raise self.fail(e.line, f"'({head})' needs at least one operand")
+        parts = [self.term(item, e.line) for item in e.items[1:]]
+        if head == "*":
+            return self.product(parts, e.line)
+        if head == "-":
+            parts = parts[:1] + [_scaled(p, -1.0) for p in parts[1:]] if len(parts) > 1 else [_scaled(parts[0], -1.0)]
+        return _sum(parts)
 
-    def expression(self, e: SList | str, line: int, top: bool) -> bool:
-        """Check one boolean expression (``line``: its enclosing one's); record bounds and comparisons. Returns
-        whether it involves Y."""
+    def product(self, parts: list[Linear], line: int) -> Linear:
+        factor, variable = 1.0, None
+        for coeffs, const in parts:
+            if coeffs:
+                if variable is not None:
+                    raise self.fail(line, "a product of two variable terms is not linear")
+                variable = (coeffs, const)
+            else:
+                factor *= const
+        return _scaled(variable, factor) if variable is not None else ({}, factor)
+
+    def expression(self, e: SList | str, line: int) -> list[tuple[Atom, ...]]:
+        """The disjunctive normal form of a boolean expression (``line``: its enclosing one's): its cases, each a
+        tuple of atoms."""
         if isinstance(e, str) or not e.items or not isinstance(e.items[0], str):
             raise self.fail(line if isinstance(e, str) else e.line,
-                            f"expected a comparison, (and ...) or (or ...), got {_show(e)}")
+                            f"expected a comparison, (and ...) or (or ...), got {show(e)}")
         head = e.items[0]
         if head in ("and", "or"):
             if len(e.items) < 2:
                 raise self.fail(e.line, f"'({head})' needs at least one operand")
-            found = [self.expression(item, e.line, top=top and head == "and") for item in e.items[1:]]
-            return any(found)
+            forms = [self.expression(item, e.line) for item in e.items[1:]]
+            if head == "or":
+                cases = [case for form in forms for case in form]
+                if len(cases) > MAX_CASES:
+                    raise self.fail(e.line, f"more than {MAX_CASES} cases in disjunctive normal form")
+                return cases
+            return self.conjoin(forms, e.line)
         if head not in _COMPARISONS:
-            raise self.fail(e.line, f"expected a comparison (<=, >=, <, >), (and ...) or (or ...), got {_show(e)}")
+            raise self.fail(e.line, f"expected a comparison (<=, >=, <, >), (and ...) or (or ...), got {show(e)}")
         if len(e.items) != 3:
             raise self.fail(e.line, f"'({head} ...)' compares exactly two terms")
-        (ka, va, a), (kb, vb, b) = self.term(e.items[1], e.line), self.term(e.items[2], e.line)
-        if va is not None and vb is not None:
-            raise self.fail(e.line, "a comparison of two numbers constrains nothing")
-        if "X" in ka | kb and "Y" not in ka | kb:
-            self.input_bound(e, head, a, va, b, vb, top)
-        if a is not None and b is not None and a[0] == b[0] == "Y" and head in (">=", "<="):
-            self.prop.compares.append((head, a[1], b[1]))
-        return "Y" in ka | kb
+        return [(self.atom(head, self.term(e.items[1], e.line), self.term(e.items[2], e.line), e.line),)]
 
-    def input_bound(self, e: SList, op: str, a, va, b, vb, top: bool) -> None:
-        if not top:
-            raise self.fail(e.line, "input bounds inside (or ...) describe several input boxes; one box per file "
-                                    "is supported here")
-        flip = {"<=": ">=", ">=": "<=", "<": ">", ">": "<"}
-        if a is not None and vb is not None:
-            self.prop.bounds.append((op.rstrip("=") + "=", a[1], vb))
-        elif b is not None and va is not None:
-            self.prop.bounds.append((flip[op].rstrip("=") + "=", b[1], va))
-        else:
-            raise self.fail(e.line, "an input constraint that is not a bound on one input X_i (not supported as "
-                                    "data)")
+    def conjoin(self, forms: list[list[tuple[Atom, ...]]], line: int) -> list[tuple[Atom, ...]]:
+        """The normal form of a conjunction of normal forms (their cases' products)."""
+        cases: list[tuple[Atom, ...]] = [()]
+        for form in sorted(forms, key=len):
+            if len(cases) * len(form) > MAX_CASES:
+                raise self.fail(line, f"more than {MAX_CASES} cases in disjunctive normal form")
+            cases = [a + b for a in cases for b in form]
+        return cases
 
-    def finish(self, forms: list[SList]) -> _Property:
+    def atom(self, op: str, left: Linear, right: Linear, line: int) -> Atom:
+        coeffs, const = _sum([left, _scaled(right, -1.0)])  # left - right
+        if op in ("<=", "<"):
+            coeffs, const = _scaled((coeffs, const), -1.0)
+        coeffs = {v: c for v, c in coeffs.items() if c != 0.0}
+        kinds = {kind for kind, _ in coeffs}
+        if not kinds:
+            raise self.fail(line, "a comparison without variables constrains nothing")
+        if len(kinds) == 2:
+            raise self.fail(line, "a constraint that mixes inputs X and outputs Y is not supported")
+        kind = kinds.pop()
+        if kind == "X" and len(coeffs) > 1:
+            names = ", ".join(f"X_{i}" for _, i in sorted(coeffs)[:3])
+            raise self.fail(line, f"a constraint on several inputs ({names}) is not supported: input regions are "
+                                  "boxes (bounds on one X_i each)")
+        self.constrains_outputs |= kind == "Y"
+        order = sorted(coeffs)
+        return Atom(kind, tuple(i for _, i in order), tuple(coeffs[v] for v in order), const, op in ("<", ">"))
+
+    def read(self, forms: list[SList]) -> list[tuple[Atom, ...]]:
+        """The file's cases: its assertions conjoined (single-case ones shared by every case)."""
+        common: list[Atom] = []
+        split: list[list[tuple[Atom, ...]]] = []
         for e in forms:
-            self.form(e)
+            if not e.items or not isinstance(e.items[0], str) or e.items[0] not in ("declare-const", "assert"):
+                raise self.fail(e.line, f"expected (declare-const ...) or (assert ...), got {show(e)}")
+            if e.items[0] == "declare-const":
+                self.declare(e)
+                continue
+            if len(e.items) != 2:
+                raise self.fail(e.line, "expected (assert EXPRESSION) with one expression")
+            form = self.expression(e.items[1], e.line)
+            if len(form) == 1:
+                common.extend(form[0])
+            else:
+                split.append(form)
         for kind in ("X", "Y"):
             indices = self.declared[kind]
             if not indices:
@@ -225,12 +251,54 @@ class _Reader:
         if not self.constrains_outputs:
             raise LipverifyError(f"{self.where}: no assertion on the outputs Y_j (a property needs an output "
                                  "constraint)")
-        self.prop.n_inputs, self.prop.n_outputs = len(self.declared["X"]), len(self.declared["Y"])
-        return self.prop
+        shared = tuple(common)
+        return [shared + case for case in self.conjoin(split, 0)] if split else [shared]
 
 
-def read_property(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """(lower, upper, label) of one property file."""
+def _scaled(term: Linear, factor: float) -> Linear:
+    return {v: c * factor for v, c in term[0].items()}, term[1] * factor
+
+
+def _sum(terms: list[Linear]) -> Linear:
+    coeffs: dict[tuple[str, int], float] = {}
+    for part, _ in terms:
+        for v, c in part.items():
+            coeffs[v] = coeffs.get(v, 0.0) + c
+    return coeffs, sum(const for _, const in terms)
+
+
+def _region(where: str, case: tuple[Atom, ...], n: int, k: int) -> tuple[Region, Rows] | None:
+    """The box and output rows of one case (None when its box is empty)."""
+    xs = [a for a in case if a.kind == "X"]
+    index = np.array([a.index[0] for a in xs], dtype=np.int64)
+    coef = np.array([a.coef[0] for a in xs], dtype=np.float64)
+    const = np.array([a.const for a in xs], dtype=np.float64)
+    strict = np.array([a.strict for a in xs], dtype=bool)
+    with np.errstate(all="ignore"):
+        value = -const / coef  # coef x + const >= 0: x >= value (coef > 0), x <= value (coef < 0)
+    exact = np.abs(coef) == 1.0
+    lower, upper = np.full(n, -np.inf), np.full(n, np.inf)
+    up = coef > 0
+    np.maximum.at(lower, index[up], np.where(exact, value, np.nextafter(value, -np.inf))[up])
+    np.minimum.at(upper, index[~up], np.where(exact, value, np.nextafter(value, np.inf))[~up])
+    for side, bound in (("lower", lower), ("upper", upper)):
+        free = np.flatnonzero(~np.isfinite(bound))
+        if len(free):
+            raise LipverifyError(f"{where}: X_{int(free[0])} has no {side} bound; every input needs both (input "
+                                 "regions are boxes)")
+    if (lower > upper).any():
+        return None
+    ys = [a for a in case if a.kind == "Y"]
+    a = np.zeros((len(ys), k))
+    for r, atom in enumerate(ys):
+        np.add.at(a[r], list(atom.index), atom.coef)
+    rows = Rows(a, np.array([t.const for t in ys], dtype=np.float64), np.array([t.strict for t in ys], dtype=bool))
+    return Region(lower, upper, [], (index, coef, const, strict)), rows
+
+
+def read_vnnlib(path: Path) -> VnnlibProperty:
+    """The property of one ``.vnnlib`` file (module docstring); one-line ``LipverifyError`` when malformed."""
+    path = Path(path)
     if not path.is_file():
         raise LipverifyError(f"{path}: not a regular file")
     try:
@@ -239,30 +307,45 @@ def read_property(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise LipverifyError(f"{path}: cannot read the VNN-LIB file ({type(e).__name__})")
-    prop = _Reader(str(path)).finish(parse_sexprs(text, str(path)))
-    n = prop.n_inputs
-    lower, upper = np.full(n, np.nan), np.full(n, np.nan)
-    for op, i, v in prop.bounds:
-        target = upper if op == "<=" else lower
-        if not np.isnan(target[i]):
-            raise LipverifyError(f"{path}: X_{i} has several {'upper' if op == '<=' else 'lower'} bounds (a "
-                                 "disjunction of input boxes); one box per file is supported")
-        target[i] = v
-    missing = np.flatnonzero(np.isnan(lower) | np.isnan(upper))
-    if len(missing):
-        side = "lower" if np.isnan(lower[missing[0]]) else "upper"
-        raise LipverifyError(f"{path}: X_{int(missing[0])} has no {side} bound; every input needs both")
-    if (lower > upper).any():
-        raise LipverifyError(f"{path}: an empty input box (X_{int(np.flatnonzero(lower > upper)[0])})")
-    return lower, upper, _label(path, text, prop)
+    reader = _Reader(str(path))
+    cases = reader.read(parse_sexprs(text, str(path)))
+    n, k = len(reader.declared["X"]), len(reader.declared["Y"])
+    regions: dict[bytes, Region] = {}
+    for case in cases:
+        built = _region(str(path), case, n, k)
+        if built is None:
+            continue
+        region, rows = built
+        key = b"".join(np.ascontiguousarray(t).tobytes() for t in region.inputs)
+        regions.setdefault(key, region).disjuncts.append(rows)
+    return VnnlibProperty(str(path), n, k, list(regions.values()), text)
 
 
-def _label(path: Path, text: str, prop: _Property) -> int:
-    losing = [(a, b) if op == ">=" else (b, a) for op, a, b in prop.compares]  # (bigger, smaller)
-    smalls = {s for _, s in losing}
-    if len(smalls) == 1 and len(losing) > 1:
-        return smalls.pop()
-    stated = _COMMENT_LABEL.search(text)
+# ------------------------------------------------------------------------------------------ properties as data
+def read_property(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(lower, upper, label) of a property with one input box."""
+    prop = read_vnnlib(path)
+    if len(prop.regions) != 1:
+        raise LipverifyError(f"{path}: {'several input boxes' if prop.regions else 'an empty input box'}; one box "
+                             "per file is supported as data")
+    region = prop.regions[0]
+    return region.lower, region.upper, _label(path, prop)
+
+
+def _label(path: Path, prop: VnnlibProperty) -> int:
+    """The protected class: the one on the losing side of every pairwise comparison Y_a >= Y_b of the
+    counterexample (more than one), else the label the file's comment states."""
+    smaller = set()
+    pairs = 0
+    for rows in prop.regions[0].disjuncts:
+        for a, c in zip(rows.a, rows.c):
+            nz = np.flatnonzero(a)
+            if len(nz) == 2 and c == 0 and sorted(a[nz].tolist()) == [-1.0, 1.0]:
+                smaller.add(int(nz[a[nz] < 0][0]))
+                pairs += 1
+    if len(smaller) == 1 and pairs > 1:
+        return smaller.pop()
+    stated = _COMMENT_LABEL.search(prop.text)
     if stated:
         label = int(stated.group(1))
         if label >= prop.n_outputs:

@@ -41,8 +41,11 @@ def test_refused_properties_say_why(tmp_path):
         load_vnnlib(bad)
     two = _write(tmp_path / "t.vnnlib", [0.0], [1.0], DISJUNCTION)
     two.write_text(two.read_text() + "(assert (<= X_0 0.5))\n")
-    with pytest.raises(LipverifyError, match="several upper bounds"):
-        load_vnnlib(two)
+    assert load_vnnlib(two)[0].tolist() == [[0.25]]  # the assertions are conjoined: the box is [0, 0.5]
+    several = _write(tmp_path / "s.vnnlib", [0.0], [1.0], "(assert (or (and (<= X_0 0.5) (>= Y_0 Y_1)) "
+                     "(and (>= X_0 0.5) (>= Y_2 Y_1))))")
+    with pytest.raises(LipverifyError, match="several input boxes"):
+        load_vnnlib(several)
     unlabeled = _write(tmp_path / "u.vnnlib", [0.0], [1.0], TARGETED)
     with pytest.raises(LipverifyError, match="protected class"):
         load_vnnlib(unlabeled)

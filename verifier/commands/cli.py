@@ -1,9 +1,10 @@
 """The `lipverify` command line.
 
-Exit codes: 0 success; 1 a check or gate failed (e.g. parity); 2 bad input (one line on stderr, never a
-traceback; numbers are checked as the command line is parsed, ``cli_values``, and output paths before any work,
-``frontends.outputs``); 3 an internal error (one line; set LIPVERIFY_DEBUG=1 for the traceback). The README's
-"Exit codes and errors" states the contract.
+Exit codes: 0 success; 1 a check or gate failed (e.g. parity; for ``verify``: the property is violated); 2 bad
+input (one line on stderr, never a traceback; numbers are checked as the command line is parsed, ``cli_values``,
+and output paths before any work, ``frontends.outputs``); 3 an internal error (one line; set LIPVERIFY_DEBUG=1
+for the traceback); 4 ``verify`` could not decide (unknown or timeout). The README's "Exit codes and errors"
+states the contract.
 """
 from __future__ import annotations
 
@@ -240,6 +241,31 @@ def attack(model: str, data_path: str, split: str, norm: str, eps_list: tuple[fl
         click.echo(format_attack(result))
     sys.exit(EXIT_OK)
 
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("prop", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--timeout", type=POSITIVE, default=300.0, show_default=True, help="Seconds for the whole run.")
+@click.option("--output", "output", metavar="NAME", help="Which graph output to use (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the verdict line.")
+@click.option("--result", "result_path", type=str, help="Write the VNN-COMP result file here (sat with the "
+              "counterexample, unsat, unknown or timeout).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the attacks' random restarts.")
+def verify(model: str, prop: str, timeout: float, output: str | None, as_json: bool, result_path: str | None,
+           seed: int) -> None:
+    """Decide the VNN-LIB property PROP on MODEL: holds (no input of its regions gives outputs that meet its
+    output condition; proved), violated (a counterexample, confirmed with onnxruntime), or unknown / timeout.
+    Exit 0 holds, 1 violated, 4 unknown or timeout, 2 bad input."""
+    from frontends.onnx_io import read_model
+    from verifier.commands.verify_run import EXIT_CODES, format_verify, run_verify, vnncomp_result
+
+    outputs = OutputPaths({"--result": result_path}, inputs=[model, prop])
+    source = read_model(model, outputs)
+    result = run_verify(model, prop, timeout, output, seed, source)
+    outputs.write_bytes("--result", vnncomp_result(result).encode())
+    emit_json(result) if as_json else click.echo(format_verify(result))
+    sys.exit(EXIT_CODES[result["status"]])
 
 @cli.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=str))

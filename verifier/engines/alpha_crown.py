@@ -113,16 +113,25 @@ class Slopes:
         return self.nodes[target]
 
 
-def optimized_low(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RATE) -> Tensor:
+def optimized_low(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RATE, intermediate: bool = True
+                  ) -> Tensor:
+    """``optimized``'s bounds alone."""
+    return optimized(crown, steps, lr, intermediate)[0]
+
+
+def optimized(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RATE, intermediate: bool = True
+              ) -> tuple[Tensor, SpecBounds]:
     """(B, R) lower bounds of the spec's rows: the best over ``steps`` iterates of projected gradient ascent on
     the lower slopes (module docstring), starting from CROWN's bounds ``crown``; stops once every row is
-    positive, or once no input can be proved at its current pace (``_hopeless``)."""
+    positive, or once no input can be proved at its current pace (``_hopeless``). ``intermediate`` False: only
+    the spec's rows get slopes (the boxes stay ``crown``'s; cheaper, as in branch and bound). Also returns the
+    bounds over the intersection of every step's boxes (detached; what branch and bound starts from)."""
     with torch.no_grad():
         best = crown.low()
     if bool((best > 0).all()) or not _unstable_nodes(crown.module64, crown.env, crown.module64.graph.logits_tensor()):
-        return best
-    slopes = Slopes(crown.module64)
-    bounds = crown.rebound(slopes)
+        return best, crown
+    slopes = Slopes(crown.module64, intermediate)
+    bounds = crown.rebound(slopes) if intermediate else crown
     if slopes.overflow:  # the intermediate variables would be too many: the spec's rows alone, over CROWN's boxes
         slopes, bounds = Slopes(crown.module64, intermediate=False), crown
     optimizer = None
@@ -143,7 +152,7 @@ def optimized_low(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RA
         if slopes.intermediate:  # every step's boxes are sound: the next is intersected with all before
             crown = crown.tightened(bounds)
             bounds = crown.rebound(slopes)
-    return best
+    return best, crown.tightened(bounds) if slopes.intermediate else crown
 
 
 def alpha_crown_margin(module: GraphModule, problem: Problem, module64: GraphModule | None = None,

@@ -34,22 +34,30 @@ ROW_BUDGET = 2 ** 24
 
 
 def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tensor,
-             slopes: dict[str, Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
+             slopes: dict[str, Tensor] | None = None, extra: dict[str, Tensor] | None = None,
+             record: dict[str, Any] | None = None) -> tuple[Tensor | None, Tensor]:
     """Coefficients on the model input and a bias (B * R,) with lam . target >= coeffs . x + bias for every input
     whose tensors lie in the boxes ``env``; ``lam``: (B * R, *target's sample shape). ``slopes``: the lower slopes
     of the nodes named there (ops with ``slope_variable``; alpha-CROWN's variables, differentiated through the
-    walk). NoRuleError when an input-dependent tensor does not keep the batch axis in front (rows are stacked
-    along it)."""
+    walk). ``extra``: rows (B * R, *shape) of tensors before the target, added to what reaches them (the bound is
+    then of lam . target + sum extra[t] . t: beta-CROWN's split terms). ``record``: its keys (tensors) get the
+    rows that reached them (dense; branching heuristics read them). NoRuleError when an input-dependent tensor
+    does not keep the batch axis in front (rows are stacked along it)."""
     g = module64.graph
     slopes = slopes or {}
+    extra = extra or {}
     lams: dict[str, Any] = {target: lam}
     like = lam.data if isinstance(lam, Patches) else lam
     bias = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
     if target == g.input_name:
         return lam, bias
-    with torch.set_grad_enabled(any(v.requires_grad for v in slopes.values())):
+    with torch.set_grad_enabled(any(v.requires_grad for v in [*slopes.values(), *extra.values()])):
         for node in reversed(g.nodes_up_to(target)):
             outs = [lams.pop(o, None) if o else None for o in node.outputs]
+            outs = [_plus(out, extra.get(o)) for out, o in zip(outs, node.outputs)]
+            for out, o in zip(outs, node.outputs):
+                if record is not None and o in record and out is not None:
+                    record[o] = dense_rows(out)
             if all(o is None for o in outs):
                 continue
             args = module64.node_args(node, env)
@@ -74,6 +82,12 @@ def backward(module64: GraphModule, env: dict[str, Any], target: str, lam: Tenso
                 if part is not None and t and is_box(env.get(t)):
                     lams[t] = dense_rows(lams[t]) + dense_rows(part) if t in lams else part
     return lams.get(g.input_name), bias
+
+
+def _plus(lam: Any, more: Tensor | None) -> Any:
+    if more is None:
+        return lam
+    return more if lam is None else dense_rows(lam) + more
 
 
 def dense_rows(lam: Any) -> Any:

@@ -56,6 +56,17 @@ class SpecBounds:
     budget: int | None = None
     done: dict[str, Tensor] | None = None
 
+    def select(self, index: Tensor, rows: Tensor | None = None) -> "SpecBounds":
+        """The bounds of some inputs only (``index``: their positions), of some rows only when ``rows`` (B', R')
+        names them per input."""
+        env = {k: v[index] if is_box(v) else v for k, v in self.env.items()}
+        done = None if self.done is None else {k: v[index] for k, v in self.done.items()}
+        c, d, allowance = self.c[index], self.d[index], self.allowance[index]
+        if rows is not None:
+            c = c.gather(1, rows[..., None].expand(-1, -1, c.shape[2]))
+            d, allowance = d.gather(1, rows), allowance.gather(1, rows)
+        return SpecBounds(self.module64, self.problem[index], env, c, d, allowance, self.budget, done)
+
     def tightened(self, other: "SpecBounds") -> "SpecBounds":
         """These bounds over the intersection of both boxes of every tensor (both are sound), detached."""
         env = {}
@@ -75,12 +86,20 @@ class SpecBounds:
     def low(self, slopes: dict[str, Tensor] | None = None) -> Tensor:
         """(B, R) lower bounds of C z + d over the input set, less the allowance; ``slopes`` as in ``backward``
         (differentiable in them)."""
+        return self.lines(slopes)[0]
+
+    def lines(self, slopes: dict[str, Tensor] | None = None, extra: dict[str, Tensor] | None = None,
+              record: dict[str, Any] | None = None) -> tuple[Tensor, Tensor | None]:
+        """``low``'s bounds and the coefficients A (B * R, *sample) of the lines C z + d >= A x + b they
+        concretize (None where the rows do not depend on the input); ``extra`` and ``record`` as in
+        ``backward``."""
         g = self.module64.graph
         out = g.logits_tensor()
         b, r = self.c.shape[:2]
-        coeffs, bias = backward(self.module64, self.env, out, self.c.reshape(b * r, *g.shapes[out][1:]), slopes)
+        coeffs, bias = backward(self.module64, self.env, out, self.c.reshape(b * r, *g.shapes[out][1:]), slopes,
+                                extra, record)
         low = concretize(self.problem.inputs, self.env[g.input_name], coeffs, r) + bias.reshape(b, r) + self.d
-        return low - REL64 * self.d.abs() - self.allowance
+        return low - REL64 * self.d.abs() - self.allowance, coeffs
 
 
 def spec_low(module64: GraphModule, problem: Problem, ball: BallBounds | None = None,
@@ -93,13 +112,14 @@ def spec_low(module64: GraphModule, problem: Problem, ball: BallBounds | None = 
 
 
 def spec_bounds(module64: GraphModule, problem: Problem, ball: BallBounds | None = None,
-                budget: int | None = None) -> SpecBounds:
-    """The forward boxes and rows of ``spec_low`` (arguments as there)."""
+                budget: int | None = None, prior: dict[str, Any] | None = None) -> SpecBounds:
+    """The forward boxes and rows of ``spec_low`` (arguments as there). ``prior``: sound boxes of some tensors
+    over the input set (B, *shape) that every forward box is met with (branch and bound's split constraints; not
+    with ``ball``)."""
     spec = problem.spec
     g = module64.graph
     out = g.logits_tensor()
     centre, rho = problem.inputs.l2_ball()
-    prior = None
     with torch.no_grad():
         keep = {out} | (set(ball.tensor_bounds) if ball is not None else set())
         clean = module64.run(centre.to(torch.float64), keep=keep)

@@ -1,0 +1,142 @@
+"""Lower bounds of a region's margin (``spec.RegionSpec.margin``) over batches of boxes, by CROWN and alpha-CROWN
+(``verifier.engines.crown``, ``verifier.engines.alpha_crown``), optionally under branch and bound's split
+constraints (``prior``: sound boxes of some tensors on each sub-domain).
+
+Soundness: every bound is CROWN's over the box (less the float32 forward's allowance), so a positive margin
+proves that no point of the box (of the sub-domain, under split constraints) satisfies any disjunct.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from verifier.engines.alpha_crown import Slopes, _hopeless, optimized
+from verifier.engines.backward import dense_rows
+from verifier.engines.crown import SpecBounds, prepare, spec_bounds
+from verifier.ir import GraphModule
+from verifier.problem import InputBox, Problem
+
+from .spec import RegionSpec
+
+#: beta-CROWN's steps per bound and the step sizes of the slopes and the multipliers
+BETA_STEPS = 20
+ALPHA_LR, BETA_LR = 0.1, 0.05
+
+
+class RegionBounds:
+    """CROWN and alpha-CROWN on one model and one region's rows; boxes are (B, n) flattened float64 tensors."""
+
+    def __init__(self, module: GraphModule, spec: RegionSpec):
+        self.module64 = prepare(module)  # NoRuleError for models that do not run whole batches
+        self.spec = spec
+        self.shape = tuple(module.graph.sample_shape)
+
+    def bounds(self, lower: Tensor, upper: Tensor, prior: dict[str, Any] | None = None) -> SpecBounds:
+        """CROWN's forward boxes and rows over the boxes [lower, upper] (met with ``prior``)."""
+        b = len(lower)
+        inputs = InputBox(lower.reshape(b, *self.shape), upper.reshape(b, *self.shape))
+        with torch.no_grad():
+            return spec_bounds(self.module64, Problem(inputs, self.spec.negated(b)), None, None, prior)
+
+    def crown(self, lower: Tensor, upper: Tensor, prior: dict[str, Any] | None = None) -> tuple[Tensor, SpecBounds]:
+        """(CROWN's margin bound per box, its bounds)."""
+        found = self.bounds(lower, upper, prior)
+        with torch.no_grad():
+            return self.spec.margin(found.low()), found
+
+    def relu_scores(self, found: SpecBounds, relus: dict[str, str]) -> dict[str, Tensor]:
+        """Per ReLU input t (``relus``: input -> output tensor), a score per entry (B, *shape): what CROWN's upper
+        line there costs the row that decides the margin, |lam_j| u_j (-l_j) / (u_j - l_j) where that row's
+        coefficient lam_j on the ReLU's output is negative (BaBSR's intercept score, Bunel et al. 2020), 0 on
+        stable entries."""
+        with torch.no_grad():
+            low = found.low()
+            row = self.spec.deciding_row(low)[:, None]
+            record: dict[str, Any] = {o: None for o in relus.values()}
+            found.select(torch.arange(len(low)), row).lines(record=record)
+        scores = {}
+        for t, o in relus.items():
+            box = found.env[t]
+            lam = record[o] if record[o] is not None else torch.zeros(box.shape, dtype=torch.float64)
+            lo, hi = box.lo, box.hi
+            unstable = (lo < 0) & (hi > 0)
+            height = torch.where(unstable, hi * -lo / (hi - lo).clamp_min(1e-300), 0.0)
+            scores[t] = (-lam.reshape(box.shape)).clamp_min(0.0) * height + unstable * 1e-12 * height
+        return scores
+
+    def crown_split(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """(CROWN's margin bound per box, the input to split per box): the input with the largest |A_i| x
+        width_i, A the coefficients of the line the margin comes from (what that input's width costs the bound;
+        the widest input where the line does not depend on the input)."""
+        found = self.bounds(lower, upper)
+        with torch.no_grad():
+            low, coeffs = found.lines()
+        width = upper - lower
+        if coeffs is None:
+            return self.spec.margin(low), width.argmax(1)
+        b = len(lower)
+        a = dense_rows(coeffs).reshape(b, low.shape[1], -1)
+        row = self.spec.deciding_row(low)
+        score = a[torch.arange(b), row].abs() * width
+        return self.spec.margin(low), torch.where(score.amax(1) > 0, score.argmax(1), width.argmax(1))
+
+    def alpha(self, found: SpecBounds, steps: int = 20) -> tuple[Tensor, SpecBounds]:
+        """alpha-CROWN's margin bound per box, from CROWN's ``found`` (never below it), and its bounds (boxes
+        tightened by every step)."""
+        low, tightened = optimized(found, steps)
+        return self.spec.margin(low), tightened
+
+    def beta(self, found: SpecBounds, splits: dict[str, Tensor], steps: int = BETA_STEPS) -> Tensor:
+        """alpha-beta-CROWN's margin bound per part (Wang et al. 2021, "Beta-CROWN", eq. 6-7): on a part where
+        the split ReLU inputs satisfy s_j z_j >= 0 (``splits``: s in {-1, 0, +1} per entry, (B, *shape) per
+        tensor), f >= f - sum_j beta_j s_j z_j for any beta >= 0, so CROWN's bound of the right side (the
+        beta terms enter the backward walk as ``extra`` rows) is a bound of f there. beta and the spec rows' lower
+        slopes (alpha) are optimized by projected Adam on the rows CROWN did not prove (``_unproved``); every
+        iterate is sound, the best per row is kept (never below ``found``'s CROWN bound). Stops early once every
+        part is proved or none will be at its pace (``alpha_crown._hopeless``)."""
+        with torch.no_grad():
+            full = found.low()
+        if bool((self.spec.margin(full) > 0).all()):
+            return self.spec.margin(full)
+        rows, sub = _unproved(found, full)
+        best = full.gather(1, rows)
+        b, r = best.shape
+        slopes = Slopes(self.module64, intermediate=False)
+        betas = {t: torch.zeros((b, r, *s.shape[1:]), dtype=torch.float64, requires_grad=True)
+                 for t, s in splits.items()}
+        signs = {t: s.to(torch.float64)[:, None] for t, s in splits.items()}
+        optimizer, history = None, []
+        for step in range(steps + 1):
+            extra = {t: -(betas[t] * signs[t]).reshape(b * r, *signs[t].shape[2:]) for t in betas}
+            low = sub.lines(slopes.spec(sub), extra)[0]
+            best = torch.maximum(best, low.detach())
+            margin = self.spec.margin(full.scatter_reduce(1, rows, best, reduce="amax"))
+            history.append(margin)
+            if step == steps or bool((margin > 0).all()) or _hopeless(history, steps - step):
+                break
+            if optimizer is None:
+                groups = [{"params": list(slopes.values.values()), "lr": ALPHA_LR},
+                          {"params": list(betas.values()), "lr": BETA_LR}]
+                optimizer = torch.optim.Adam([g for g in groups if g["params"]])
+            optimizer.zero_grad()
+            (-torch.where(best > 0, 0.0, low).sum()).backward()
+            optimizer.step()
+            with torch.no_grad():
+                for v in slopes.values.values():
+                    v.clamp_(0.0, 1.0)
+                for v in betas.values():
+                    v.clamp_(min=0.0)
+        return history[-1]
+
+
+def _unproved(found: SpecBounds, low: Tensor) -> tuple[Tensor, SpecBounds]:
+    """(the positions (B, R') of each part's rows with a bound <= 0, padded with its first such row; the bounds
+    of those rows only)."""
+    open_ = low <= 0
+    count = int(open_.sum(1).max())
+    order = torch.argsort((~open_).to(torch.int8), dim=1, stable=True)[:, :count]
+    first = order[:, :1].expand(-1, count)
+    rows = torch.where(open_.gather(1, order), order, first)
+    return rows, found.select(torch.arange(len(low)), rows)
