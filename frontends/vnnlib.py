@@ -79,8 +79,13 @@ class Region:
     inputs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] = field(repr=False, default=None)
 
     def contains(self, x: np.ndarray) -> bool:
-        """Whether x (flattened) satisfies the region's input constraints as written (float64)."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        """Whether x (flattened) is a point of the region as the model receives it: in float64, the input
+        constraints as written; in a lower precision (a float32 model's input), the rounding to nearest of some
+        real point of the box, i.e. between the rounded bounds (rounding is monotone: every real point of
+        [lower, upper] rounds into [fl(lower), fl(upper)], and every float there is the rounding of one)."""
+        x = np.asarray(x).reshape(-1)
+        if x.dtype != np.float64:
+            return bool(((self.lower.astype(x.dtype) <= x) & (x <= self.upper.astype(x.dtype))).all())
         index, coef, const, strict = self.inputs
         v = coef * x[index] + const
         return bool(np.where(strict, v > 0, v >= 0).all())

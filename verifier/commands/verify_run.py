@@ -44,7 +44,7 @@ def run_verify(model_path: str, prop_path: str, timeout: float, output: str | No
     def reference(x: np.ndarray) -> np.ndarray:
         return reference_forward(run, module, x.reshape(1, *shape), dtype)[0].reshape(-1)
 
-    verdict = decide(module.cpu(), prop, reference, max(0.0, timeout - (time.monotonic() - began)), seed)
+    verdict = decide(module.cpu(), prop, reference, max(0.0, timeout - (time.monotonic() - began)), seed, dtype)
     result: dict[str, Any] = {"model": model_path, "property": prop_path, "status": verdict.status,
                               "vnncomp": VNNCOMP[verdict.status], "seconds": time.monotonic() - began,
                               "method": verdict.method, "regions": len(prop.regions), "reference": name}

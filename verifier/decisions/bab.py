@@ -1,9 +1,9 @@
 """Branch and bound over a region: split the input box (few inputs) or the unstable ReLUs (many inputs) until
 every part is proved, a counterexample is confirmed, or the deadline passes.
 
-- ``split_inputs``: the boxes still open are bisected along the input with the largest gradient x width
-  (``falsify.split_direction``), a batch of the lowest bounds first, each bounded by CROWN; every box's centre
-  is a candidate counterexample.
+- ``split_inputs``: the boxes still open are bisected along the input whose width costs CROWN's bound most
+  (``RegionBounds.crown_split``), a batch of the lowest bounds first; every box's centre is a candidate
+  counterexample.
 - ``split_relus``: a sub-domain is the region's box with some ReLUs' inputs fixed to >= 0 (active: the ReLU is
   the identity there) or <= 0 (inactive: 0). Both halves cover the parent, and on each the fixed input's box is
   [max(l, 0), u] or [l, min(u, 0)], a sound box of the real pre-activation on that half, met with every box
@@ -186,8 +186,8 @@ def _bound(bounds: RegionBounds, lower: Tensor, upper: Tensor, parts: dict[str, 
         margin, found = bounds.crown(lower.expand(n, -1), upper.expand(n, -1), prior)
     except EmptyIntersectionError:
         if n == 1:
-            return torch.full((1,), torch.inf, dtype=torch.float64), prior, {t: torch.zeros(b.shape, dtype=torch.float64)
-                                                                            for t, b in prior.items()}
+            zeros = {t: torch.zeros(b.shape, dtype=torch.float64) for t, b in prior.items()}
+            return torch.full((1,), torch.inf, dtype=torch.float64), prior, zeros
         half = n // 2
         first = _bound(bounds, lower, upper, {t: tuple(v[:half] for v in p) for t, p in parts.items()}, half, relus,
                        steps)

@@ -15,8 +15,12 @@ from torch import Tensor
 from verifier.engines.alpha_crown import Slopes, _hopeless, optimized
 from verifier.engines.backward import dense_rows
 from verifier.engines.crown import SpecBounds, prepare, spec_bounds
+from verifier.engines.ibp import ibp
 from verifier.ir import GraphModule
+from verifier.linear import box_backward
+from verifier.margins import spec_allowance
 from verifier.problem import InputBox, Problem
+from verifier.rounding import REL64
 
 from .spec import RegionSpec
 
@@ -26,12 +30,28 @@ ALPHA_LR, BETA_LR = 0.1, 0.05
 
 
 class RegionBounds:
-    """CROWN and alpha-CROWN on one model and one region's rows; boxes are (B, n) flattened float64 tensors."""
+    """CROWN and alpha-CROWN on one model and one region's rows; boxes are (B, n) flattened float64 tensors.
+    Models that run sample by sample (``Graph.whole_batches`` False) get interval bounds only (``interval``)."""
 
     def __init__(self, module: GraphModule, spec: RegionSpec):
-        self.module64 = prepare(module)  # NoRuleError for models that do not run whole batches
+        self.linear = module.graph.whole_batches
+        self.module64 = prepare(module) if self.linear else module.float64()
         self.spec = spec
         self.shape = tuple(module.graph.sample_shape)
+
+    def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """(IBP's margin bound per box, the widest input per box): the spec's rows over the logits' box, less
+        the float32 forward's allowance (``margins.spec_allowance``)."""
+        b = len(lower)
+        inputs = InputBox(lower.reshape(b, *self.shape), upper.reshape(b, *self.shape))
+        with torch.no_grad():
+            box = ibp(self.module64, inputs)
+            z = self.module64(inputs.center).reshape(b, -1)
+        c, d = self.spec.negated(b).rows()
+        r = c.shape[1]
+        low = box_backward([c.reshape(b * r, *box.shape[1:])], [box]).reshape(b, r) + d
+        low = low - REL64 * d.abs() - spec_allowance(z, c)
+        return self.spec.margin(low), (upper - lower).argmax(1)
 
     def bounds(self, lower: Tensor, upper: Tensor, prior: dict[str, Any] | None = None) -> SpecBounds:
         """CROWN's forward boxes and rows over the boxes [lower, upper] (met with ``prior``)."""
@@ -69,7 +89,10 @@ class RegionBounds:
     def crown_split(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """(CROWN's margin bound per box, the input to split per box): the input with the largest |A_i| x
         width_i, A the coefficients of the line the margin comes from (what that input's width costs the bound;
-        the widest input where the line does not depend on the input)."""
+        the widest input where the line does not depend on the input). ``interval``'s for models that run
+        sample by sample."""
+        if not self.linear:
+            return self.interval(lower, upper)
         found = self.bounds(lower, upper)
         with torch.no_grad():
             low, coeffs = found.lines()

@@ -77,21 +77,6 @@ def _ascend(model: Model, x: Tensor, lo: Tensor, hi: Tensor, spec: RegionSpec, t
 
 
 def float32_box(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-    """The float32 box inside the float64 box [lower, upper]: bounds rounded inward (every float32 point of it
-    lies in the real box); where a side has no float32 inside, the nearest float32 (the final check decides)."""
-    lo, hi = lower.float(), upper.float()
-    lo = torch.where(lo.double() < lower, torch.nextafter(lo, torch.full_like(lo, math.inf)), lo)
-    hi = torch.where(hi.double() > upper, torch.nextafter(hi, torch.full_like(hi, -math.inf)), hi)
-    return lo, torch.maximum(hi, lo)
-
-
-def split_direction(model: Model, lower: Tensor, upper: Tensor, spec: RegionSpec) -> Tensor:
-    """Per box (B, n flattened), the input to split: the largest |d violation / d x_i| x width_i at the centre
-    (the widest side where the gradient vanishes)."""
-    lo, hi = float32_box(lower, upper)
-    x = ((lo + hi) / 2).requires_grad_(True)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(spec.violation(model(x)).sum(), x)
-    width = (upper - lower).reshape(len(lower), -1)
-    smear = grad.reshape(len(lower), -1).abs().double() * width
-    return torch.where(smear.amax(1) > 0, smear.argmax(1), width.argmax(1))
+    """The float32 points a float32 model receives for the real points of [lower, upper]: the box between the
+    bounds rounded to nearest (``frontends.vnnlib.Region.contains``)."""
+    return lower.float(), upper.float()

@@ -2,7 +2,7 @@
 
 Per region, in order, until the deadline: (1) falsification (``falsify.pgd_box``, random and per-disjunct
 targeted restarts); (2) CROWN, then alpha-CROWN, over the region's box (``bounds.RegionBounds``); (3) branch and
-bound (``bab``): input splitting when the model has at most ``INPUT_SPLIT_MAX`` inputs, else ReLU splitting. A
+bound (``bab``): input splitting when at most ``INPUT_SPLIT_MAX`` inputs vary in the region, else ReLU splitting. A
 candidate counterexample is reported only once ``reference`` (onnxruntime on the original file) gives outputs
 that satisfy a disjunct at a point that satisfies the region's input constraints as written: a 'violated'
 verdict always carries a confirmed counterexample. 'holds' needs every region proved by a positive margin
@@ -27,7 +27,7 @@ from .bounds import RegionBounds
 from .falsify import float32_box, pgd_box
 from .spec import RegionSpec
 
-#: input splitting for models with at most this many inputs (acasxu: 5), ReLU splitting beyond
+#: input splitting for regions with at most this many inputs that vary (acasxu: 5), ReLU splitting beyond
 INPUT_SPLIT_MAX = 16
 #: the first falsification pass: PGD steps and restarts per region
 ATTACK_STEPS, ATTACK_RESTARTS = 50, 20
@@ -50,8 +50,9 @@ class Verdict:
 
 class _Decider:
     def __init__(self, module: GraphModule, prop: Any, reference: Callable[[np.ndarray], np.ndarray],
-                 deadline: float, seed: int):
+                 deadline: float, seed: int, dtype: np.dtype):
         self.module, self.prop, self.reference, self.deadline, self.seed = module, prop, reference, deadline, seed
+        self.dtype = dtype
         self.shape = tuple(module.graph.sample_shape)
         self.notes: list[str] = []
 
@@ -60,8 +61,9 @@ class _Decider:
         return self.module(x.reshape(len(x), *self.shape)).reshape(len(x), -1)
 
     def confirm(self, region: Any, x: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
-        """(x, y) when the float32 point x is a counterexample of ``region`` by the reference outputs y."""
-        xs = x.detach().cpu().float().numpy().reshape(-1)
+        """(x, y) when the point x, as the model's input type, is a counterexample of ``region`` by the reference
+        outputs y."""
+        xs = x.detach().cpu().numpy().reshape(-1).astype(self.dtype)
         if not region.contains(xs):
             return None
         y = np.asarray(self.reference(xs), dtype=np.float64).reshape(-1)
@@ -75,9 +77,14 @@ class _Decider:
         return self.confirm(region, x[0]) if float(v[0]) >= 0 else None
 
     def prove(self, spec: RegionSpec, lower: Tensor, upper: Tensor) -> tuple[str, Any]:
-        """('crown' | 'alpha-crown', None) when proved over the whole box, else ('', the search's start)."""
+        """('crown' | 'alpha-crown' | 'ibp', None) when proved over the whole box, else ('', the search's start:
+        the bounds, CROWN's or alpha-CROWN's bounds of the box, the margin bound; None when nothing bounds this
+        model)."""
         try:
             bounds = RegionBounds(self.module, spec)
+            if not bounds.linear:
+                margin, _ = bounds.interval(lower[None], upper[None])
+                return ("ibp", None) if float(margin[0]) > 0 else ("", (bounds, None, float(margin[0])))
             margin, found = bounds.crown(lower[None], upper[None])
         except NoRuleError as e:
             self.notes.append(f"no bounds: {e}")
@@ -94,21 +101,25 @@ class _Decider:
     def search(self, region: Any, lower: Tensor, upper: Tensor, start: tuple) -> Search:
         bounds, found, margin = start
         confirm = lambda x: self.confirm(region, x)  # noqa: E731
-        if len(lower) <= INPUT_SPLIT_MAX:
+        if int((upper > lower).sum()) <= INPUT_SPLIT_MAX:
             return split_inputs(bounds, self.model, lower, upper, self.deadline, confirm)
+        if found is None:
+            self.notes.append("too many inputs vary for input splitting, and ReLU splitting needs a model that runs "
+                              "whole batches")
+            return Search("open", 0)
         return split_relus(bounds, self.model, lower, upper, found, margin, self.deadline, confirm)
 
 
 def decide(module: GraphModule, prop: Any, reference: Callable[[np.ndarray], np.ndarray], timeout: float,
-           seed: int = 0) -> Verdict:
+           seed: int = 0, dtype: np.dtype = np.dtype(np.float32)) -> Verdict:
     """The verdict on ``prop`` for ``module`` within about ``timeout`` seconds (module docstring). ``reference``:
-    flattened x (float32) -> the original file's flattened outputs (onnxruntime)."""
+    flattened x of the model's input type ``dtype`` -> the original file's flattened outputs (onnxruntime)."""
     began = time.monotonic()
     n, k = math.prod(module.graph.sample_shape), math.prod(module.graph.output_shape)
     if n != prop.n_inputs or k != prop.n_outputs:
         raise LipverifyError(f"{prop.path}: declares {prop.n_inputs} inputs and {prop.n_outputs} outputs; the model "
                              f"has {n} inputs {tuple(module.graph.sample_shape)} and {k} outputs")
-    d = _Decider(module.eval(), prop, reference, began + timeout, seed)
+    d = _Decider(module.eval(), prop, reference, began + timeout, seed, np.dtype(dtype))
 
     def verdict(status: str, method: str = "", ce: Any = None, region: int | None = None) -> Verdict:
         return Verdict(status, time.monotonic() - began, method, ce, region, d.notes)
