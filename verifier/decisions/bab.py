@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -63,12 +63,13 @@ def split_inputs(bounds: RegionBounds, model: Callable[[Tensor], Tensor], lower:
         take, rest = order[:batch], order[batch:]
         lo, hi = lo_q[take], hi_q[take]
         lo_q, hi_q, key = lo_q[rest], hi_q[rest], key[rest]
-        margin, dim = bounds.crown_split(lo, hi)
+        margin, score = bounds.crown_split(lo, hi)
         parts += len(lo)
         open_ = margin <= 0
         if not bool(open_.any()):
             continue
-        lo, hi, margin, dim = lo[open_], hi[open_], margin[open_], dim[open_]
+        lo, hi, margin, score = lo[open_], hi[open_], margin[open_], score[open_]
+        dim = _direction(model, lo, hi, spec, score)
         c32 = torch.stack(float32_box(lo, hi)).mean(0)
         with torch.no_grad():
             hit = (spec.violation(model(c32)) >= 0).nonzero()[:, 0]
@@ -84,6 +85,21 @@ def split_inputs(bounds: RegionBounds, model: Callable[[Tensor], Tensor], lower:
         hi_q = torch.cat([hi_q, left_hi, hi])
         key = torch.cat([key, margin, margin])
     return Search("holds", parts)
+
+
+def _direction(model: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor, spec: Any, line: Tensor) -> Tensor:
+    """The input to bisect per box: the largest sum of two scores, each scaled to a maximum of 1 per box: the
+    violation's gradient at the centre times the width (how much the model's output moves along the input) and
+    ``line``, CROWN's |A_i| x width_i (what the input's width costs the bound's line). On acasxu's network 1_1
+    (properties 3 and 4) the sum needs 4,483 and 819 parts, the gradient alone 8,237 and 891, the line alone
+    6,093 and more than 83,000."""
+    width = hi - lo
+    x = torch.stack(float32_box(lo, hi)).mean(0).requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(spec.violation(model(x)).sum(), x)
+    smear = grad.abs().double() * width
+    score = smear / smear.amax(1, keepdim=True).clamp_min(1e-300) + line / line.amax(1, keepdim=True).clamp_min(1e-300)
+    return torch.where(score.amax(1) > 0, score.argmax(1), width.argmax(1))
 
 
 def relu_inputs(bounds: RegionBounds) -> dict[str, str]:
@@ -125,7 +141,7 @@ def split_relus(bounds: RegionBounds, model: Callable[[Tensor], Tensor], lower: 
         stuck = ~_splittable(picked)
         if bool(stuck.any()):  # no unstable ReLU left: the part is linear; more beta steps, else give up
             last = {t: tuple(v[stuck] for v in values[:3]) for t, values in picked.items()}
-            margin, _, _ = _bound(bounds, lower, upper, last, int(stuck.sum()), relus, STUCK_STEPS)
+            margin, _, _ = _bound(bounds, lower, upper, last, int(stuck.sum()), relus, STUCK_STEPS, deadline)
             if bool((margin <= 0).any()):
                 return Search("open", parts)
             picked = {t: tuple(v[~stuck] for v in values) for t, values in picked.items()}
@@ -133,7 +149,7 @@ def split_relus(bounds: RegionBounds, model: Callable[[Tensor], Tensor], lower: 
                 continue
         children = _children(picked)
         n = len(next(iter(children.values()))[0])
-        margin, boxes, scores = _bound(bounds, lower, upper, children, n, relus)
+        margin, boxes, scores = _bound(bounds, lower, upper, children, n, relus, deadline=deadline)
         parts += n
         open_ = margin <= 0
         if bool(open_.any()):
@@ -177,7 +193,8 @@ def _children(picked: dict[str, tuple[Tensor, ...]]) -> dict[str, tuple[Tensor, 
 
 
 def _bound(bounds: RegionBounds, lower: Tensor, upper: Tensor, parts: dict[str, tuple[Tensor, Tensor, Tensor]],
-           n: int, relus: dict[str, str], steps: int = BETA_STEPS) -> tuple[Tensor, dict[str, Box], dict[str, Tensor]]:
+           n: int, relus: dict[str, str], steps: int = BETA_STEPS, deadline: float | None = None
+           ) -> tuple[Tensor, dict[str, Box], dict[str, Tensor]]:
     """The margin on each part (CROWN, then alpha-beta-CROWN where CROWN does not prove it), its ReLU inputs'
     boxes and their branching scores; a part whose constraints contradict CROWN's boxes is empty (margin
     +inf). Batches with such a part are bisected to find it."""
@@ -190,9 +207,9 @@ def _bound(bounds: RegionBounds, lower: Tensor, upper: Tensor, parts: dict[str, 
             return torch.full((1,), torch.inf, dtype=torch.float64), prior, zeros
         half = n // 2
         first = _bound(bounds, lower, upper, {t: tuple(v[:half] for v in p) for t, p in parts.items()}, half, relus,
-                       steps)
+                       steps, deadline)
         second = _bound(bounds, lower, upper, {t: tuple(v[half:] for v in p) for t, p in parts.items()}, n - half,
-                        relus, steps)
+                        relus, steps, deadline)
         return (torch.cat([first[0], second[0]]), {t: Box.cat([first[1][t], second[1][t]]) for t in parts},
                 {t: torch.cat([first[2][t], second[2][t]]) for t in parts})
     boxes = {t: found.env[t] for t in parts}
@@ -200,7 +217,8 @@ def _bound(bounds: RegionBounds, lower: Tensor, upper: Tensor, parts: dict[str, 
     scores = {t: torch.zeros(b.shape, dtype=torch.float64) for t, b in boxes.items()}
     if len(open_):
         sub = found.select(open_)
-        margin = margin.index_copy(0, open_, bounds.beta(sub, {t: s[open_] for t, (_, _, s) in parts.items()}, steps))
+        signs = {t: s[open_] for t, (_, _, s) in parts.items()}
+        margin = margin.index_copy(0, open_, bounds.beta(sub, signs, steps, deadline))
         for t, score in bounds.relu_scores(sub, relus).items():
             scores[t] = scores[t].index_copy(0, open_, score)
     return margin, boxes, scores

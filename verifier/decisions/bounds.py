@@ -7,6 +7,7 @@ proves that no point of the box (of the sub-domain, under split constraints) sat
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -87,38 +88,37 @@ class RegionBounds:
         return scores
 
     def crown_split(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-        """(CROWN's margin bound per box, the input to split per box): the input with the largest |A_i| x
-        width_i, A the coefficients of the line the margin comes from (what that input's width costs the bound;
-        the widest input where the line does not depend on the input). ``interval``'s for models that run
-        sample by sample."""
+        """(CROWN's margin bound per box, |A_i| x width_i per box and input): A the coefficients of the line the
+        margin comes from (what each input's width costs the bound). Interval bounds, with the widths, for
+        models that run sample by sample."""
+        width = upper - lower
         if not self.linear:
-            return self.interval(lower, upper)
+            return self.interval(lower, upper)[0], width
         found = self.bounds(lower, upper)
         with torch.no_grad():
             low, coeffs = found.lines()
-        width = upper - lower
         if coeffs is None:
-            return self.spec.margin(low), width.argmax(1)
+            return self.spec.margin(low), torch.zeros_like(width)
         b = len(lower)
         a = dense_rows(coeffs).reshape(b, low.shape[1], -1)
         row = self.spec.deciding_row(low)
-        score = a[torch.arange(b), row].abs() * width
-        return self.spec.margin(low), torch.where(score.amax(1) > 0, score.argmax(1), width.argmax(1))
+        return self.spec.margin(low), a[torch.arange(b), row].abs() * width
 
-    def alpha(self, found: SpecBounds, steps: int = 20) -> tuple[Tensor, SpecBounds]:
+    def alpha(self, found: SpecBounds, steps: int = 20, deadline: float | None = None) -> tuple[Tensor, SpecBounds]:
         """alpha-CROWN's margin bound per box, from CROWN's ``found`` (never below it), and its bounds (boxes
-        tightened by every step)."""
-        low, tightened = optimized(found, steps)
+        tightened by every step); at most until ``deadline``."""
+        low, tightened = optimized(found, steps, deadline=deadline)
         return self.spec.margin(low), tightened
 
-    def beta(self, found: SpecBounds, splits: dict[str, Tensor], steps: int = BETA_STEPS) -> Tensor:
+    def beta(self, found: SpecBounds, splits: dict[str, Tensor], steps: int = BETA_STEPS,
+             deadline: float | None = None) -> Tensor:
         """alpha-beta-CROWN's margin bound per part (Wang et al. 2021, "Beta-CROWN", eq. 6-7): on a part where
         the split ReLU inputs satisfy s_j z_j >= 0 (``splits``: s in {-1, 0, +1} per entry, (B, *shape) per
         tensor), f >= f - sum_j beta_j s_j z_j for any beta >= 0, so CROWN's bound of the right side (the
         beta terms enter the backward walk as ``extra`` rows) is a bound of f there. beta and the spec rows' lower
         slopes (alpha) are optimized by projected Adam on the rows CROWN did not prove (``_unproved``); every
         iterate is sound, the best per row is kept (never below ``found``'s CROWN bound). Stops early once every
-        part is proved or none will be at its pace (``alpha_crown._hopeless``)."""
+        part is proved or none will be at its pace (``alpha_crown._hopeless``), or at ``deadline``."""
         with torch.no_grad():
             full = found.low()
         if bool((self.spec.margin(full) > 0).all()):
@@ -137,7 +137,8 @@ class RegionBounds:
             best = torch.maximum(best, low.detach())
             margin = self.spec.margin(full.scatter_reduce(1, rows, best, reduce="amax"))
             history.append(margin)
-            if step == steps or bool((margin > 0).all()) or _hopeless(history, steps - step):
+            late = deadline is not None and time.monotonic() > deadline
+            if step == steps or late or bool((margin > 0).all()) or _hopeless(history, steps - step):
                 break
             if optimizer is None:
                 groups = [{"params": list(slopes.values.values()), "lr": ALPHA_LR},

@@ -92,7 +92,7 @@ class _Decider:
         if float(margin[0]) > 0:
             return "crown", None
         if time.monotonic() < self.deadline and relu_inputs(bounds):
-            alpha, found = bounds.alpha(found)
+            alpha, found = bounds.alpha(found, deadline=self.deadline)
             if float(alpha[0]) > 0:
                 return "alpha-crown", None
             margin = torch.maximum(margin, alpha)

@@ -16,6 +16,7 @@ Measured against auto_LiRPA's alpha-CROWN on mnist-net_256x2 (benchmarks/crown.p
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -119,13 +120,14 @@ def optimized_low(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RA
     return optimized(crown, steps, lr, intermediate)[0]
 
 
-def optimized(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RATE, intermediate: bool = True
-              ) -> tuple[Tensor, SpecBounds]:
+def optimized(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RATE, intermediate: bool = True,
+              deadline: float | None = None) -> tuple[Tensor, SpecBounds]:
     """(B, R) lower bounds of the spec's rows: the best over ``steps`` iterates of projected gradient ascent on
     the lower slopes (module docstring), starting from CROWN's bounds ``crown``; stops once every row is
     positive, or once no input can be proved at its current pace (``_hopeless``). ``intermediate`` False: only
     the spec's rows get slopes (the boxes stay ``crown``'s; cheaper, as in branch and bound). Also returns the
-    bounds over the intersection of every step's boxes (detached; what branch and bound starts from)."""
+    bounds over the intersection of every step's boxes (detached; what branch and bound starts from). Stops at
+    ``deadline`` (``time.monotonic()``) when given: every iterate is sound, so any prefix of the steps is."""
     with torch.no_grad():
         best = crown.low()
     if bool((best > 0).all()) or not _unstable_nodes(crown.module64, crown.env, crown.module64.graph.logits_tensor()):
@@ -140,7 +142,8 @@ def optimized(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RATE, 
         low = bounds.low(slopes.spec(bounds))
         best = torch.maximum(best, low.detach())
         history.append(best.amin(dim=1))
-        if step == steps or bool((best > 0).all()) or _hopeless(history, steps - step):
+        late = deadline is not None and time.monotonic() > deadline
+        if step == steps or late or bool((best > 0).all()) or _hopeless(history, steps - step):
             break
         optimizer = optimizer or torch.optim.Adam(list(slopes.values.values()), lr=lr)
         optimizer.zero_grad()
