@@ -51,7 +51,8 @@ def zoo_instances(timeout: float) -> list[tuple[str, Path, Path, float]]:
             for prop in sorted((zoo / category / folder).glob("*.vnnlib")):
                 found.append((category, zoo / category / model, prop, timeout))
     category, model, folder = ZOO_MAXPOOL
-    found += [(category, zoo / category / model, p, timeout) for p in sorted((zoo / category / folder).glob("*.vnnlib"))]
+    found += [(category, zoo / category / model, p, timeout)
+              for p in sorted((zoo / category / folder).glob("*.vnnlib"))]
     test = zoo / "test" / "instances.csv"
     if test.is_file():
         found += read_instances(test, "test", timeout)

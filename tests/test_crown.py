@@ -216,10 +216,10 @@ def test_relu_rows_through_mostly_stable_boxes_match_the_general_rule(monkeypatc
 
 
 @pytest.mark.parametrize("spec", [pytest.param(c, id=c["id"]) for c in CASES
-                                  if c["id"].startswith(("Gemm", "MatMul"))])
+                                  if c["id"].startswith(("Gemm", "MatMul", "Conv"))])
 def test_weight_products_equal_the_generic_affine_rule(spec):
-    """Gemm's and MatMul's own backward products give the generic rule's coefficients (autograd through the
-    forward) and bias."""
+    """Gemm's and MatMul's own backward products, and Conv's transposed convolution, give the generic rule's
+    coefficients (autograd through the forward) and bias."""
     from verifier.ops.base import Op
 
     module, gen, lo, hi, env = case_boxes(spec, 9)

@@ -197,3 +197,40 @@ def test_zoo_test_benchmark_known_answers():
         assert result["status"] == expected[onnx_name], (onnx_name, result)
         if result["status"] == "holds":
             assert_no_counterexample(folder / onnx_name, folder / prop_name, restarts=50, samples=5000)
+
+
+# ------------------------------------------------------------------------------------------------ VNN-COMP
+@pytest.mark.slow
+def test_vnncomp_scripts_and_benchmark_table(tmp_path):
+    """prepare_instance.sh and run_instance.sh as the competition calls them, then benchmarks/vnncomp.py on an
+    instances.csv: the result files, and the 'sat' one passes the scorer's counterexample check."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    if not (REPO / ".venv" / "bin" / "lipverify").exists():
+        pytest.skip("no .venv/bin/lipverify (scripts/setup.sh sets it up)")
+    model = mlp(3, (8,), 2, seed=6)
+    x0 = np.zeros(3, np.float32)
+    y0 = forward(model, x0)[0]
+    onnx.save(model, tmp_path / "m.onnx")
+    write_property(tmp_path / "sat.vnnlib", x0 - 0.01, x0 + 0.01, 2, f"(assert (>= Y_0 {float(y0[0]) - 1.0!r}))")
+    write_property(tmp_path / "unsat.vnnlib", x0 - 0.01, x0 + 0.01, 2, "(assert (>= Y_0 1000.0))")
+    scripts = REPO / "vnncomp"
+    for name, word in (("sat", "sat"), ("unsat", "unsat")):
+        prepared = subprocess.run([scripts / "prepare_instance.sh", "v1", "t", tmp_path / "m.onnx",
+                                   tmp_path / f"{name}.vnnlib"], capture_output=True)
+        assert prepared.returncode == 0
+        out = tmp_path / f"{name}.txt"
+        done = subprocess.run([scripts / "run_instance.sh", "v1", "t", tmp_path / "m.onnx", tmp_path / f"{name}.vnnlib",
+                               out, "30"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert out.read_text().split("\n")[0] == word
+    assert subprocess.run([scripts / "run_instance.sh", "v2"], capture_output=True).returncode != 0
+    (tmp_path / "instances.csv").write_text("m.onnx,sat.vnnlib,30\nm.onnx,unsat.vnnlib,30\n")
+    table = subprocess.run([sys.executable, REPO / "benchmarks" / "vnncomp.py", "--instances",
+                            tmp_path / "instances.csv", "--category", "tiny"], capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    row = table.stdout.strip().split("\n")[-1].split()
+    assert row[:5] == ["tiny", "2", "1", "1", "0"] and row[-1] == "0"  # holds, violated, unknown; no wrong ce

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from verifier.box import Box, affine, is_box
-from verifier.linear import magnitude
+from verifier.linear import affine_backward, magnitude
 from verifier.ops.base import Lipschitz, Op, RuleArgs, ints, rule
 from verifier.ops.padding import CONV, CONV_T, pad_spatial, resolve_pads, symmetric
 from verifier.patches import Patches, conv_backward
@@ -77,6 +78,24 @@ class Conv(_ConvBase):
     def interval(self, x, w, b=None):
         """The affine rule: the forward on the centre, the forward with |W| and no bias on the radius."""
         return _conv_interval(self, x, w, b, w.shape[1] * math.prod(w.shape[2:]) + 2)
+
+    def linear(self, inputs, lams):
+        """2-D, constant kernel, one output: lam_x by one transposed convolution (the generic rule's Jacobian
+        without autograd: the full transposed output cropped at the begin pads, zeros where no window reaches);
+        otherwise the generic rule."""
+        x, w, b = (list(inputs) + [None])[:3]
+        if not is_box(x) or x.integer or is_box(w) or is_box(b) or w.dim() != 4 or len(lams) != 1:
+            return super().linear(inputs, lams)
+        _, kernel, strides, dilations = self._geometry(x.center, w)
+        pads = resolve_pads(self.auto_pad, self.pads, x.shape[2:], kernel, strides, dilations)
+        height, width = x.shape[2:]
+
+        def transpose(lam: torch.Tensor) -> torch.Tensor:
+            full = F.conv_transpose2d(lam, w, stride=strides, dilation=dilations, groups=self.group)
+            extra = [max(0, pads[1][0] + width - full.shape[3]), max(0, pads[0][0] + height - full.shape[2])]
+            full = F.pad(full, (0, extra[0], 0, extra[1]))
+            return full[:, :, pads[0][0]:pads[0][0] + height, pads[1][0]:pads[1][0] + width]
+        return affine_backward(self, inputs, lams, transpose)
 
     def linear_patches(self, inputs, lam: Patches):
         """2-D, constant kernel: each window through the transposed convolution (``verifier.patches``); beta =
