@@ -234,3 +234,26 @@ def test_vnncomp_scripts_and_benchmark_table(tmp_path):
     assert table.returncode == 0, table.stderr
     row = table.stdout.strip().split("\n")[-1].split()
     assert row[:5] == ["tiny", "2", "1", "1", "0"] and row[-1] == "0"  # holds, violated, unknown; no wrong ce
+
+
+def test_trailing_softmax_bounds_only_comparisons(tmp_path):
+    """The engines bound the logits (the input of a trailing Softmax): a threshold on a probability is not a
+    threshold on a logit, so such rows get no bounds (NoRuleError; the verdict comes from attacks or is
+    unknown), while comparisons of two outputs (Y_i >= Y_j) keep theirs."""
+    from frontends import load_onnx
+    from verifier.decisions.bounds import RegionBounds
+    from verifier.errors import NoRuleError
+
+    w, b = rand(2, 3, seed=7, scale=0.01), np.array([0.3, -5.0], np.float32)  # softmax ~ (0.995, 0.005)
+    model = make_model([node("Gemm", ["x", "W", "B"], ["z"], transB=1), node("Softmax", ["z"], ["y"], axis=1)],
+                       (3,), {"W": w, "B": b})
+    lower, upper = np.full(3, -1.0), np.full(3, 1.0)
+    m, p = setup(tmp_path, model, lower, upper, "(assert (>= Y_0 0.9))")  # true everywhere; z_0 ~ 0.3 < 0.9
+    module = load_onnx(m)
+    with pytest.raises(NoRuleError, match="Softmax"):
+        RegionBounds(module, RegionSpec.of(read_vnnlib(p).regions[0]))
+    assert run_verify(str(m), str(p), timeout=30)["status"] == "violated"
+    m, p = setup(tmp_path, model, lower, upper, "(assert (>= Y_1 Y_0))")
+    assert RegionBounds(module, RegionSpec.of(read_vnnlib(p).regions[0])).linear
+    result = run_verify(str(m), str(p), timeout=30)
+    assert result["status"] == "holds" and result["method"] == "crown"

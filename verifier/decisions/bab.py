@@ -63,12 +63,15 @@ def split_inputs(bounds: RegionBounds, model: Callable[[Tensor], Tensor], lower:
         take, rest = order[:batch], order[batch:]
         lo, hi = lo_q[take], hi_q[take]
         lo_q, hi_q, key = lo_q[rest], hi_q[rest], key[rest]
-        margin, score = bounds.crown_split(lo, hi)
+        margin, score, corner = bounds.crown_split(lo, hi)
         parts += len(lo)
         open_ = margin <= 0
         if not bool(open_.any()):
             continue
         lo, hi, margin, score = lo[open_], hi[open_], margin[open_], score[open_]
+        found = _try(model, spec, torch.cat([(lo + hi) / 2, corner[open_]]), confirm)
+        if found is not None:
+            return Search("violated", parts, found)
         dim = _direction(model, lo, hi, spec, score)
         c32 = torch.stack(float32_box(lo, hi)).mean(0)
         with torch.no_grad():
@@ -85,6 +88,24 @@ def split_inputs(bounds: RegionBounds, model: Callable[[Tensor], Tensor], lower:
         hi_q = torch.cat([hi_q, left_hi, hi])
         key = torch.cat([key, margin, margin])
     return Search("holds", parts)
+
+
+def _try(model: Callable[[Tensor], Tensor], spec: Any, points: Tensor, confirm: Confirm, most: int = 8
+         ) -> tuple | None:
+    """The first of ``points`` (float64, (N, n)) that is a confirmed counterexample as the model receives it (its
+    float32 rounding), among the ``most`` with the largest violation >= 0; None otherwise."""
+    if not len(points):
+        return None
+    x = points.float()
+    with torch.no_grad():
+        v = spec.violation(model(x))
+    for i in v.argsort(descending=True)[:most].tolist():
+        if float(v[i]) < 0:
+            break
+        found = confirm(x[i])
+        if found is not None:
+            return found
+    return None
 
 
 def _direction(model: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor, spec: Any, line: Tensor) -> Tensor:
@@ -141,7 +162,7 @@ def split_relus(bounds: RegionBounds, model: Callable[[Tensor], Tensor], lower: 
         stuck = ~_splittable(picked)
         if bool(stuck.any()):  # no unstable ReLU left: the part is linear; more beta steps, else give up
             last = {t: tuple(v[stuck] for v in values[:3]) for t, values in picked.items()}
-            margin, _, _ = _bound(bounds, lower, upper, last, int(stuck.sum()), relus, STUCK_STEPS, deadline)
+            margin, _, _, _ = _bound(bounds, lower, upper, last, int(stuck.sum()), relus, STUCK_STEPS, deadline)
             if bool((margin <= 0).any()):
                 return Search("open", parts)
             picked = {t: tuple(v[~stuck] for v in values) for t, values in picked.items()}
@@ -149,8 +170,11 @@ def split_relus(bounds: RegionBounds, model: Callable[[Tensor], Tensor], lower: 
                 continue
         children = _children(picked)
         n = len(next(iter(children.values()))[0])
-        margin, boxes, scores = _bound(bounds, lower, upper, children, n, relus, deadline=deadline)
+        margin, boxes, scores, corner = _bound(bounds, lower, upper, children, n, relus, deadline=deadline)
         parts += n
+        found = _try(model, bounds.spec, corner[margin <= 0], confirm)
+        if found is not None:
+            return Search("violated", parts, found)
         open_ = margin <= 0
         if bool(open_.any()):
             new = {t: (boxes[t].lo, boxes[t].hi, children[t][2], scores[t]) for t in relus}
@@ -194,24 +218,25 @@ def _children(picked: dict[str, tuple[Tensor, ...]]) -> dict[str, tuple[Tensor, 
 
 def _bound(bounds: RegionBounds, lower: Tensor, upper: Tensor, parts: dict[str, tuple[Tensor, Tensor, Tensor]],
            n: int, relus: dict[str, str], steps: int = BETA_STEPS, deadline: float | None = None
-           ) -> tuple[Tensor, dict[str, Box], dict[str, Tensor]]:
+           ) -> tuple[Tensor, dict[str, Box], dict[str, Tensor], Tensor]:
     """The margin on each part (CROWN, then alpha-beta-CROWN where CROWN does not prove it), its ReLU inputs'
-    boxes and their branching scores; a part whose constraints contradict CROWN's boxes is empty (margin
-    +inf). Batches with such a part are bisected to find it."""
+    boxes, their branching scores and a candidate counterexample (``RegionBounds.crown``); a part whose
+    constraints contradict CROWN's boxes is empty (margin +inf). Batches with such a part are bisected to find
+    it."""
     prior = {t: Box.from_bounds(lo, hi) for t, (lo, hi, _) in parts.items()}
     try:
-        margin, found = bounds.crown(lower.expand(n, -1), upper.expand(n, -1), prior)
+        margin, found, corner = bounds.crown(lower.expand(n, -1), upper.expand(n, -1), prior)
     except EmptyIntersectionError:
         if n == 1:
             zeros = {t: torch.zeros(b.shape, dtype=torch.float64) for t, b in prior.items()}
-            return torch.full((1,), torch.inf, dtype=torch.float64), prior, zeros
+            return torch.full((1,), torch.inf, dtype=torch.float64), prior, zeros, lower[None]
         half = n // 2
         first = _bound(bounds, lower, upper, {t: tuple(v[:half] for v in p) for t, p in parts.items()}, half, relus,
                        steps, deadline)
         second = _bound(bounds, lower, upper, {t: tuple(v[half:] for v in p) for t, p in parts.items()}, n - half,
                         relus, steps, deadline)
         return (torch.cat([first[0], second[0]]), {t: Box.cat([first[1][t], second[1][t]]) for t in parts},
-                {t: torch.cat([first[2][t], second[2][t]]) for t in parts})
+                {t: torch.cat([first[2][t], second[2][t]]) for t in parts}, torch.cat([first[3], second[3]]))
     boxes = {t: found.env[t] for t in parts}
     open_ = (margin <= 0).nonzero()[:, 0]
     scores = {t: torch.zeros(b.shape, dtype=torch.float64) for t, b in boxes.items()}
@@ -221,4 +246,4 @@ def _bound(bounds: RegionBounds, lower: Tensor, upper: Tensor, parts: dict[str, 
         margin = margin.index_copy(0, open_, bounds.beta(sub, signs, steps, deadline))
         for t, score in bounds.relu_scores(sub, relus).items():
             scores[t] = scores[t].index_copy(0, open_, score)
-    return margin, boxes, scores
+    return margin, boxes, scores, corner

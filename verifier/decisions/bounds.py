@@ -15,6 +15,7 @@ from torch import Tensor
 
 from verifier.engines.alpha_crown import Slopes, _hopeless, optimized
 from verifier.engines.backward import dense_rows
+from verifier.errors import NoRuleError
 from verifier.engines.crown import SpecBounds, prepare, spec_bounds
 from verifier.engines.ibp import ibp
 from verifier.ir import GraphModule
@@ -32,10 +33,17 @@ ALPHA_LR, BETA_LR = 0.1, 0.05
 
 class RegionBounds:
     """CROWN and alpha-CROWN on one model and one region's rows; boxes are (B, n) flattened float64 tensors.
-    Models that run sample by sample (``Graph.whole_batches`` False) get interval bounds only (``interval``)."""
+    Models that run sample by sample (``Graph.whole_batches`` False) get interval bounds only (``interval``).
+    The engines bound the logits (``Graph.logits_tensor``: the input of a trailing Softmax or LogSoftmax); where
+    that is not the output, only rows that compare two outputs are bounded (``RegionSpec.compares_outputs``),
+    else NoRuleError."""
 
     def __init__(self, module: GraphModule, spec: RegionSpec):
-        self.linear = module.graph.whole_batches
+        g = module.graph
+        if g.logits_tensor() != g.output_name and not spec.compares_outputs():
+            raise NoRuleError("the model ends in Softmax or LogSoftmax, and the engines bound its logits: only "
+                              "output constraints that compare two outputs (Y_i >= Y_j) are bounded there")
+        self.linear = g.whole_batches
         self.module64 = prepare(module) if self.linear else module.float64()
         self.spec = spec
         self.shape = tuple(module.graph.sample_shape)
@@ -61,11 +69,23 @@ class RegionBounds:
         with torch.no_grad():
             return spec_bounds(self.module64, Problem(inputs, self.spec.negated(b)), None, None, prior)
 
-    def crown(self, lower: Tensor, upper: Tensor, prior: dict[str, Any] | None = None) -> tuple[Tensor, SpecBounds]:
-        """(CROWN's margin bound per box, its bounds)."""
+    def crown(self, lower: Tensor, upper: Tensor, prior: dict[str, Any] | None = None
+              ) -> tuple[Tensor, SpecBounds, Tensor]:
+        """(CROWN's margin bound per box, its bounds, a candidate counterexample per box): the candidate is the
+        corner of the box where the line of the row that decides the margin is lowest (``_vertices``)."""
         found = self.bounds(lower, upper, prior)
         with torch.no_grad():
-            return self.spec.margin(found.low()), found
+            low, coeffs = found.lines()
+        return self.spec.margin(low), found, self._vertices(low, coeffs, lower, upper)
+
+    def _vertices(self, low: Tensor, coeffs: Tensor | None, lower: Tensor, upper: Tensor) -> Tensor:
+        """Per box, the corner minimizing A x for the deciding row's line A x + b (the centre where the line does
+        not depend on the input): where the bound is loosest, often near a counterexample."""
+        if coeffs is None:
+            return (lower + upper) / 2
+        b = len(lower)
+        a = dense_rows(coeffs).reshape(b, low.shape[1], -1)[torch.arange(b), self.spec.deciding_row(low)]
+        return torch.where(a > 0, lower, torch.where(a < 0, upper, (lower + upper) / 2))
 
     def relu_scores(self, found: SpecBounds, relus: dict[str, str]) -> dict[str, Tensor]:
         """Per ReLU input t (``relus``: input -> output tensor), a score per entry (B, *shape): what CROWN's upper
@@ -87,22 +107,23 @@ class RegionBounds:
             scores[t] = (-lam.reshape(box.shape)).clamp_min(0.0) * height + unstable * 1e-12 * height
         return scores
 
-    def crown_split(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-        """(CROWN's margin bound per box, |A_i| x width_i per box and input): A the coefficients of the line the
-        margin comes from (what each input's width costs the bound). Interval bounds, with the widths, for
-        models that run sample by sample."""
+    def crown_split(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(CROWN's margin bound per box, |A_i| x width_i per box and input, a candidate counterexample per box):
+        A the coefficients of the line the margin comes from (what each input's width costs the bound), the
+        candidate as in ``crown``. Interval bounds, the widths and the centres for models that run sample by
+        sample."""
         width = upper - lower
         if not self.linear:
-            return self.interval(lower, upper)[0], width
+            return self.interval(lower, upper)[0], width, (lower + upper) / 2
         found = self.bounds(lower, upper)
         with torch.no_grad():
             low, coeffs = found.lines()
+        margin, corner = self.spec.margin(low), self._vertices(low, coeffs, lower, upper)
         if coeffs is None:
-            return self.spec.margin(low), torch.zeros_like(width)
+            return margin, torch.zeros_like(width), corner
         b = len(lower)
-        a = dense_rows(coeffs).reshape(b, low.shape[1], -1)
-        row = self.spec.deciding_row(low)
-        return self.spec.margin(low), a[torch.arange(b), row].abs() * width
+        a = dense_rows(coeffs).reshape(b, low.shape[1], -1)[torch.arange(b), self.spec.deciding_row(low)]
+        return margin, a.abs() * width, corner
 
     def alpha(self, found: SpecBounds, steps: int = 20, deadline: float | None = None) -> tuple[Tensor, SpecBounds]:
         """alpha-CROWN's margin bound per box, from CROWN's ``found`` (never below it), and its bounds (boxes

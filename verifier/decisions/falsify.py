@@ -22,13 +22,15 @@ Model = Callable[[Tensor], Tensor]
 
 
 def pgd_box(model: Model, lower: Tensor, upper: Tensor, spec: RegionSpec, steps: int = 50, restarts: int = 10,
-            seed: int = 0, max_batch: int = 512) -> tuple[Tensor, Tensor]:
+            seed: int = 0, max_batch: int = 512, start: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The best point found per box and its violation: ``lower``/``upper`` (B, *sample_shape) float32 boxes, the
     same ``spec`` for all; returns (x (B, *sample_shape), violation (B,) float64). Restarts run as one batch
-    of at most ``max_batch`` rows at a time."""
+    of at most ``max_batch`` rows at a time. ``start``: where restart 0 starts instead of the centre (e.g. the
+    corner where CROWN's line is lowest)."""
     b = lower.shape[0]
     gen = torch.Generator(device=lower.device).manual_seed(seed)
-    best_x = (lower + upper) / 2
+    best_x = (lower + upper) / 2 if start is None else torch.minimum(torch.maximum(start.to(lower.dtype), lower),
+                                                                     upper)
     with torch.no_grad():
         best_v = spec.violation(model(best_x)).detach()
     per = max(1, max_batch // max(b, 1))
@@ -36,11 +38,12 @@ def pgd_box(model: Model, lower: Tensor, upper: Tensor, spec: RegionSpec, steps:
         group = list(range(first, min(restarts, first + per)))
         lo, hi = lower.repeat(len(group), *[1] * (lower.dim() - 1)), upper.repeat(len(group), *[1] * (lower.dim() - 1))
         u = torch.rand(lo.shape, generator=gen, device=lo.device, dtype=lo.dtype)
-        start = torch.where(torch.tensor([k == 0 for k in group], device=lo.device).repeat_interleave(b).view(
-            -1, *[1] * (lo.dim() - 1)), (lo + hi) / 2, lo + u * (hi - lo))
+        first = best_x.repeat(len(group), *[1] * (lower.dim() - 1))
+        x0 = torch.where(torch.tensor([k == 0 for k in group], device=lo.device).repeat_interleave(b).view(
+            -1, *[1] * (lo.dim() - 1)), first, lo + u * (hi - lo))
         target = torch.tensor([k - 1 if k >= 1 else -1 for k in group], device=lo.device).repeat_interleave(b)
         target = torch.where(target >= 0, target % max(spec.disjuncts, 1), target)
-        x, v = _ascend(model, start, lo, hi, spec, target, steps)
+        x, v = _ascend(model, x0, lo, hi, spec, target, steps)
         v = v.view(len(group), b)
         pick = v.argmax(0)
         cand_v = v[pick, torch.arange(b)]

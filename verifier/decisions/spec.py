@@ -46,6 +46,15 @@ class RegionSpec:
         counts = torch.bincount(self.group, minlength=self.disjuncts)
         return bool((counts == 0).any())
 
+    def compares_outputs(self) -> bool:
+        """Whether every row is a (Y_i - Y_j) + 0 with a != 0: its sign is that of z_i - z_j for any strictly
+        increasing map of the outputs applied alike to all (a trailing Softmax or LogSoftmax), so the rows may be
+        bounded on the logits."""
+        nonzero = self.a != 0
+        pairs = nonzero.sum(1) == 2
+        sums = self.a.sum(1)
+        return bool((pairs & (sums == 0) & (self.c == 0)).all())
+
     def negated(self, b: int) -> Conjunction:
         """The rows -(a z + c) > 0 for ``b`` inputs: what the bound engines bound from below."""
         return Conjunction(-self.a.expand(b, *self.a.shape), -self.c.expand(b, *self.c.shape))

@@ -76,27 +76,33 @@ class _Decider:
         x, v = pgd_box(self.model, lo32, hi32, spec, ATTACK_STEPS, ATTACK_RESTARTS, self.seed)
         return self.confirm(region, x[0]) if float(v[0]) >= 0 else None
 
-    def prove(self, spec: RegionSpec, lower: Tensor, upper: Tensor) -> tuple[str, Any]:
-        """('crown' | 'alpha-crown' | 'ibp', None) when proved over the whole box, else ('', the search's start:
-        the bounds, CROWN's or alpha-CROWN's bounds of the box, the margin bound; None when nothing bounds this
-        model)."""
+    def prove(self, region: Any, spec: RegionSpec, lower: Tensor, upper: Tensor) -> tuple[str, Any, Any]:
+        """(method, start, counterexample): method 'crown' | 'alpha-crown' | 'ibp' when proved over the whole
+        box; else '' and the search's start (the bounds, CROWN's or alpha-CROWN's bounds of the box, the margin
+        bound; None when nothing bounds this model), or a counterexample that PGD found from the corner where
+        CROWN's line is lowest."""
         try:
             bounds = RegionBounds(self.module, spec)
             if not bounds.linear:
                 margin, _ = bounds.interval(lower[None], upper[None])
-                return ("ibp", None) if float(margin[0]) > 0 else ("", (bounds, None, float(margin[0])))
-            margin, found = bounds.crown(lower[None], upper[None])
+                return ("ibp", None, None) if float(margin[0]) > 0 else ("", (bounds, None, float(margin[0])), None)
+            margin, found, corner = bounds.crown(lower[None], upper[None])
         except NoRuleError as e:
             self.notes.append(f"no bounds: {e}")
-            return "", None
+            return "", None, None
         if float(margin[0]) > 0:
-            return "crown", None
+            return "crown", None, None
+        lo32, hi32 = float32_box(lower[None], upper[None])
+        x, v = pgd_box(self.model, lo32, hi32, spec, ATTACK_STEPS, 4, self.seed + 1, start=corner)
+        found_ce = self.confirm(region, x[0]) if float(v[0]) >= 0 else None
+        if found_ce is not None:
+            return "", None, found_ce
         if time.monotonic() < self.deadline and relu_inputs(bounds):
             alpha, found = bounds.alpha(found, deadline=self.deadline)
             if float(alpha[0]) > 0:
-                return "alpha-crown", None
+                return "alpha-crown", None, None
             margin = torch.maximum(margin, alpha)
-        return "", (bounds, found, float(margin[0]))
+        return "", (bounds, found, float(margin[0])), None
 
     def search(self, region: Any, lower: Tensor, upper: Tensor, start: tuple) -> Search:
         bounds, found, margin = start
@@ -133,10 +139,12 @@ def decide(module: GraphModule, prop: Any, reference: Callable[[np.ndarray], np.
             return verdict(VIOLATED, "pgd", found, i)
     open_ = []
     methods = set()
-    for i, (spec, (lo, hi)) in enumerate(zip(specs, boxes)):
+    for i, (region, spec, (lo, hi)) in enumerate(zip(prop.regions, specs, boxes)):
         if time.monotonic() > d.deadline:
             return verdict(TIMEOUT)
-        method, start = d.prove(spec, lo, hi)
+        method, start, found = d.prove(region, spec, lo, hi)
+        if found is not None:
+            return verdict(VIOLATED, "pgd from CROWN's corner", found, i)
         if method:
             methods.add(method)
         elif start is None:
