@@ -34,8 +34,8 @@ _COMPARISONS = {"<=", ">=", "<", ">"}
 _ARITHMETIC = {"+", "-", "*"}
 #: property files larger than this are refused before being read (the largest VNN-COMP files are ~30 MB)
 MAX_BYTES = 512 * 2**20
-#: most cases of the disjunctive normal form (VNN-COMP files have at most a few thousand)
-MAX_CASES = 2**16
+#: most cases of the disjunctive normal form (nn4sys 2022 has files of 120,000 cases: 60,000 boxes x 2)
+MAX_CASES = 2**18
 
 #: a linear term: coefficients by variable ('X' or 'Y', index), and a constant
 Linear = tuple[dict[tuple[str, int], float], float]
