@@ -86,13 +86,15 @@ def run_one(category: str, model: Path, prop: Path, timeout: float) -> tuple[str
 
 
 def check_counterexample(model: Path, prop: Path, text: str, tol: float = 1e-4) -> bool:
-    """The scorer's check of a 'sat' result file (module docstring)."""
+    """The scorer's check of a 'sat' result file (module docstring); gzipped files are read from the copies
+    run_instance.sh unpacked beside them."""
     import numpy as np
     import onnx
     import onnxruntime as ort
 
     from frontends.vnnlib import read_vnnlib
 
+    model, prop = (Path(str(p).removesuffix(".gz")) for p in (model, prop))
     body = text.split("\n", 1)[1].replace("\n", " ").strip()[1:-1]
     xs, ys = [], []
     for part in body.split(")"):
@@ -117,12 +119,17 @@ def check_counterexample(model: Path, prop: Path, text: str, tol: float = 1e-4) 
     return False
 
 
+def _key(model: str | Path, prop: str | Path) -> tuple[str, str]:
+    """An instance's key: the file names of model and property, without a .gz suffix."""
+    return Path(model).name.removesuffix(".gz"), Path(prop).name.removesuffix(".gz")
+
+
 def reference_results(paths: list[Path]) -> dict[tuple[str, str], str]:
     results = {}
     for path in paths:
         for line in csv.reader(path.read_text().splitlines()):
             if len(line) >= 5:
-                results[(Path(line[1]).name, Path(line[2]).name)] = line[4].strip().lower()
+                results[_key(line[1], line[2])] = line[4].strip().lower()
     return results
 
 
@@ -160,7 +167,7 @@ def main() -> None:
         row = table[category]
         row[status] += 1
         times[category].append(seconds)
-        ref = reference.get((model.name, prop.name))
+        ref = reference.get(_key(model, prop))
         if ref is not None:
             row["ref " + ref] += 1
             if (status, ref) in (("holds", "sat"), ("violated", "unsat")):

@@ -257,3 +257,35 @@ def test_trailing_softmax_bounds_only_comparisons(tmp_path):
     assert RegionBounds(module, RegionSpec.of(read_vnnlib(p).regions[0])).linear
     result = run_verify(str(m), str(p), timeout=30)
     assert result["status"] == "holds" and result["method"] == "crown"
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("(assert (>= Y_0 0.0)", "never closed"),
+    ("(assert (>= (+ X_0 Y_0) 0.0))", "mixes inputs X and outputs Y"),
+    ("(assert (>= Y_0 \"a\"))", "no strings"),
+    ("(check-sat)", "expected (declare-const ...) or (assert ...)"),
+])
+def test_cli_refuses_bad_properties_in_one_line(tmp_path, capsys, body, needle):
+    model = mlp(3, (4,), 2, seed=8)
+    m, p = setup(tmp_path, model, np.zeros(3), np.ones(3), body)
+    before = p.read_bytes()
+    code, out, err = run_main(capsys, "verify", str(m), str(p), "--result", str(tmp_path / "r.txt"))
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and out == ""
+    assert p.read_bytes() == before and not (tmp_path / "r.txt").exists()
+    code, _, err = run_main(capsys, "verify", str(m), str(tmp_path / "missing.vnnlib"))
+    assert code == 2 and "not a regular file" in err
+    code, _, err = run_main(capsys, "verify", str(m), str(p), "--timeout", "-1")
+    assert code == 2 and "--timeout" in err
+
+
+def test_branch_and_bound_gives_up_beyond_its_memory(tmp_path, monkeypatch):
+    """With no room for open parts, ReLU splitting stops: unknown, never holds."""
+    from verifier.decisions import bab
+
+    monkeypatch.setattr(verify_module, "INPUT_SPLIT_MAX", 0)
+    monkeypatch.setattr(bab, "MAX_STATE_BYTES", 0)
+    model = mlp(2, (24, 24), 2, seed=3)
+    lower, upper = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    top = sampled_max(model, lower, upper, np.array([1.0, -1.0]))
+    m, p = setup(tmp_path, model, lower, upper, f"(assert (>= (- Y_0 Y_1) {top + 0.05 * max(1.0, abs(top))!r}))")
+    assert run_verify(str(m), str(p), timeout=60)["status"] == "unknown"

@@ -34,8 +34,10 @@ from .falsify import float32_box, pgd_box
 
 #: a confirmed counterexample (x, y) from a float32 candidate x, or None
 Confirm = Callable[[Tensor], "tuple | None"]
-#: most open parts kept (beyond: the search gives up, "open")
+#: most open parts kept, and most bytes of their state (ReLU splitting keeps boxes, signs and scores of every
+#: ReLU input per part: ~100 KB on a small CIFAR CNN); beyond either the search gives up ("open")
 MAX_PARTS = 2 ** 21
+MAX_STATE_BYTES = 2 ** 32
 #: beta-CROWN's steps on a part with every ReLU fixed (linear there: more steps approach the exact bound)
 STUCK_STEPS = 200
 
@@ -145,7 +147,8 @@ def split_relus(bounds: RegionBounds, model: Callable[[Tensor], Tensor], lower: 
     parts, rounds = 0, 0
     lo32, hi32 = float32_box(lower[None], upper[None])
     while len(key):
-        if time.monotonic() > deadline or len(key) > MAX_PARTS:
+        held = sum(v.element_size() * v.numel() for values in state.values() for v in values)
+        if time.monotonic() > deadline or len(key) > MAX_PARTS or held > MAX_STATE_BYTES:
             return Search("open", parts)
         rounds += 1
         if rounds % attack_every == 0:
