@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from verifier.certificates.methods import ALPHA_CROWN, CROWN, IBP
 from verifier.errors import LipverifyError, NoRuleError
 from verifier.ir import GraphModule
 
@@ -77,21 +78,21 @@ class _Decider:
         return self.confirm(region, x[0]) if float(v[0]) >= 0 else None
 
     def prove(self, region: Any, spec: RegionSpec, lower: Tensor, upper: Tensor) -> tuple[str, Any, Any]:
-        """(method, start, counterexample): method 'crown' | 'alpha-crown' | 'ibp' when proved over the whole
-        box; else '' and the search's start (the bounds, CROWN's or alpha-CROWN's bounds of the box, the margin
+        """(method, start, counterexample): the registry's name of CROWN, alpha-CROWN or IBP when proved over the
+        whole box; else '' and the search's start (the bounds, CROWN's or alpha-CROWN's bounds of the box, the margin
         bound; None when nothing bounds this model), or a counterexample that PGD found from the corner where
         CROWN's line is lowest."""
         try:
             bounds = RegionBounds(self.module, spec)
             if not bounds.linear:
                 margin, _ = bounds.interval(lower[None], upper[None])
-                return ("ibp", None, None) if float(margin[0]) > 0 else ("", (bounds, None, float(margin[0])), None)
+                return (IBP.name, None, None) if float(margin[0]) > 0 else ("", (bounds, None, float(margin[0])), None)
             margin, found, corner = bounds.crown(lower[None], upper[None])
         except NoRuleError as e:
             self.notes.append(f"no bounds: {e}")
             return "", None, None
         if float(margin[0]) > 0:
-            return "crown", None, None
+            return CROWN.name, None, None
         lo32, hi32 = float32_box(lower[None], upper[None])
         x, v = pgd_box(self.model, lo32, hi32, spec, ATTACK_STEPS, 4, self.seed + 1, start=corner)
         found_ce = self.confirm(region, x[0]) if float(v[0]) >= 0 else None
@@ -100,7 +101,7 @@ class _Decider:
         if time.monotonic() < self.deadline and relu_inputs(bounds):
             alpha, found = bounds.alpha(found, deadline=self.deadline)
             if float(alpha[0]) > 0:
-                return "alpha-crown", None, None
+                return ALPHA_CROWN.name, None, None
             margin = torch.maximum(margin, alpha)
         return "", (bounds, found, float(margin[0])), None
 
