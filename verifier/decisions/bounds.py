@@ -83,8 +83,7 @@ class RegionBounds:
         not depend on the input): where the bound is loosest, often near a counterexample."""
         if coeffs is None:
             return (lower + upper) / 2
-        b = len(lower)
-        a = dense_rows(coeffs).reshape(b, low.shape[1], -1)[torch.arange(b), self.spec.deciding_row(low)]
+        a = self._deciding_line(low, coeffs)
         return torch.where(a > 0, lower, torch.where(a < 0, upper, (lower + upper) / 2))
 
     def relu_scores(self, found: SpecBounds, relus: dict[str, str]) -> dict[str, Tensor]:
@@ -121,9 +120,12 @@ class RegionBounds:
         margin, corner = self.spec.margin(low), self._vertices(low, coeffs, lower, upper)
         if coeffs is None:
             return margin, torch.zeros_like(width), corner
-        b = len(lower)
-        a = dense_rows(coeffs).reshape(b, low.shape[1], -1)[torch.arange(b), self.spec.deciding_row(low)]
-        return margin, a.abs() * width, corner
+        return margin, self._deciding_line(low, coeffs).abs() * width, corner
+
+    def _deciding_line(self, low: Tensor, coeffs: Tensor) -> Tensor:
+        """Per box, the coefficients A (B, n) of the line of the row that decides the margin."""
+        b = len(low)
+        return dense_rows(coeffs).reshape(b, low.shape[1], -1)[torch.arange(b), self.spec.deciding_row(low)]
 
     def alpha(self, found: SpecBounds, steps: int = 20, deadline: float | None = None) -> tuple[Tensor, SpecBounds]:
         """alpha-CROWN's margin bound per box, from CROWN's ``found`` (never below it), and its bounds (boxes

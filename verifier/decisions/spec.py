@@ -61,12 +61,7 @@ class RegionSpec:
 
     def _reduce(self, values: Tensor, inner: str, outer: str) -> Tensor:
         """``outer`` over disjuncts of ``inner`` over their rows, per input ((B, R) -> (B,))."""
-        b = values.shape[0]
-        fill = torch.inf if inner == "amin" else -torch.inf
-        per = torch.full((b, self.disjuncts), fill, dtype=values.dtype, device=values.device)
-        index = self.group.to(values.device).expand(b, -1)
-        per = per.scatter_reduce(1, index, values, reduce=inner, include_self=True)
-        return getattr(per, outer)(dim=1)
+        return getattr(self._per_disjunct(values, inner), outer)(dim=1)
 
     def violation(self, z: Tensor) -> Tensor:
         """max_k min_{i in k} (a z + c)_i per input, z (B, K) (differentiable)."""
@@ -76,9 +71,15 @@ class RegionSpec:
     def disjunct_values(self, z: Tensor) -> Tensor:
         """min_{i in k} (a z + c)_i per input and disjunct, (B, D) (differentiable)."""
         values = z.reshape(len(z), -1).to(self.a.dtype) @ self.a.T.to(z.device) + self.c.to(z.device)
+        return self._per_disjunct(values, "amin")
+
+    def _per_disjunct(self, values: Tensor, reduce: str) -> Tensor:
+        """``reduce`` ('amin' or 'amax') over each disjunct's rows, (B, R) -> (B, D)."""
         b = values.shape[0]
-        per = torch.full((b, self.disjuncts), torch.inf, dtype=values.dtype, device=values.device)
-        return per.scatter_reduce(1, self.group.to(z.device).expand(b, -1), values, reduce="amin", include_self=True)
+        fill = torch.inf if reduce == "amin" else -torch.inf
+        per = torch.full((b, self.disjuncts), fill, dtype=values.dtype, device=values.device)
+        return per.scatter_reduce(1, self.group.to(values.device).expand(b, -1), values, reduce=reduce,
+                                  include_self=True)
 
     def deciding_row(self, low: Tensor) -> Tensor:
         """Per input, the row that gives ``margin(low)``: the best row of the worst disjunct (B,)."""
