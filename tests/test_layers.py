@@ -110,3 +110,13 @@ def test_the_checker_sees_lazy_and_type_checking_imports(tmp_path, monkeypatch):
     monkeypatch.setattr(me, "PACKAGES", ("verifier",))
     graph = me.import_graph()
     assert graph.has_edge("verifier.a", "verifier.b") and graph.has_edge("verifier.b", "verifier.a")
+
+
+def test_every_package_is_installed():
+    """pyproject's package list names every package directory: a plain (non-editable) install would leave out an
+    unlisted one, and its imports would fail only there."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for name in PACKAGES for p in (REPO / name).rglob("__init__.py")}
+    assert found == listed
