@@ -77,6 +77,20 @@ def test_optimized_bounds_beat_crown_and_hold_at_sampled_points(deep_mlp, interm
     assert bool((values >= after[None]).all()), float((after[None] - values).max())
 
 
+def test_the_slope_limit_argument_overrides_the_default(deep_mlp, monkeypatch):
+    """``slope_entries`` (what branch and bound's single region passes) lifts ``SLOPE_ENTRIES``: with the default at
+    0 the intermediate slopes are dropped, with the argument they are optimized, and tighten the bounds."""
+    monkeypatch.setattr(alpha_crown, "SLOPE_ENTRIES", 0)
+    module, x, y = deep_mlp
+    inputs = InputBox(x - 1.5, x + 1.5)
+    crown = spec_bounds(prepare(module), Problem(inputs, Conjunction.robustness(y, 3)))
+    spec_only = alpha_crown.optimized(crown)[0]
+    everything = alpha_crown.optimized(crown, slope_entries=2 ** 20)[0]
+    open_ = spec_only <= 0
+    assert bool(open_.any())
+    assert float((everything - spec_only)[open_].sum()) > 0.1
+
+
 @pytest.mark.parametrize("norm", NORMS_L2_FAST)
 def test_alpha_crown_radii_never_below_crown_and_survive_pgd(deep_mlp, norm):
     module, x, y = deep_mlp

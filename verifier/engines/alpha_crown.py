@@ -64,9 +64,10 @@ class Slopes:
     ``intermediate.boxes`` ask for them). The entries tightened per tensor are fixed at the first step: the boxes only
     shrink after it (each is intersected with CROWN's), so the unstable entries stay among them."""
 
-    def __init__(self, module64: GraphModule, intermediate: bool = True):
+    def __init__(self, module64: GraphModule, intermediate: bool = True, limit: int | None = None):
         self.module64 = module64
         self.intermediate = intermediate
+        self.limit = SLOPE_ENTRIES if limit is None else limit
         self.values: dict[tuple[str, str], Tensor] = {}
         self.fixed: dict[str, tuple[Tensor, Tensor]] = {}
         self.nodes: dict[str, list[Any]] = {}
@@ -86,7 +87,7 @@ class Slopes:
             key = (target, node.name)
             if key not in self.values:
                 shape = (box.shape[0], 2, index.shape[1], *box.shape[1:])
-                if self.size() + math.prod(shape) > SLOPE_ENTRIES * shape[0]:
+                if self.size() + math.prod(shape) > self.limit * shape[0]:
                     self.overflow = True
                     return {}
                 self.values[key] = _crown_choice(box)[:, None, None].expand(shape).clone().requires_grad_(True)
@@ -121,18 +122,19 @@ def optimized_low(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RA
 
 
 def optimized(crown: SpecBounds, steps: int = STEPS, lr: float = LEARNING_RATE, intermediate: bool = True,
-              deadline: float | None = None) -> tuple[Tensor, SpecBounds]:
+              deadline: float | None = None, slope_entries: int | None = None) -> tuple[Tensor, SpecBounds]:
     """(B, R) lower bounds of the spec's rows: the best over ``steps`` iterates of projected gradient ascent on
     the lower slopes (module docstring), starting from CROWN's bounds ``crown``; stops once every row is
     positive, or once no input can be proved at its current pace (``_hopeless``). ``intermediate`` False: only
     the spec's rows get slopes (the boxes stay ``crown``'s; cheaper, as in branch and bound). Also returns the
     bounds over the intersection of every step's boxes (detached; what branch and bound starts from). Stops at
-    ``deadline`` (``time.monotonic()``) when given: every iterate is sound, so any prefix of the steps is."""
+    ``deadline`` (``time.monotonic()``) when given: every iterate is sound, so any prefix of the steps is.
+    ``slope_entries``: the intermediate variables' limit per input (default ``SLOPE_ENTRIES``)."""
     with torch.no_grad():
         best = crown.low()
     if bool((best > 0).all()) or not _unstable_nodes(crown.module64, crown.env, crown.module64.graph.logits_tensor()):
         return best, crown
-    slopes = Slopes(crown.module64, intermediate)
+    slopes = Slopes(crown.module64, intermediate, slope_entries)
     bounds = crown.rebound(slopes) if intermediate else crown
     if slopes.overflow:  # the intermediate variables would be too many: the spec's rows alone, over CROWN's boxes
         slopes, bounds = Slopes(crown.module64, intermediate=False), crown
