@@ -10,7 +10,7 @@ The steps (each one exact):
    ``Shape``/``Size`` of input-dependent tensors become constants (the shapes are static), ``Identity`` and
    ``Dropout`` disappear, every other node becomes an op of the registry (``verifier.ops``);
 5. rewrite patterns into single ops (``onnx_patterns`` before step 2: thresholded Softplus;
-   ``verifier.rewrite`` on the IR: Erf-form GELU);
+   ``verifier.rewrite`` on the IR: Erf-form GELU, SiLU / Swish, Mish, HardSwish, ReLU6-form HardSigmoid);
 6. let ops rewrite batch-1 constants (``Reshape`` to ``[1, -1]``...), then check that a batched run equals
    per-sample runs; if it does not, the module runs sample by sample (always exact).
 """
@@ -31,7 +31,7 @@ from onnx.reference import ReferenceEvaluator
 from verifier.errors import ModelImportError, UnsupportedOpsError
 from verifier.ir import Graph, GraphModule, Node, build_dag
 from verifier.ops import lookup
-from verifier.rewrite import fuse_gelu
+from verifier.rewrite import fuse_patterns
 
 from .onnx_graph import constant_tensor, sparse_to_dense, topological_nodes, value_shape
 from .onnx_io import read_model
@@ -211,7 +211,7 @@ class Importer:
         out = alias.get(self.output, self.output)
         uses = self._consumers(ir_nodes)
         uses[out] += 1
-        ir_nodes = fuse_gelu(ir_nodes, self.const, self.opset, uses)
+        ir_nodes = fuse_patterns(ir_nodes, self.const, self.opset, uses)
         if out in self.const or out not in dyn:
             raise ModelImportError(f"output '{self.output}' does not depend on the model input")
         return self._finish(ir_nodes, out, shapes, probe_shape, leading)

@@ -188,6 +188,31 @@ def test_gemm_radius_is_abs_w_times_r(trans_b):
     torch.testing.assert_close(out64.center, centre, rtol=1e-6, atol=1e-6)
 
 
+def test_swish_and_mish_constants():
+    """SiLU's and Mish's minima and the turns of their slopes (where f'' = 0) and the slopes there, recomputed
+    with mpmath: the constants the box, gradient and linear rules rely on."""
+    from verifier.ops.smooth import Mish, Swish
+
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 30
+    silu = lambda x: x / (1 + mp.exp(-x))  # noqa: E731
+    mish = lambda x: x * mp.tanh(mp.log(1 + mp.exp(x)))  # noqa: E731
+    for f, (x_star, f_min) in ((silu, Swish.MINIMUM), (mish, Mish.MINIMUM)):
+        root = mp.findroot(lambda x: mp.diff(f, x), x_star)
+        assert abs(float(root) - x_star) < 1e-14 and abs(float(f(root)) - f_min) < 1e-16
+    for f, turns, slopes in ((silu, (-Swish.TURN, Swish.TURN), (Swish.SLOPE_MIN, Swish.SLOPE_MAX)),
+                             (mish, Mish.TURNS, Mish.SLOPES)):
+        for turn, slope in zip(turns, slopes):
+            root = mp.findroot(lambda x: mp.diff(f, x, 2), turn)
+            exact = float(mp.diff(f, root))
+            assert abs(float(root) - turn) < 1e-12 and abs(exact - slope) < 2e-9
+            assert (exact >= slope) if slope < 0 else (exact <= slope)  # rounded outward
+    grid = [mp.mpf(x) / 20 for x in range(-400, 401)]  # f' stays within the slopes on [-20, 20]
+    for f, (low, high) in ((silu, (Swish.SLOPE_MIN, Swish.SLOPE_MAX)), (mish, Mish.SLOPES)):
+        d = [mp.diff(f, x) for x in grid]
+        assert low - 1e-15 <= float(min(d)) and float(max(d)) <= high + 1e-15
+
+
 def test_gelu_minimum_and_softplus_threshold():
     from verifier.ops.smooth import Gelu
 

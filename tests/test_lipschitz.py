@@ -85,12 +85,13 @@ ACTIVATIONS = [
     ("Relu", {}), ("LeakyRelu", {"alpha": 0.2}), ("LeakyRelu", {"alpha": 1.7}), ("Sigmoid", {}), ("Tanh", {}),
     ("Softplus", {}), ("Elu", {"alpha": 1.5}), ("Selu", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
     ("HardSwish", {}), ("Clip", {}), ("Erf", {}), ("Gelu", {}), ("Gelu", {"approximate": "tanh"}),
+    ("Swish", {}), ("Swish", {"alpha": 1.7}), ("Mish", {}),
 ]
 
 
 @pytest.mark.parametrize("op, attrs", ACTIVATIONS, ids=lambda v: str(v))
 def test_activation_slopes_bound_the_sampled_slopes(op, attrs):
-    opset = {"HardSwish": 14, "Gelu": 20}.get(op, 13)
+    opset = {"HardSwish": 14, "Gelu": 20, "Swish": 24, "Mish": 18}.get(op, 13)
     module = load_onnx(make_model([node(op, ["x"], **attrs)], [1], opset=opset))
     cls_node = next(module.graph.nodes())
     alpha, beta = cls_node.op.slopes()

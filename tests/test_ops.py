@@ -16,7 +16,7 @@ from torch import nn
 from frontends import load_onnx
 from frontends.parity import check_parity
 
-from .cases.ops import (ACTIVATIONS, BATCHES, BN, CONV, CONVT, GELU20, GELU_CONSTS, MATMUL, SIGNED, bn_case,
+from .cases.ops import (ACTIVATIONS, BATCHES, BN, CONV, CONVT, GATED, GELU20, GELU_CONSTS, MATMUL, SIGNED, bn_case,
                         elementwise_cases, gelu_nodes, gemm_cases, pool_cases, same_pads, small_net)
 from .onnx_graphs import check, check_reference, make_model, node, params, rand, run_case, torch_single_thread
 
@@ -66,6 +66,29 @@ def test_erf_gelu_not_fused_when_intermediate_is_read():
     nodes.append(node("Add", ["g", "e"]))  # the erf value is used elsewhere
     module = check(make_model(nodes, [5], GELU_CONSTS, affine=SIGNED))
     assert "Gelu" not in module.graph.op_counts()
+
+
+@pytest.mark.parametrize("spec", GATED, ids=[c["id"] for c in GATED])
+def test_gated_patterns_are_fused(spec):
+    """Each exporter form of SiLU / Swish / Mish / HardSwish (and ReLU6-form HardSigmoid) becomes one node, with
+    onnxruntime parity (``check``)."""
+    module = check(make_model(spec["nodes"], spec["sample_shape"], spec["inits"], affine=spec["affine"]))
+    fused = spec["id"].split("-")[0].replace("SiLU", "Swish")
+    assert module.graph.op_counts() == {"Sub": 1, "Mul": 1, fused: 1}
+    if fused == "Swish":
+        assert next(n.op for n in module.graph.nodes() if n.op_type == "Swish").alpha == \
+            pytest.approx(1.7 if spec["id"] == "Swish-pattern" else 1.0)
+
+
+@pytest.mark.parametrize("form", ["SiLU-pattern", "Mish-pattern", "HardSwish-pattern-relu6-div"])
+def test_gated_patterns_not_fused_when_the_gate_is_read_elsewhere_or_gates_another_tensor(form):
+    spec = next(c for c in GATED if c["id"] == form)
+    *body, last = spec["nodes"]  # the gate's output is 'g' in these forms
+    read = [*body, node(last.op_type, list(last.input), ["m"]), node("Add", ["g", "x"], ["h"]), node("Add", ["m", "h"])]
+    other = [node("Relu", ["x"], ["z"]), *body, node("Mul", [t if t != "x" else "z" for t in last.input])]
+    for nodes in (read, other):
+        module = check(make_model(nodes, spec["sample_shape"], spec["inits"], affine=spec["affine"]))
+        assert not {"Swish", "Mish", "HardSwish"} & set(module.graph.op_counts())
 
 
 @pytest.mark.parametrize("spec,batch", params(pool_cases()))

@@ -14,10 +14,12 @@ from .cases.boxes import module_of
 from .cases.ops import ACTIVATIONS
 
 #: interior points where some activation has a kink or turns (ReLU-like, HardSwish, GELU's minimum, Clip's ends,
-#: HardSigmoid's corners)
-TURNS = (0.0, -1.5, 1.5, -0.75179152469356446, -1.0, 0.5, -0.7, -2.5, 2.5)
+#: HardSigmoid's corners, SiLU's and Mish's minima and the turns of their slopes)
+TURNS = (0.0, -1.5, 1.5, -0.75179152469356446, -1.0, 0.5, -0.7, -2.5, 2.5, -1.2784645427610738, 2.3993572805154677,
+         -2.3993572805154677, -1.1924312145154952, -2.256376396360793, 1.4905711794854285)
 WIDTHS = (0.0, 1e-3, 0.3, 2.0, 12.0)
-SMOOTH = ("Sigmoid", "Tanh", "Softplus", "Erf", "Gelu-opset20", "Gelu-opset20-approximatenone")
+SMOOTH = ("Sigmoid", "Tanh", "Softplus", "Erf", "Gelu-opset20", "Gelu-opset20-approximatenone", "Mish-opset18",
+          "Swish-opset24", "Swish-opset24-alpha1.7", "Swish-opset24-alpha0.3", "SiLU-pattern", "Mish-pattern")
 
 
 def _activation(spec):

@@ -103,9 +103,11 @@ ELEMENTWISE_CHAINS = ACTIVATIONS + BN + [c for c in elementwise_cases()
                                          if "-const-" in c["id"] or c["id"].startswith(("Neg", "normalize"))]
 
 
-#: where the activations turn (Relu-like kinks, HardSwish, GELU in both forms), as inputs of the SIGNED prefix
-#: x -> (x - 0.5) * 6 of the activation cases
-TURNS = [0.5 + p / 6 for p in (0.0, -1.5, -0.75179152469356446, -0.75246142207101626)]
+#: where the activations turn (Relu-like kinks, HardSwish, GELU in both forms, SiLU / Swish with alpha 1.7 and
+#: 0.3, Mish), as inputs of the SIGNED prefix x -> (x - 0.5) * 6 of the activation cases
+SILU_MIN = -1.2784645427610738
+TURNS = [0.5 + p / 6 for p in (0.0, -1.5, -0.75179152469356446, -0.75246142207101626, SILU_MIN, SILU_MIN / 1.7,
+                               SILU_MIN / 0.3, -1.1924312145154952)]
 
 
 AFFINE = [c for c in gemm_cases() + MATMUL[:-1] + CONV + CONVT + pool_cases() + reduce_cases()

@@ -203,7 +203,32 @@ ACTIVATIONS = [
       for o in (11, 12, 13) for ins in (["lo", "hi"], ["lo"], ["", "hi"], [])],
     act("Clip", opset=13, inputs=["hi", "lo"], inits={"lo": np.float32(-1.2), "hi": np.float32(0.4)}),  # min>max
     *[act("Gelu", opset=20, **attrs) for attrs in ({}, {"approximate": "tanh"}, {"approximate": "none"})],
+    act("Mish", opset=18), act("Swish", opset=24), act("Swish", opset=24, alpha=1.7), act("Swish", opset=24, alpha=0.3),
 ]
+
+
+def gated_patterns():
+    """x * gate(x) as exporters write SiLU, Swish, Mish and HardSwish (``verifier.rewrite``: one node each)."""
+    consts = {"a": np.float32(1.7), "three": np.float32(3.0), "six": np.float32(6.0), "sixth": np.float32(1 / 6),
+              "zero": np.float32(0.0)}
+    relu6 = [node("Add", ["x", "three"], ["s"]), node("Clip", ["s", "zero", "six"], ["r"])]
+    forms = {
+        "SiLU-pattern": [node("Sigmoid", ["x"], ["g"]), node("Mul", ["x", "g"])],
+        "SiLU-pattern-gate-first": [node("Sigmoid", ["x"], ["g"]), node("Mul", ["g", "x"])],
+        "Swish-pattern": [node("Mul", ["a", "x"], ["ax"]), node("Sigmoid", ["ax"], ["g"]), node("Mul", ["x", "g"])],
+        "Mish-pattern": [node("Softplus", ["x"], ["p"]), node("Tanh", ["p"], ["g"]), node("Mul", ["x", "g"])],
+        "HardSwish-pattern-hardsigmoid": [node("HardSigmoid", ["x"], ["g"], alpha=1 / 6, beta=0.5),
+                                          node("Mul", ["x", "g"])],
+        "HardSwish-pattern-relu6-div": [*relu6, node("Div", ["r", "six"], ["g"]), node("Mul", ["x", "g"])],
+        "HardSwish-pattern-relu6-times-sixth": [*relu6, node("Mul", ["sixth", "r"], ["g"]), node("Mul", ["g", "x"])],
+        "HardSwish-pattern-div-last": [*relu6, node("Mul", ["x", "r"], ["m"]), node("Div", ["m", "six"])],
+        "HardSigmoid-pattern-relu6": [*relu6, node("Div", ["r", "six"])],
+    }
+    return [case(name, nodes, (3, 4, 5), consts, 13, SIGNED) for name, nodes in forms.items()]
+
+
+GATED = gated_patterns()
+ACTIVATIONS += GATED
 
 
 GELU20 = pytest.mark.skipif(not onnxruntime_runs("Gelu", 20), reason="this onnxruntime has no Gelu-20 kernel")

@@ -1,4 +1,5 @@
-"""Smooth activations (and the exponential ones, ELU and SELU): Sigmoid, Tanh, Softplus, ELU, SELU, Erf, GELU.
+"""Smooth activations (and the exponential ones, ELU and SELU): Sigmoid, Tanh, Softplus, ELU, SELU, Erf, GELU,
+Swish (SiLU) and Mish.
 
 The rules are ``Activation``'s (verifier/ops/activations.py); what each adds is its slope range over a box,
 from where its derivative is monotone (``_unimodal_range``: a derivative increasing up to 0 and decreasing
@@ -27,6 +28,19 @@ def _unimodal_range(lo: torch.Tensor, hi: torch.Tensor, derivative) -> tuple[tor
     point of the box nearest 0, its min at an end."""
     peak = derivative(torch.minimum(torch.maximum(torch.zeros_like(lo), lo), hi))
     return _rounded(torch.minimum(derivative(lo), derivative(hi)), peak)
+
+
+def _three_piece_range(lo: torch.Tensor, hi: torch.Tensor, derivative, turns: tuple[float, float],
+                       extremes: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A derivative decreasing up to ``turns[0]`` (where it is ``extremes[0]``, its global minimum, or below it),
+    increasing up to ``turns[1]`` (``extremes[1]``, its global maximum, or above) and decreasing after (GELU,
+    SiLU, Mish): over [lo, hi] its extremes are at the ends and at the turns inside."""
+    d_lo, d_hi = derivative(lo), derivative(hi)
+    s_lo, s_hi = _rounded(torch.minimum(d_lo, d_hi), torch.maximum(d_lo, d_hi))
+    left, right = turns
+    s_lo = torch.where((lo <= left + 1e-12) & (hi >= left - 1e-12), torch.full_like(lo, extremes[0]), s_lo)
+    s_hi = torch.where((lo <= right + 1e-12) & (hi >= right - 1e-12), torch.full_like(hi, extremes[1]), s_hi)
+    return s_lo, s_hi
 
 
 @rule("Sigmoid", since=(1, 6, 13))
@@ -189,10 +203,77 @@ class Gelu(Activation):
         def derivative(t):
             return 0.5 * (1 + torch.erf(t / math.sqrt(2))) + t * torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
 
-        s_lo, s_hi = _rounded(torch.minimum(derivative(lo), derivative(hi)), torch.maximum(derivative(lo),
-                                                                                             derivative(hi)))
-        low, high = self.slopes()
-        root = math.sqrt(2)
-        s_lo = torch.where((lo <= -root + 1e-12) & (hi >= -root - 1e-12), torch.full_like(lo, low), s_lo)
-        s_hi = torch.where((lo <= root + 1e-12) & (hi >= root - 1e-12), torch.full_like(hi, high), s_hi)
-        return s_lo, s_hi
+        return _three_piece_range(lo, hi, derivative, (-math.sqrt(2), math.sqrt(2)), self.slopes())
+
+
+@rule("Swish", since=(24,))
+class Swish(Activation):
+    """Swish / SiLU: f(x) = x sigma(a x) with a > 0 (the ``alpha`` attribute; SiLU is a = 1). Also the node that
+    ``x * Sigmoid(x)`` and ``x * Sigmoid(a x)``, as exporters write SiLU, are rewritten to (verifier/rewrite.py).
+    With g(t) = t sigma(t), f(x) = g(a x) / a and f'(x) = g'(a x).
+
+    Claims (proofs): g'(t) = sigma(t) (1 + t sigma(-t)); 1 + t sigma(-t) > 0 for t >= 0, and for t < 0 it is
+    increasing (its derivative is sigma(-t) (1 - t sigma(t)) > 0) from -inf to 1, so g has exactly one turning
+    point t* < 0, its minimum. g''(t) = sigma(t) sigma(-t) (2 - t tanh(t / 2)), and t tanh(t / 2) is even and
+    increasing in |t|, so g' decreases up to -c, increases up to c and decreases after, with c tanh(c / 2) = 2.
+    The constants are mpmath's (40 digits), bracketed and rounded outward below."""
+
+    #: t* and g(t*); c, g'(-c) and g'(c)
+    MINIMUM = (-1.2784645427610737951, -0.27846454276107379511)
+    TURN, SLOPE_MIN, SLOPE_MAX = 2.3993572805154676678, -0.099839320128866916958, 1.0998393201288669170
+
+    def setup(self) -> None:
+        self.alpha = float(self.attr("alpha", 1.0))
+        if not self.alpha > 0:
+            raise self.no_rule(f"alpha = {self.alpha:g}: the rules need alpha > 0")
+
+    def forward(self, x):
+        return F.silu(x) if self.alpha == 1.0 else x * torch.sigmoid(self.alpha * x)
+
+    def slopes(self, args=None):
+        return (self.SLOPE_MIN - 1e-12, self.SLOPE_MAX + 1e-12)
+
+    def critical_points(self, consts):
+        t, g = self.MINIMUM
+        x, v = t / self.alpha, g / self.alpha
+        return [(x - 1e-12 * (1 + abs(x)), x + 1e-12 * (1 + abs(x)), v - 1e-12 * abs(v), v + 1e-12 * abs(v))]
+
+    def slope_range(self, lo, hi, consts):
+        def derivative(t):
+            s = torch.sigmoid(self.alpha * t)
+            return s * (1 + self.alpha * t * torch.sigmoid(-self.alpha * t))
+
+        turn = self.TURN / self.alpha
+        return _three_piece_range(lo, hi, derivative, (-turn, turn), self.slopes())
+
+
+@rule("Mish", since=(18, 22))
+class Mish(Activation):
+    """Mish: f(x) = x tanh(softplus(x)). Also the node that PyTorch's TorchScript exporter's
+    ``x * Tanh(Softplus(x))`` is rewritten to (verifier/rewrite.py).
+
+    Claims. One turning point (a minimum) x* < 0 (proof: with u = e^x, tanh(softplus x) = w = 1 - 2 / (u^2 + 2u
+    + 2), and f' = w (1 - q) with q = -x w'/w = -x 4 (u + 1) / ((u + 2)(u^2 + 2u + 2)); for x < 0 both -x and
+    the second factor (decreasing in u on (0, 1)) are positive and decreasing, so q decreases from +inf to 0
+    and crosses 1 once; f' > 0 for x >= 0). f' decreases up to a = -2.2564, increases up to b = 1.4906 and
+    decreases after: f'' changes sign exactly there on a 0.01 grid over [-30, 30] (mpmath, 40 digits; |f''| <=
+    0.65 there), and beyond, f' tends monotonically to 0 and 1; f'(a) and f'(b) from mpmath, rounded outward
+    by 1e-9."""
+
+    MINIMUM = (-1.1924312145154952121, -0.30884341301725040663)
+    TURNS = (-2.2563763963607931200, 1.4905711794854284593)
+    SLOPES = (-0.1125261233894625564, 1.0884981622517278612)
+
+    def forward(self, x):
+        return F.mish(x)
+
+    def critical_points(self, consts):
+        x, v = self.MINIMUM
+        return [(x - 1e-12, x + 1e-12, v - 1e-12, v + 1e-12)]
+
+    def slope_range(self, lo, hi, consts):
+        def derivative(t):
+            w = torch.tanh(F.softplus(t))
+            return w + t * torch.sigmoid(t) * (1 - w * w)
+
+        return _three_piece_range(lo, hi, derivative, self.TURNS, self.SLOPES)
