@@ -35,6 +35,7 @@ from verifier.rewrite import fuse_patterns
 
 from .onnx_graph import constant_tensor, sparse_to_dense, topological_nodes, value_shape
 from .onnx_io import read_model
+from .onnx_ml import lower_ml, resolve_output
 from .onnx_patterns import fuse_thresholded_softplus
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -80,6 +81,8 @@ class Importer:
                 raise ModelImportError(f"cannot inline the model's local functions: {str(e).strip()[:200]}")
         self.model = model
         self.opset = default_opset(model)
+        self.opsets = {("" if imp.domain in DEFAULT_DOMAINS else imp.domain): int(imp.version)
+                       for imp in model.opset_import}
         g = model.graph
         self.const: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         for sp in g.sparse_initializer:
@@ -100,9 +103,12 @@ class Importer:
             raise ModelImportError("model has no outputs")
         if output is not None and output not in outputs:
             raise ModelImportError(f"no output named '{output}'; the model's outputs: {', '.join(outputs)}")
-        self.output = output or outputs[0]
+        nodes = lower_ml(topological_nodes(g), self.const)
+        self.requested = output or outputs[0]
+        self.output, note = resolve_output(nodes, self.const, self.requested)
+        self.notes = [note] if note else []
         self._read: set[str] | None = None  # every tensor some node reads (built when first needed)
-        self.nodes = fuse_thresholded_softplus(self._prune(topological_nodes(g)), {self.output})
+        self.nodes = fuse_thresholded_softplus(self._prune(nodes), {self.output})
         try:
             self._check_supported()
         except UnsupportedOpsError as e:
@@ -135,10 +141,11 @@ class Importer:
             if static:  # their values are known at import (shapes are static per sample): folded
                 continue
             dependent.update(node.output)
-            if node.domain not in DEFAULT_DOMAINS:
-                bad.append((f"{node.domain}.{node.op_type}", node.name or f"#{i}"))
-            elif node.op_type not in REMOVED_OPS + ("Constant",) and lookup(node.op_type, self.opset) is None:
-                bad.append((node.op_type, node.name or f"#{i}"))
+            if node.domain in DEFAULT_DOMAINS and node.op_type in REMOVED_OPS + ("Constant",):
+                continue
+            if self._op_class(node) is None:
+                label = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+                bad.append((label, node.name or f"#{i}"))
         if bad:
             raise UnsupportedOpsError(bad)
 
@@ -227,9 +234,15 @@ class Importer:
             return value.astype(np.float32)  # the IR computes in one float precision (see Cast)
         return value.astype(str(like.dtype).replace("torch.", ""))
 
+    def _domain_opset(self, node: onnx.NodeProto) -> int:
+        return self.opsets.get("" if node.domain in DEFAULT_DOMAINS else node.domain, 1)
+
+    def _op_class(self, node: onnx.NodeProto) -> Any:
+        return lookup(node.op_type, self._domain_opset(node), node.domain)
+
     def _make_node(self, node: onnx.NodeProto, name: str, ins: list[str], dyn: dict[str, torch.Tensor],
                    shapes: dict[str, tuple[int, ...]]) -> Node:
-        cls = lookup(node.op_type, self.opset)
+        cls = self._op_class(node)
         assert cls is not None  # _check_supported named every missing one
         static: dict[int, Any] = {}
         for k in cls.static_inputs:
@@ -239,7 +252,7 @@ class Importer:
                                            f"constant, but it depends on the model input")
                 static[k] = self.const[ins[k]]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        op = cls(attrs, static, self.opset, name, n_outputs=len([o for o in node.output if o]))
+        op = cls(attrs, static, self._domain_opset(node), name, n_outputs=len([o for o in node.output if o]))
         inputs = ["" if k in static else t for k, t in enumerate(ins)]
         args = [None if not t else (dyn[t] if t in dyn else _to_torch(self.const[t])) for t in inputs]
         try:
@@ -303,6 +316,8 @@ class Importer:
             "input": {"name": self.input.name, "shape": value_shape(self.input)},
             "outputs": [{"name": o.name, "shape": value_shape(o)} for o in _inferred_outputs(m)],
             "output": self.output,
+            "requested_output": self.requested,
+            "notes": list(self.notes),
         }
 
 

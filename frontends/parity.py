@@ -27,8 +27,13 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def reference_runner(model: onnx.ModelProto) -> tuple[str, Runner]:
-    """onnxruntime on the CPU, or ONNX's reference evaluator when onnxruntime cannot load the model."""
+def reference_runner(model: onnx.ModelProto, output: str | None = None) -> tuple[str, Runner]:
+    """onnxruntime on the CPU, or ONNX's reference evaluator when onnxruntime cannot load the model. ``output``:
+    a tensor to read that is not a graph output (the scores that the IR imports for a label output,
+    ``frontends.onnx_ml``): it is added to a copy of the model's outputs."""
+    if output is not None and output not in {o.name for o in model.graph.output}:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(output))
     try:
         import onnxruntime as ort
 
@@ -91,7 +96,7 @@ def check_parity(model: onnx.ModelProto, module: GraphModule, batch_sizes: tuple
     report: dict[str, Any] = {"ok": False, "max_abs_diff": None, "max_rel_diff": None, "tolerance": tolerance,
                               "batch_sizes": list(batch_sizes), "per_batch": [], "reference": None}
     try:
-        report["reference"], run = reference_runner(model)
+        report["reference"], run = reference_runner(model, module.graph.info.get("output"))
     except Exception as e:
         return {**report, "error": f"onnxruntime cannot run the model: {_first_line(e)}"}
     dtype = input_dtype(model, module.graph.input_name)

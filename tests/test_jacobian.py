@@ -74,10 +74,12 @@ def test_every_op_has_a_gradient_rule_or_is_linear():
     the default (affine) rule, and a nonlinear configuration of it must raise, never return a box."""
     from verifier.ops.base import Op
 
-    own = {t for t, entries in _REGISTRY.items() for _, cls in entries if cls.grad_interval is not Op.grad_interval}
+    own = {t for (_, t), entries in _REGISTRY.items() for _, cls in entries
+           if cls.grad_interval is not Op.grad_interval}
     assert {"Relu", "Sigmoid", "Tanh", "Softplus", "MaxPool", "GlobalMaxPool"} <= own
     assert all(issubclass(cls, Activation) or t in ("MaxPool", "GlobalMaxPool")
-               for t, entries in _REGISTRY.items() for _, cls in entries if cls.grad_interval is not Op.grad_interval)
+               for (_, t), entries in _REGISTRY.items() for _, cls in entries
+               if cls.grad_interval is not Op.grad_interval)
     from verifier.ops.base import lookup
 
     mul = lookup("Mul", 13)({}, {}, 13, "m")
@@ -124,7 +126,7 @@ def test_affine_gradient_box_is_exact(spec):
         assert bool((got <= expected + allowance).all()), float((got - expected - allowance).max())
 
 
-ACTIVATION_TYPES = sorted({t for t, entries in _REGISTRY.items() for _, cls in entries
+ACTIVATION_TYPES = sorted({t for (_, t), entries in _REGISTRY.items() for _, cls in entries
                            if issubclass(cls, Activation)} - {"PRelu", "Clip"})
 
 

@@ -79,12 +79,19 @@ class Graph:
         return dict(Counter(n.op_type for n in self.nodes()))
 
     def logits_tensor(self) -> str:
-        """The tensor whose argmax is the prediction: the input of a trailing op that keeps the argmax
-        (Softmax, LogSoftmax: ``Op.keeps_argmax``), else the graph output."""
-        last = self.node(self.order[-1]) if self.order else None
-        if last is not None and last.op.keeps_argmax and last.outputs[0] == self.output_name:
-            return last.inputs[0]
-        return self.output_name
+        """The tensor whose argmax is the prediction: the input of the trailing chain of ops that keep the argmax
+        (Softmax, LogSoftmax, an L1/L2 Normalizer: ``Op.keeps_argmax``), each the only reader of the one before
+        it; else the graph output."""
+        t, k = self.output_name, len(self.order) - 1
+        while k >= 0:
+            last = self.node(self.order[k])
+            if not (last.op.keeps_argmax and last.outputs[0] == t) or (t != self.output_name and self._read_twice(t)):
+                break
+            t, k = last.inputs[0], k - 1
+        return t
+
+    def _read_twice(self, t: str) -> bool:
+        return sum(t in n.inputs for n in self.nodes()) > 1
 
     def dependent_tensors(self) -> set[str]:
         """The tensors that depend on the model input: the input and every IR node's outputs (everything else was

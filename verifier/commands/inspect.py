@@ -9,19 +9,14 @@ from frontends.onnx_graph import value_shape
 from frontends.parity import check_parity
 from verifier.commands.loading import import_model
 from verifier.ir import GraphModule
-from verifier.ops import lookup
 
 RULES = (("forward", "forward"), ("lipschitz", "lipschitz"), ("box", "interval"))
 
 
 def op_rules(module: GraphModule) -> dict[str, dict[str, bool]]:
     """For each op type in the IR: which of forward / Lipschitz rule / box rule it has."""
-    opset = module.graph.info["opset"]
-    table = {}
-    for op_type in sorted(module.graph.op_counts()):
-        cls = lookup(op_type, opset)
-        table[op_type] = {key: bool(cls and cls.has_rule(method)) for key, method in RULES}
-    return table
+    classes = {n.op_type: type(n.op) for n in module.graph.nodes()}
+    return {op_type: {key: cls.has_rule(method) for key, method in RULES} for op_type, cls in sorted(classes.items())}
 
 
 def inspect_model(path: str | os.PathLike, output: str | None = None,
@@ -36,7 +31,7 @@ def inspect_model(path: str | os.PathLike, output: str | None = None,
         "ir_version": info["ir_version"],
         "inputs": [{"name": i.name, "shape": value_shape(i), "ir_shape": ["B", *g.sample_shape]}
                    for i in model.graph.input if i.name not in inits],
-        "outputs": [{**o, "selected": o["name"] == info["output"]} for o in info["outputs"]],
+        "outputs": [{**o, "selected": o["name"] == info.get("requested_output", info["output"])} for o in info["outputs"]],
         "output": info["output"],
         "output_ir_shape": ["B", *g.output_shape],
         "batched": g.batched,
@@ -52,8 +47,10 @@ def inspect_model(path: str | os.PathLike, output: str | None = None,
 
 
 def _notes(module: GraphModule) -> list[str]:
-    """What a user may not expect about how the IR reads the model."""
-    g, notes = module.graph, []
+    """What a user may not expect about how the IR reads the model (the import's notes first: a label output
+    imported as its scores)."""
+    g = module.graph
+    notes = list(g.info.get("notes", []))
     declared = g.info["input"]["shape"] or []
     if not g.leading_batch and declared and isinstance(declared[0], int) and declared[0] > 1:
         notes.append(f"the input's first axis is fixed to {declared[0]} in the file, so it is read as part of one "

@@ -44,7 +44,7 @@ def _batched_session(model, module: GraphModule):
     from frontends.parity import input_dtype, reference_runner
 
     try:
-        name, run = reference_runner(model)
+        name, run = reference_runner(model, module.graph.info.get("output"))
         if name != "onnxruntime":
             return None
         g = module.graph

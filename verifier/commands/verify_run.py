@@ -34,7 +34,7 @@ def run_verify(model_path: str, prop_path: str, timeout: float, output: str | No
     proto, module = import_model(model_path if source is None else source, output)
     prop = read_vnnlib(Path(prop_path))
     try:
-        name, run = reference_runner(proto)
+        name, run = reference_runner(proto, module.graph.info.get("output"))
     except Exception as e:
         raise LipverifyError(f"{model_path}: onnxruntime cannot run the model, so no counterexample could be "
                              f"confirmed ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")

@@ -1,6 +1,6 @@
 """Op classes, one per ONNX op family, registered by op type and opset version (see ``base.rule``)."""
 # (imported for their registration)
-from verifier.ops import activations, conv, elementwise, linear, pooling, reduce, shape, smooth  # noqa: F401
+from verifier.ops import activations, conv, elementwise, linear, ml, pooling, reduce, shape, smooth  # noqa: F401
 from verifier.ops.base import Op, lookup, registered_op_types, rule
 
 __all__ = ["Op", "lookup", "registered_op_types", "rule"]

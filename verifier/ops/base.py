@@ -65,17 +65,26 @@ class Lipschitz:
         return max(self.factors) if self.factors else 0.0
 
 
-# op type -> list of (since_version, class), kept sorted by since_version
-_REGISTRY: dict[str, list[tuple[int, type["Op"]]]] = {}
+#: the default ONNX domain's names (both mean the same domain)
+DEFAULT_DOMAIN, ONNX_ML = "", "ai.onnx.ml"
+
+# (domain, op type) -> list of (since_version, class), kept sorted by since_version
+_REGISTRY: dict[tuple[str, str], list[tuple[int, type["Op"]]]] = {}
 
 
-def rule(op_type: str, since: int | Sequence[int] = 1) -> Callable[[type["Op"]], type["Op"]]:
-    """Register an op class for ``op_type`` from opset ``since`` on (several versions may share a class). A
-    second registration of the same (op type, version) is refused, as onnx2torch's converter registry does."""
+def _domain(domain: str) -> str:
+    return DEFAULT_DOMAIN if domain in ("", "ai.onnx") else domain
+
+
+def rule(op_type: str, since: int | Sequence[int] = 1, domain: str = DEFAULT_DOMAIN
+         ) -> Callable[[type["Op"]], type["Op"]]:
+    """Register an op class for ``op_type`` of ``domain`` from that domain's opset ``since`` on (several versions
+    may share a class). A second registration of the same (domain, op type, version) is refused, as onnx2torch's
+    converter registry does."""
     versions = (since,) if isinstance(since, int) else tuple(since)
 
     def register(cls: type[Op]) -> type[Op]:
-        entries = _REGISTRY.setdefault(op_type, [])
+        entries = _REGISTRY.setdefault((_domain(domain), op_type), [])
         taken = {v for v, _ in entries}
         twice = [v for v in versions if v in taken] or [v for i, v in enumerate(versions) if v in versions[:i]]
         if twice:
@@ -89,19 +98,22 @@ def rule(op_type: str, since: int | Sequence[int] = 1) -> Callable[[type["Op"]],
     return register
 
 
-def lookup(op_type: str, opset: int) -> type["Op"] | None:
-    """The op class for ``op_type`` in a model of default-domain ``opset``: the newest version <= opset."""
+def lookup(op_type: str, opset: int, domain: str = DEFAULT_DOMAIN) -> type["Op"] | None:
+    """The op class for ``op_type`` of ``domain`` in a model importing that domain at ``opset``: the newest
+    version <= opset."""
+    entries = _REGISTRY.get((_domain(domain), op_type), [])
     found = None
-    for since, cls in _REGISTRY.get(op_type, []):
+    for since, cls in entries:
         if since <= opset:
             found = cls
-    if found is None and op_type in _REGISTRY:  # older opset than any registered version: take the first
-        found = _REGISTRY[op_type][0][1]
+    if found is None and entries:  # older opset than any registered version: take the first
+        found = entries[0][1]
     return found
 
 
 def registered_op_types() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every registered op type, prefixed by its domain outside the default one."""
+    return sorted(f"{d}.{t}" if d else t for d, t in _REGISTRY)
 
 
 class Op:
