@@ -118,5 +118,6 @@ def test_every_package_is_installed():
     import tomllib
 
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(REPO).parts) for name in PACKAGES for p in (REPO / name).rglob("__init__.py")}
+    found = {".".join(p.parent.relative_to(REPO).parts) for name in PACKAGES
+             for p in (REPO / name).rglob("__init__.py")}
     assert found == listed

@@ -31,7 +31,8 @@ def inspect_model(path: str | os.PathLike, output: str | None = None,
         "ir_version": info["ir_version"],
         "inputs": [{"name": i.name, "shape": value_shape(i), "ir_shape": ["B", *g.sample_shape]}
                    for i in model.graph.input if i.name not in inits],
-        "outputs": [{**o, "selected": o["name"] == info.get("requested_output", info["output"])} for o in info["outputs"]],
+        "outputs": [{**o, "selected": o["name"] == info.get("requested_output", info["output"])}
+                    for o in info["outputs"]],
         "output": info["output"],
         "output_ir_shape": ["B", *g.output_shape],
         "batched": g.batched,

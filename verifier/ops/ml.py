@@ -40,8 +40,9 @@ class Normalizer(Op):
         """Per row, y = x / s with s the norm: s lies in [s_lo, s_hi] (the norm of the entries' smallest and
         largest magnitudes over the box; for MAX, the max of the lower and of the upper bounds); where s_lo > 0,
         y lies in the interval quotient of the box by [s_lo, s_hi], else, for L1 and L2, in [-1, 1] (|x_i| <=
-        ||x||); for MAX a row whose maximum may be 0 or below has no finite box (NoRuleError). Computed in float64 and widened by gamma_{n+4} of the magnitudes (the forward's sum of
-        n terms, square root and division in its dtype), then rounded outward."""
+        ||x||); for MAX a row whose maximum may be 0 or below has no finite box (NoRuleError). Computed in
+        float64 and widened by gamma_{n+4} of the magnitudes (the forward's sum of n terms, square root and
+        division in its dtype), then rounded outward."""
         if not is_box(x):
             raise self.no_box("only the input may depend on the model input")
         lo, hi = x.lo.double(), x.hi.double()
