@@ -1,7 +1,8 @@
 """ONNX -> IR: read, check, fold everything that does not depend on the input, build ops, make it batched.
 
 The steps (each one exact):
-1. read the file (``onnx_io``), pick the one input and the chosen output, prune to what the output needs;
+1. read the file (``onnx_io``), pick the one input and the chosen output, prune to what the output needs; lower
+   the ONNX-ML ops there and import a label or ZipMap output as its scores (``onnx_ml``);
 2. name every unsupported op on the input-dependent path at once (before ``onnx.checker``, whose message would
    name only the first);
 3. ``onnx.checker`` and ``onnx.shape_inference`` (the latter for reporting declared shapes);
@@ -103,8 +104,8 @@ class Importer:
             raise ModelImportError("model has no outputs")
         if output is not None and output not in outputs:
             raise ModelImportError(f"no output named '{output}'; the model's outputs: {', '.join(outputs)}")
-        nodes = lower_ml(topological_nodes(g), self.const)
-        self.requested = output or outputs[0]
+        self.requested = self.output = output or outputs[0]
+        nodes = lower_ml(self._prune(topological_nodes(g)), self.const)  # (pruned: only what is used is lowered)
         self.output, note = resolve_output(nodes, self.const, self.requested)
         self.notes = [note] if note else []
         self._read: set[str] | None = None  # every tensor some node reads (built when first needed)
