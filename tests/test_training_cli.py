@@ -49,6 +49,36 @@ def test_train_arch_exports_a_checked_model(capsys, tmp_path):
     assert code == 0 and json.loads(stdout)["n"] == 20
 
 
+def test_train_output_picks_the_scores_of_a_two_output_model(capsys, tmp_path):
+    """A model whose first output is the softmax and second the logits: --output logits trains (and exports)
+    through the logits; the exported file keeps both outputs and its nodes."""
+    from torch import nn
+
+    data = _images(tmp_path, n=200)
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 4))
+
+        def forward(self, x):
+            z = self.net(x)
+            return torch.softmax(z, dim=1), z
+
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(Two(), (torch.rand(1, 1, 28, 28),), path, input_names=["x"], output_names=["probs", "logits"],
+                      dynamic_axes={"x": {0: "N"}}, dynamo=False)
+    out = tmp_path / "trained.onnx"
+    code, stdout, stderr = run_main(capsys, "train", str(path), "--data", str(data), "--output", "logits",
+                                    "--epochs", "1", "--val", "40", "--out", str(out), "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["output"] == "logits" and report["export"]["parity"] and report["export"]["same_nodes"]
+    assert [o.name for o in onnx.load(out).graph.output] == ["probs", "logits"]
+    code, _, stderr = run_main(capsys, "train", str(path), "--data", str(data), "--output", "nope", "--epochs", "1",
+                               "--val", "40", "--out", str(tmp_path / "x.onnx"))
+    assert code == 2 and "no output named 'nope'" in stderr
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "give either MODEL.onnx or --arch"),
     (["--arch", "9Q"], "unknown architecture '9Q'"),

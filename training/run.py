@@ -48,12 +48,14 @@ def _source(model_path: str | None, arch: str | None, width: float, input_shape:
 def run_train(model_path: str | None, *, arch: str | None = None, width: float = 1.0,
               input_shape: tuple[int, ...] = (1, 28, 28), classes: int = 10, data_path: str | None = None,
               split: str = "train", val: int = 5000, limit: int | None = None, out: str, config: TrainConfig,
+              output: str | None = None,
               device: str = "auto", input_scale: float | None = None, mean: str | None = None, std: str | None = None,
               checkpoint: str | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train and export; the report: config, history, seconds, final held-out metrics, export checks.
 
     ``out`` and ``checkpoint`` follow the output-path policy (``frontends.outputs``): checked before any work
-    (never an input: the model, its external data, the data), written atomically."""
+    (never an input: the model, its external data, the data), written atomically. ``output``: the graph output
+    trained on (default: the first), as ``certify --output``."""
     from frontends.data import load_dataset
     from frontends.onnx_export import export_weights, serialize
     from frontends.onnx_import import load_onnx
@@ -72,7 +74,7 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
                              f"{', '.join(FASHION_MNIST)})")
     outputs = OutputPaths({"--out": out, "--checkpoint": checkpoint}, inputs=[model_path, data_path])
     source = _source(model_path, arch, width, input_shape, classes, outputs)
-    _, module = import_model(source)
+    _, module = import_model(source, output)
     data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit,
                         input_scale=input_scale, mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
     k = math.prod(module.graph.output_shape) if module.graph.output_shape else 1
@@ -94,7 +96,7 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
     module = module.cpu().eval()
     exported = export_weights(module, source)
     outputs.write_bytes("--out", serialize(exported))
-    reloaded = load_onnx(exported)
+    reloaded = load_onnx(exported, output)
     parity = check_parity(exported, module)
     same_nodes = [(n.op_type, list(n.input), list(n.output)) for n in exported.graph.node] == \
         [(n.op_type, list(n.input), list(n.output)) for n in source.graph.node]
@@ -104,7 +106,7 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
     final = result.history[-1] if result.history else {}
     return {
         "model": model_path, "arch": arch, "width": width if arch else None, "out": out,
-        "data": data.source, "train_samples": len(x), "held_out": val,
+        "output": module.graph.info.get("output"), "data": data.source, "train_samples": len(x), "held_out": val,
         "config": {**asdict(replace(config, options=None)), "options": asdict(config.options)},
         "seconds": round(result.seconds, 2), "note": result.note,
         "clean_accuracy": final.get("clean_accuracy"), "certified_accuracy": final.get("certified_accuracy"),

@@ -309,13 +309,16 @@ def verify(model: str, prop: str, timeout: float, output: str | None, as_json: b
 @click.option("--std", type=Values(positive=True), default=None,
               help="Then divide (scalar or comma-separated per channel).")
 @click.option("--out", required=True, type=str, help="Where to write the trained ONNX.")
+@click.option("--output", "output", metavar="NAME", help="Which graph output to train on (default: the first; a "
+              "label output is trained through its scores, as certify reads it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 def train(model: str | None, arch: str | None, width: float, input_shape: tuple[int, ...], classes: int,
           data_path: str | None, split: str, method: str, eps: float, epochs: int, batch_size: int, lr: float,
           optimizer: str, lr_schedule: str, ramp: float, seed: int,
           val: int, limit: int | None, lmt_c: float | None, lmt_prop1: bool, lmt_plus: bool, crm_lambda: float,
           crm_t: float | None, cross_lambda: float, checkpoint: str | None, resume: bool, device: str,
-          input_scale: float | None, mean: str | None, std: str | None, out: str, as_json: bool) -> None:
+          input_scale: float | None, mean: str | None, std: str | None, out: str, output: str | None,
+          as_json: bool) -> None:
     """Retrain MODEL (or a new --arch) with a robust method (LMT, CRM, BCP, Cross-Lipschitz) or plain
     cross-entropy, and write the same ONNX graph with the new weights to --out. Exit 0 ok, 1 when the export
     does not match onnxruntime, 2 bad input."""
@@ -330,7 +333,7 @@ def train(model: str | None, arch: str | None, width: float, input_shape: tuple[
     config = TrainConfig(method=method, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          lr_schedule=lr_schedule, ramp=ramp, seed=seed, options=options)
     result = run_train(model, arch=arch, width=width, input_shape=input_shape, classes=classes, data_path=data_path,
-                       split=split, val=val, limit=limit, out=out,
+                       split=split, val=val, limit=limit, out=out, output=output,
                        config=config, device=device, input_scale=input_scale, mean=mean, std=std,
                        checkpoint=checkpoint, resume=resume, progress=not as_json)
     if as_json:
