@@ -91,6 +91,41 @@ def relu_mlp(tmp_path_factory):
     return module, x[keep][:40], y[keep][:40]
 
 
+def test_prior_boxes_that_contradict_crown_mean_an_empty_set(relu_mlp):
+    """A prior box (branch and bound's split constraint) on the second ReLU's input that the interval box
+    allows but CROWN's bound excludes: the set is empty, ``EmptyIntersectionError`` (branch and bound counts the
+    part as proved), never an invalid box."""
+    from verifier.box import EmptyIntersectionError
+    from verifier.engines.crown import prepare, spec_bounds
+
+    module, x, y = relu_mlp
+    module64 = prepare(module)
+    relu2 = [n for n in module64.graph.nodes() if n.op_type == "Relu"][1].inputs[0]
+    # an entry that the interval box leaves unstable and CROWN proves stable (lo > 0 or hi < 0): a prior that
+    # keeps it unstable but outside CROWN's bounds ([lo_interval, lo_crown / 2] or [hi_crown / 2, hi_interval])
+    # is consistent with the interval box only
+    found = []
+    for i in range(10):
+        inputs = InputBox(x[i:i + 1] - 0.5, x[i:i + 1] + 0.5)
+        spec = Conjunction.robustness(y[i:i + 1], 3)
+        crown = spec_bounds(module64, Problem(inputs, spec)).env[relu2]
+        loose = boxes(module64, inputs, budget=0)[relu2]
+        c_lo, c_hi = crown.lo.reshape(-1), crown.hi.reshape(-1)
+        unstable = (loose.lo.reshape(-1) < 0) & (loose.hi.reshape(-1) > 0)
+        score = torch.where(unstable, torch.maximum(c_lo, -c_hi), -math.inf)
+        found.append((float(score.max()), int(score.argmax()), inputs, spec, loose, c_lo, c_hi))
+    best, j, inputs, spec, loose, c_lo, c_hi = max(found, key=lambda f: f[0])
+    assert best > 0.005
+    lo, hi = loose.lo.reshape(-1).clone(), loose.hi.reshape(-1).clone()
+    if float(c_lo[j]) > 0:
+        hi[j] = c_lo[j] / 2
+    else:
+        lo[j] = c_hi[j] / 2
+    prior = {relu2: Box.from_bounds(lo.reshape(loose.shape), hi.reshape(loose.shape))}
+    with pytest.raises(EmptyIntersectionError, match="input set is empty"):
+        spec_bounds(module64, Problem(inputs, spec), prior=prior)
+
+
 @pytest.mark.parametrize("prior", ["interval", "bcp"])
 @pytest.mark.parametrize("norm", NORMS_L2_FAST)
 def test_crown_radii_survive_pgd_and_beat_ibp(relu_mlp, norm, prior):

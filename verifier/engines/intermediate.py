@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from verifier.box import Box, exact_float32, is_box
+from verifier.box import Box, EmptyIntersectionError, exact_float32, is_box
 from verifier.ir import GraphModule
 from verifier.patches import Patches
 from verifier.problem import InputSet, LpBall
@@ -58,7 +58,7 @@ def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, nam
     lo, hi = box.lo.reshape(b, n), box.hi.reshape(b, n)
     if slopes is not None or index.shape[1] <= PROBE_ENTRIES:
         lo, hi = _entries(module64, env, inputs, name, index, valid, lo, hi, slopes)
-        return Box.from_bounds(lo.reshape(b, *shape), hi.reshape(b, *shape))
+        return _met(lo.reshape(b, *shape), hi.reshape(b, *shape), name)
     probed, ok = index[:, :PROBE_ENTRIES], valid[:, :PROBE_ENTRIES]
     before = torch.where(ok, hi.gather(1, probed) - lo.gather(1, probed), 0.0).sum(1)
     lo, hi = _entries(module64, env, inputs, name, probed, ok, lo, hi)
@@ -70,7 +70,19 @@ def _tightened(module64: GraphModule, env: dict[str, Any], inputs: InputSet, nam
         lo_s, hi_s = _entries(module64, part, inputs[sel], name, index[sel, PROBE_ENTRIES:], rest[sel], lo[sel],
                               hi[sel])
         lo, hi = lo.index_copy(0, sel, lo_s), hi.index_copy(0, sel, hi_s)
-    return Box.from_bounds(lo.reshape(b, *shape), hi.reshape(b, *shape))
+    return _met(lo.reshape(b, *shape), hi.reshape(b, *shape), name)
+
+
+def _met(lo: Tensor, hi: Tensor, name: str) -> Box:
+    """The box met from the tensor's box and CROWN's bounds. Both are sound over the input set, so where they
+    do not meet the set is empty: a branch and bound part whose split constraints (``prior`` boxes) contradict
+    CROWN's bounds, which ``verifier.decisions.bab`` counts as proved; anywhere else one of them is unsound.
+    Either way ``EmptyIntersectionError``."""
+    bad = lo > hi
+    if bool(bad.any()):
+        raise EmptyIntersectionError(f"CROWN's bounds of '{name}' miss its box at {int(bad.sum())} entries: the "
+                                     "input set is empty (or a bound is unsound)")
+    return Box.from_bounds(lo, hi)
 
 
 def _entries(module64: GraphModule, env: dict[str, Any], inputs: InputSet, name: str, index: Tensor,
