@@ -91,6 +91,18 @@ def test_gated_patterns_not_fused_when_the_gate_is_read_elsewhere_or_gates_anoth
         assert not {"Swish", "Mish", "HardSwish"} & set(module.graph.op_counts())
 
 
+def test_patterns_need_their_constants_to_float32_precision():
+    """A constant off by 1e-4 (a half-precision sqrt 2, a divisor 6.0006) is another function: no rewrite."""
+    consts = dict(GELU_CONSTS, sqrt2=np.float32(np.float16(math.sqrt(2))))
+    module = check(make_model(gelu_nodes(0, "Div", False), [5], consts, affine=SIGNED))
+    assert "Gelu" not in module.graph.op_counts()
+    spec = next(c for c in GATED if c["id"] == "HardSwish-pattern-relu6-div")
+    nodes = [node("Div", ["r", "divisor"], ["g"]) if n.op_type == "Div" else n for n in spec["nodes"]]
+    module = check(make_model(nodes, spec["sample_shape"], dict(spec["inits"], divisor=np.float32(6.0006)),
+                              affine=spec["affine"]))
+    assert not {"HardSwish", "HardSigmoid"} & set(module.graph.op_counts())
+
+
 @pytest.mark.parametrize("spec,batch", params(pool_cases()))
 def test_pooling(spec, batch):
     run_case(spec, batch)
