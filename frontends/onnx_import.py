@@ -36,7 +36,8 @@ from verifier.rewrite import fuse_patterns
 
 from .onnx_graph import constant_tensor, sparse_to_dense, topological_nodes, value_shape
 from .onnx_io import read_model
-from .onnx_ml import lower_ml, resolve_output
+from .onnx_labels import resolve_output
+from .onnx_ml import lower_ml
 from .onnx_patterns import fuse_thresholded_softplus
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -105,8 +106,11 @@ class Importer:
         if output is not None and output not in outputs:
             raise ModelImportError(f"no output named '{output}'; the model's outputs: {', '.join(outputs)}")
         self.requested = self.output = output or outputs[0]
-        nodes = lower_ml(self._prune(topological_nodes(g)), self.const)  # (pruned: only what is used is lowered)
-        self.output, note = resolve_output(nodes, self.const, self.requested)
+        # (pruned first: only what is used is lowered)
+        nodes = lower_ml(self._prune(topological_nodes(g)), self.const, self.output)
+        self.output, note, self.label_classes = resolve_output(nodes, self.const, self.requested)
+        if any(self.output in n.output for n in g.node):  # the file holds the scores: parity compares them
+            self.label_classes = None
         self.notes = [note] if note else []
         self._read: set[str] | None = None  # every tensor some node reads (built when first needed)
         self.nodes = fuse_thresholded_softplus(self._prune(nodes), {self.output})
@@ -319,6 +323,7 @@ class Importer:
             "output": self.output,
             "requested_output": self.requested,
             "notes": list(self.notes),
+            "label_classes": self.label_classes,
         }
 
 

@@ -1,19 +1,14 @@
 """scikit-learn's graphs (skl2onnx's ``ai.onnx.ml`` ops) brought to what the IR bounds, before the import walk.
 
-Two steps, both exact:
+The lowering (``lower_ml``), exact; the label outputs it marks are resolved by ``frontends.onnx_labels``:
 
-- **The output** (``resolve_output``, after the lowering): a classifier's label output (``ArgMax`` of the
-  scores, then ``ArrayFeatureExtractor`` of the class labels and ``Cast``s; or a ``LinearClassifier``'s own
-  label output) is the class of the argmax of a tensor of scores, so a certificate of that argmax is one of
-  the label: that tensor is imported instead. A ``ZipMap``
-  output (a list of maps, not a tensor) is its input, the probabilities. ``resolve_output`` says which tensor
-  it picked and why (``Importer`` keeps the line in the graph's ``info['notes']``).
-- **Affine ML ops into default-domain ops** (``lower_ml``): ``Scaler`` (y = (x - offset) * scale) into
+- **Affine ML ops into default-domain ops**: ``Scaler`` (y = (x - offset) * scale) into
   ``Sub`` and ``Mul``; ``LinearClassifier`` and ``LinearRegressor`` (scores = x W^T + b, then the
   ``post_transform``: none, ``SOFTMAX``, ``LOGISTIC``) into ``Gemm`` and ``Softmax`` / ``Sigmoid``. A binary
   classifier with one coefficient row has the scores (-z, z) (onnxruntime's convention), so its ``Gemm`` gets
   the rows -w and w. Their constants are new tensors of the imported graph (not trainable weights of the
   file). ``Normalizer`` stays one node (``verifier.ops.ml``).
+- **SVMs** (``SVMClassifier``, ``SVMRegressor``): ``frontends.onnx_svm``.
 """
 from __future__ import annotations
 
@@ -23,36 +18,17 @@ from onnx import helper
 
 from verifier.errors import ModelImportError
 
+from .onnx_labels import label_of
+from .onnx_svm import svm_classifier, svm_regressor
+
 ML = "ai.onnx.ml"
-#: ops between a classifier's argmax and its label output (class lookup, type and shape changes)
-LABEL_PATH = ("Cast", "Reshape", "Squeeze", "Flatten", "Identity", "ArrayFeatureExtractor")
 
 
-def resolve_output(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], output: str
-                   ) -> tuple[str, str | None]:
-    """(the tensor to import for ``output``, a note saying why when it is another one): module docstring."""
-    producer = {o: n for n in nodes for o in n.output}
-    t, why = output, None
-    node = producer.get(t)
-    if node is not None and node.op_type == "ZipMap":
-        t, why = node.input[0], f"'{output}' is a ZipMap of '{node.input[0]}' (the probabilities as a map)"
-        node = producer.get(t)
-    seen = 0
-    while node is not None and node.op_type in LABEL_PATH and seen < 16:
-        dynamic = [i for i in node.input if i and i not in const]
-        if len(dynamic) != 1:
-            break
-        t, node, seen = dynamic[0], producer.get(dynamic[0]), seen + 1
-    if node is not None and node.op_type == "ArgMax":
-        return node.input[0], f"'{output}' is the class of the argmax of '{node.input[0]}': its scores are imported"
-    if node is not None and node.op_type == "LabelOf":
-        return node.input[0], f"'{output}' is the class of the argmax of '{node.input[0]}': that is imported"
-    return (t, why) if why else (output, None)
-
-
-def lower_ml(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray]) -> list[onnx.NodeProto]:
-    """``nodes`` with every Scaler, LinearClassifier and LinearRegressor replaced by default-domain nodes, their
-    constants added to ``const`` (module docstring)."""
+def lower_ml(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], output: str) -> list[onnx.NodeProto]:
+    """``nodes`` with every Scaler, LinearClassifier, LinearRegressor, SVMClassifier and SVMRegressor replaced by
+    default-domain nodes and ``KernelExpansion`` (``frontends.onnx_svm``), their constants added to ``const``
+    (module docstring); ``output``: the tensor the import is for (with every node input: what is needed)."""
+    needed = {t for n in nodes for t in n.input} | {output}
     out = []
     for i, node in enumerate(nodes):
         if node.domain != ML or node.op_type not in LOWERED:
@@ -60,17 +36,12 @@ def lower_ml(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray]) -> list[
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         prefix = f"{node.name or node.op_type}_{i}_lowered"
-        out += LOWERED[node.op_type](node, attrs, prefix, const)
+        out += LOWERED[node.op_type](node, attrs, prefix, const, needed)
     return out
 
 
-def _label_of(decision: str, label: str) -> onnx.NodeProto:
-    """A marker (domain ``lipverify``, never imported: ``resolve_output`` follows it back) that ``label`` is the
-    class of the argmax of ``decision``."""
-    return helper.make_node("LabelOf", [decision], [label], domain="lipverify")
-
-
-def _scaler(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray]) -> list:
+def _scaler(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray],
+            needed: set[str]) -> list:
     offset = np.asarray(attrs.get("offset", [0.0]), dtype=np.float32)
     scale = np.asarray(attrs.get("scale", [1.0]), dtype=np.float32)
     const[f"{prefix}_offset"], const[f"{prefix}_scale"] = offset, scale
@@ -107,7 +78,8 @@ def _coefficients(node: onnx.NodeProto, attrs: dict, rows: int) -> tuple[np.ndar
     return coef.reshape(rows, -1), b, post.decode() if isinstance(post, bytes) else str(post)
 
 
-def _linear_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray]) -> list:
+def _linear_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray],
+                       needed: set[str]) -> list:
     """The scores as onnxruntime computes them, and the label as the argmax of a decision tensor: the scores
     themselves, except for a binary classifier with one row z = w x + b, whose scores are (1 - z, z) without a
     post-transform ((1 - sigma(z), sigma(z)) with LOGISTIC) and whose label is class 1 where z > 0: the
@@ -124,18 +96,20 @@ def _linear_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, const: di
             out += _affine(node, attrs, prefix, const, *shift, "LOGISTIC" if post == "LOGISTIC" else "NONE", scores)
         if label:
             out += _affine(node, attrs, f"{prefix}_decision", const, *flip, "NONE", f"{prefix}_decision")
-            out.append(_label_of(f"{prefix}_decision", label))
+            out.append(label_of(f"{prefix}_decision", label, attrs))
         return out
     scores = scores or f"{prefix}_scores"
     out += _affine(node, attrs, prefix, const, w, b, post, scores)
     if label:
-        out.append(_label_of(scores, label))
+        out.append(label_of(scores, label, attrs))
     return out
 
 
-def _linear_regressor(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray]) -> list:
+def _linear_regressor(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray],
+                      needed: set[str]) -> list:
     w, b, post = _coefficients(node, attrs, int(attrs.get("targets", 1)))
     return _affine(node, attrs, prefix, const, w, b, post, node.output[0])
 
 
-LOWERED = {"Scaler": _scaler, "LinearClassifier": _linear_classifier, "LinearRegressor": _linear_regressor}
+LOWERED = {"Scaler": _scaler, "LinearClassifier": _linear_classifier, "LinearRegressor": _linear_regressor,
+           "SVMClassifier": svm_classifier, "SVMRegressor": svm_regressor}

@@ -16,6 +16,8 @@ import torch
 from verifier.ir import GraphModule
 
 TOLERANCE = 1e-4
+#: the extra batch of a label parity check (labels are compared one by one: more inputs than for values)
+LABEL_BATCH = 256
 #: files that compute in half precision cannot match a float32 IR to 1e-4: 16 half-precision epsilons
 HALF_TOLERANCE = 16 * float(np.finfo(np.float16).eps)
 
@@ -66,15 +68,18 @@ def _half_precision(model: onnx.ModelProto) -> bool:
         vi.type.tensor_type.elem_type in half for vi in list(model.graph.input) + list(model.graph.output))
 
 
-def reference_forward(run: Runner, module: GraphModule, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The file's output for a batch ``x`` in the IR's layout ``(B, *sample_shape)``."""
+def reference_forward(run: Runner, module: GraphModule, x: np.ndarray, dtype: np.dtype, output: str | None = None,
+                      sample_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The file's ``output`` (default: the tensor the IR imports) for a batch ``x`` in the IR's layout
+    ``(B, *sample_shape)``; ``sample_shape``: that output's per-sample shape (default: the IR output's)."""
     g = module.graph
-    output = g.info.get("output", g.output_name)  # the file's name (the IR's may be an Identity's input)
+    output = output or g.info.get("output", g.output_name)  # the file's name (the IR's may be an Identity's input)
+    sample_shape = tuple(g.output_shape) if sample_shape is None else sample_shape
     x = x.astype(dtype)
     if g.leading_batch and x.shape[0] != 1:
         try:
             y = run(output, g.input_name, x)
-            if y.shape[:1] == (x.shape[0],) and tuple(y.shape[1:]) == tuple(g.output_shape):
+            if y.shape[:1] == (x.shape[0],) and tuple(y.shape[1:]) == sample_shape:
                 return y
         except Exception:
             pass  # the file fixes batch 1 somewhere: one sample at a time
@@ -91,6 +96,8 @@ def check_parity(model: onnx.ModelProto, module: GraphModule, batch_sizes: tuple
 
     The tolerance is 1e-4 of the output magnitude (``HALF_TOLERANCE`` for half-precision files) unless given.
     """
+    if module.graph.info.get("label_classes") is not None:
+        return label_parity(model, module, batch_sizes + (LABEL_BATCH,), seed)
     if tolerance is None:
         tolerance = HALF_TOLERANCE if _half_precision(model) else TOLERANCE
     report: dict[str, Any] = {"ok": False, "max_abs_diff": None, "max_rel_diff": None, "tolerance": tolerance,
@@ -123,3 +130,33 @@ def check_parity(model: onnx.ModelProto, module: GraphModule, batch_sizes: tuple
                                     "output_scale": scale})
         max_abs, max_rel = max(max_abs, abs_diff), max(max_rel, rel_diff)
     return {**report, "ok": max_rel <= tolerance, "max_abs_diff": max_abs, "max_rel_diff": max_rel}
+
+
+def label_parity(model: onnx.ModelProto, module: GraphModule, batch_sizes: tuple[int, ...], seed: int = 0
+                 ) -> dict[str, Any]:
+    """Parity of a label imported as the argmax of decision scores the file does not hold (an ONNX-ML
+    classifier's, ``frontends.onnx_labels``): the file's label against the IR's argmax, as class indices, on
+    uniform [0, 1) inputs of each batch size. Every input whose argmax names a class must agree; an argmax past
+    the classes (a one-vs-one SVM's "no class wins every vote", ``frontends.onnx_svm``) decides nothing, and is
+    counted as ``undecided``."""
+    g = module.graph
+    classes = g.info["label_classes"]
+    report: dict[str, Any] = {"ok": False, "labels": 0, "agree": 0, "undecided": 0, "batch_sizes": list(batch_sizes),
+                              "reference": None, "max_abs_diff": None, "max_rel_diff": None}
+    try:
+        report["reference"], run = reference_runner(model)
+        dtype, rng = input_dtype(model, g.input_name), np.random.default_rng(seed)
+        for b in batch_sizes:
+            x = rng.random((b, *g.sample_shape), dtype=np.float64)
+            ref = reference_forward(run, module, x, dtype, g.info["requested_output"], ()).reshape(-1)
+            with torch.no_grad():
+                ours = module(torch.from_numpy(x)).reshape(b, -1).argmax(dim=1).cpu().numpy()
+            text = [v.decode() if isinstance(v, bytes) else str(v) for v in ref.tolist()]
+            decided = ours < len(classes)
+            report["labels"] += b
+            report["undecided"] += int((~decided).sum())
+            report["agree"] += sum(classes[i] == v for i, v, d in zip(ours, text, decided) if d)
+    except Exception as e:
+        return {**report, "error": f"{report['reference'] or 'onnxruntime'} fails: {_first_line(e)}"}
+    decided = report["labels"] - report["undecided"]
+    return {**report, "ok": decided > 0 and report["agree"] == decided}

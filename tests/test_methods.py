@@ -19,7 +19,8 @@ def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="registered twice"):
         register(Method(BEST, "the portfolio's name", LMT.compute))
     # the portfolio's order
-    assert list(METHODS) == ["lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "crown", "alpha-crown", "local"]
+    assert list(METHODS) == ["lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "crown", "alpha-crown", "local",
+                            "kernel"]
 
 
 def test_the_command_line_lists_the_registry():

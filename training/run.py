@@ -126,7 +126,8 @@ def format_train(result: dict[str, Any]) -> str:
                  f"{result['clean_accuracy']:.4f}, certified accuracy at l2 {c['eps']:g} "
                  f"{result['certified_accuracy']:.4f} ({result['certificate']})")
     e = result["export"]
+    diff = "labels compared" if e["max_rel_diff"] is None else f"max rel diff {e['max_rel_diff']:.2g}"
     lines.append(f"wrote {result['out']}: same nodes {'yes' if e['same_nodes'] else 'NO'}, onnxruntime parity "
-                 f"{'ok' if e['parity'] else 'FAILED'} (max rel diff {e['max_rel_diff']:.2g})")
+                 f"{'ok' if e['parity'] else 'FAILED'} ({diff})")
     lines.append(f"next: lipverify certify {result['out']} --data <test data> --method best")
     return "\n".join(lines)

@@ -17,6 +17,13 @@ from ..conftest import REPO, shared_dir
 BUNDLED = REPO / "models" / "fmnist_cnn_small.onnx"
 #: what ``--method best`` runs on an MLP whose logits come from an affine layer
 ALL_METHODS = {"lmt", "lmt-pairwise", "liplt", "ibp", "bcp", "crown", "alpha-crown", "local"}
+#: what ``best`` skips on every network (the kernel certificate is for SVMs), with the reason's start
+NETWORK_SKIPS = {"kernel": "--method kernel applies to support vector machines"}
+
+
+def only_network_skips(skipped: dict[str, str]) -> bool:
+    """Whether ``best``'s ``methods_skipped`` on a network are exactly ``NETWORK_SKIPS``, for those reasons."""
+    return set(skipped) == set(NETWORK_SKIPS) and all(skipped[k].startswith(v) for k, v in NETWORK_SKIPS.items())
 #: the norms of the heavier soundness tests (PGD with many restarts): l2 in the fast tier, l_inf in the full suite
 NORMS_L2_FAST = [pytest.param(2.0, id="l2"), pytest.param(float("inf"), id="linf", marks=pytest.mark.slow)]
 

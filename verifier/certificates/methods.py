@@ -266,6 +266,21 @@ def _local(task: Task) -> Tensor:
     return local_radii(module, task.bounds.l2, task.problem, start=start, batch_size=task.batch_size).cpu()
 
 
+def _kernel_machine(task: Task) -> str | None:
+    from verifier.engines.kernel import find_machine
+
+    if task.module is None:
+        return "needs the model"
+    found = find_machine(task.module)
+    return found if isinstance(found, str) else None
+
+
+def _kernel(task: Task) -> Tensor:
+    from verifier.engines.kernel import find_machine, kernel_radii
+
+    return kernel_radii(find_machine(task.module), task.problem)
+
+
 LMT = register(Method("lmt", "LMT Proposition 1: margin / (sqrt(2) L)", _prop1))
 LMT_PAIRWISE = register(Method("lmt-pairwise", "LMT Proposition 2 (with the last affine layer)", _prop2,
                                _affine_logits))
@@ -278,6 +293,8 @@ ALPHA_CROWN = register(Method("alpha-crown", "alpha-CROWN: CROWN with its ReLU l
                               "2021)", _alpha_crown, _batched))
 LOCAL = register(Method("local", "local Cross-Lipschitz bounds (Hein & Andriushchenko Thm 2.1, gradient boxes "
                         "over BCP's boxes)", _local, _batched))
+KERNEL = register(Method("kernel", "RBF-kernel SVMs: Hein & Andriushchenko Thm 2.1 with the closed-form local bound of "
+                         "Prop. 2.1", _kernel, _kernel_machine))
 
 
 def help_text() -> str:

@@ -89,6 +89,11 @@ def format_report(report: dict[str, Any]) -> str:
     if p.get("error"):
         lines.append(f"parity: not established: {p['error']} -> MISMATCH")
         return "\n".join(lines)
+    if "labels" in p:
+        lines.append(f"label parity vs {p['reference']} (random inputs, batch {batches}): {p['agree']} of "
+                     f"{p['labels'] - p['undecided']} labels agree ({p['undecided']} undecided by the imported "
+                     f"scores) -> {'OK' if p['ok'] else 'MISMATCH'}")
+        return "\n".join(lines)
     lines.append(f"parity vs {p['reference']} (random inputs, batch {batches}): max abs diff {p['max_abs_diff']:.3g}, "
                  f"max rel diff {p['max_rel_diff']:.3g} (tolerance {p['tolerance']:g}) -> "
                  f"{'OK' if p['ok'] else 'MISMATCH'}")

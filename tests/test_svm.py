@@ -1,0 +1,248 @@
+"""Support vector machines: skl2onnx's SVMClassifier / SVMRegressor lowered into ``KernelExpansion``
+(``frontends.onnx_svm``, ``verifier.ops.kernels``), its box and Lipschitz rules against brute force, the
+Condorcet scores of one-vs-one machines, and the RBF-kernel certificate (``verifier.engines.kernel``, Hein &
+Andriushchenko Prop. 2.1): its gradient bound against autograd, its radii against PGD and against the generic
+bounds on the same model."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from frontends import load_onnx
+from frontends.parity import check_parity
+from verifier.box import Box
+from verifier.certificates.certify import compute_bounds
+from verifier.certificates.methods import METHODS, Task
+from verifier.engines.attacks import pgd
+from verifier.engines.kernel import find_machine, gradient_bound
+from verifier.errors import ModelImportError, NoRuleError
+from verifier.ops.base import RuleArgs
+from verifier.ops.kernels import KernelExpansion, condorcet_weights
+from verifier.problem import RadiusProblem
+
+from .onnx_graphs import torch_single_thread
+
+single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
+sklearn = pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install lipverify[sklearn])")
+skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is not installed (pip install lipverify[sklearn])")
+
+F = 6
+RNG = np.random.default_rng(0)
+X = RNG.random((240, F)).astype(np.float32)
+Y = (X[:, 0] > 0.5).astype(int) + (X[:, 1] > 0.6).astype(int) + 2 * (X[:, 2] > 0.7).astype(int)
+
+
+def svc(classes: int, kernel: str = "rbf", probability: bool = False, gamma: float = 0.7):
+    from sklearn.svm import SVC
+
+    est = SVC(kernel=kernel, gamma=gamma, probability=probability, random_state=0).fit(X, np.minimum(Y, classes - 1))
+    return est, skl2onnx.to_onnx(est, X[:1])
+
+
+def labels_of(model, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([model.graph.output[0].name], {"X": x})[0]
+
+
+# --- import ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("probability", [False, True], ids=["decision", "platt"])
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "poly", "sigmoid"])
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_svc_label_is_the_argmax_of_the_imported_scores(classes, kernel, probability):
+    """On 2,000 random inputs: wherever the imported scores' argmax names a class it is onnxruntime's label
+    (Platt probabilities do not change onnxruntime's label), and the inspect-style parity agrees."""
+    _, model = svc(classes, kernel, probability)
+    module = load_onnx(model)
+    x = RNG.random((2000, F)).astype(np.float32)
+    with torch.no_grad():
+        pred = module(torch.from_numpy(x)).argmax(1).numpy()
+    label = labels_of(model, x)
+    decided = pred < classes
+    assert decided.mean() > 0.9 and (pred[decided] == label[decided]).all()
+    assert (classes == 2) == decided.all()  # two classes: always decided
+    assert module.graph.output_shape == ((2,) if classes == 2 else (classes + 1,))
+    parity = check_parity(model, module)
+    assert parity["ok"] and parity["labels"] == 264
+    assert ("Condorcet" in module.graph.info["notes"][0]) == (classes > 2)
+
+
+def test_svr_and_pipeline_values_match_onnxruntime():
+    import onnxruntime as ort
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVR
+
+    for est in (SVR(kernel="rbf"), make_pipeline(StandardScaler(), SVR(kernel="poly", degree=2))):
+        model = skl2onnx.to_onnx(est.fit(X, X[:, 0] - X[:, 3]), X[:1])
+        module = load_onnx(model)
+        x = RNG.random((50, F)).astype(np.float32)
+        ref = ort.InferenceSession(model.SerializeToString()).run(None, {"X": x})[0]
+        assert np.abs(module(torch.from_numpy(x)).detach().numpy() - ref).max() < 1e-5
+        assert check_parity(model, module)["ok"]
+
+
+def test_svm_scores_output_and_one_class_are_refused_in_one_line():
+    from sklearn.svm import OneClassSVM
+
+    _, model = svc(3)
+    with pytest.raises(ModelImportError, match="outputs computed from its scores.*certify its label output 'label'") as e:
+        load_onnx(model, output="probabilities")
+    assert "\n" not in str(e.value)
+    one = skl2onnx.to_onnx(OneClassSVM().fit(X), X[:1])
+    with pytest.raises(ModelImportError) as e:
+        load_onnx(one)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_condorcet_weights_pick_each_class_against_each_other_once():
+    for k in (3, 4, 6):
+        w = np.stack(condorcet_weights(k))  # (K-1, P, K+1)
+        assert (np.abs(w).sum(1)[:, :k] == 1).all() and (w[:, :, k] == 0).all()
+        pairs = list(itertools.combinations(range(k), 2))
+        for c in range(k):
+            seen = {(pairs[int(np.abs(w[j, :, c]).argmax())], int(w[j, :, c].sum())) for j in range(k - 1)}
+            assert seen == {((min(c, m), max(c, m)), 1 if c < m else -1) for m in range(k) if m != c}
+
+
+# --- the op's rules -------------------------------------------------------------------------------------------------
+def op_and_constants(kernel: str, degree: int = 3, n: int = 12, p: int = 4, d: int = F):
+    gen = torch.Generator().manual_seed(hash((kernel, degree)) % 1000)
+    s = torch.rand(n, d, generator=gen)
+    a = torch.randn(p, n, generator=gen) * 3
+    b = torch.randn(p, generator=gen)
+    op = KernelExpansion({"kernel_type": kernel.encode(), "gamma": 0.8, "coef0": 0.3, "degree": degree}, {}, 1, "k")
+    return op, s, a, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel,degree", [("RBF", 1), ("LINEAR", 1), ("POLY", 2), ("POLY", 3), ("SIGMOID", 1)])
+def test_box_rule_contains_sampled_outputs(kernel, degree, dtype):
+    op, s, a, b = op_and_constants(kernel, degree)
+    gen = torch.Generator().manual_seed(1)
+    for width in (0.0, 1e-3, 0.3, 2.0):
+        c = torch.rand(3, F, generator=gen, dtype=torch.float64) * 2 - 0.5
+        box = Box(c.to(dtype), torch.full_like(c, width).to(dtype))
+        out = op.interval(box, s, a, b)
+        u = torch.rand(400, 3, F, generator=gen, dtype=torch.float64)
+        u = torch.where(u < 0.2, torch.zeros_like(u), torch.where(u > 0.8, torch.ones_like(u), u))  # corners too
+        pts = (box.lo.double() + u * (box.hi.double() - box.lo.double())).reshape(-1, F)
+        for precision in (torch.float64, dtype):
+            vals = op.forward(pts.to(precision), s.to(precision), a.to(precision), b.to(precision)).double()
+            vals = vals.reshape(400, 3, -1)
+            assert (vals >= out.lo.double()).all() and (vals <= out.hi.double()).all()
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+@pytest.mark.parametrize("kernel,degree", [("RBF", 1), ("LINEAR", 1), ("POLY", 1), ("SIGMOID", 1)])
+def test_lipschitz_rule_bounds_sampled_quotients_and_gradients(kernel, degree, norm):
+    op, s, a, b = op_and_constants(kernel, degree)
+    args = RuleArgs([None, s.double(), a.double(), b.double()], [True, False, False, False],
+                    [(1, F), None, None, None], [(1, 4)], norm)
+    bound = op.lipschitz(args).value
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.rand(2000, F, generator=gen, dtype=torch.float64) * 3 - 1).requires_grad_(True)
+    f = op.forward(x, s.double(), a.double(), b.double())
+    rows = [torch.autograd.grad(f[:, i].sum(), x, retain_graph=True)[0] for i in range(f.shape[1])]
+    jac = torch.stack(rows, 1)  # (N, P, d)
+    op_norm = torch.linalg.matrix_norm(jac, ord=2) if norm == 2 else jac.abs().sum(2).amax(1)
+    assert float(op_norm.max()) <= bound
+    assert float(op_norm.max()) >= bound * (1e-3 if kernel in ("RBF", "SIGMOID") else 0.999)
+
+
+def test_polynomial_kernels_of_degree_two_and_more_have_no_lipschitz_rule():
+    op, s, a, b = op_and_constants("POLY", 2)
+    args = RuleArgs([None, s.double(), a.double(), b.double()], [True, False, False, False], [(1, F)] + [None] * 3,
+                    [(1, 4)], 2.0)
+    with pytest.raises(NoRuleError, match="degree 2 is not Lipschitz"):
+        op.lipschitz(args)
+
+
+# --- the kernel certificate ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("radius", [0.0, 0.05, 0.3, 1.0])
+def test_proposition_2_1_bounds_the_gradient_on_the_ball(radius):
+    """U(R) >= ||grad g(y)||_2 at points of the ball (its surface, where the gradient peaks, included)."""
+    gen = torch.Generator().manual_seed(3)
+    sv = torch.rand(15, F, generator=gen, dtype=torch.float64)
+    beta = torch.randn(15, generator=gen, dtype=torch.float64)
+    gamma_ = 2.0
+    x = torch.rand(F, generator=gen, dtype=torch.float64)
+    u = (x - sv)[None]
+    gram = u @ u.transpose(1, 2)
+    sq = gram.diagonal(dim1=1, dim2=2)
+    spread = (sq[:, :, None] + sq[:, None, :] + 2 * gram).clamp_min(0).sqrt()
+    bound = gradient_bound(gram, sq, spread, (beta[:, None] * beta[None])[None], gamma_,
+                           torch.tensor([radius], dtype=torch.float64))
+    dirs = torch.randn(4000, F, generator=gen, dtype=torch.float64)
+    scale = torch.rand(4000, 1, generator=gen, dtype=torch.float64).sqrt().clamp_min(0.5) * radius
+    y = (x + dirs / dirs.norm(dim=1, keepdim=True) * scale).requires_grad_(True)
+    g = (torch.exp(-gamma_ * torch.cdist(y, sv).square()) @ beta).sum()
+    grads = torch.autograd.grad(g, y)[0].norm(dim=1)
+    assert float(grads.max()) <= float(bound[0])
+
+
+def certify(module, x: torch.Tensor, y: torch.Tensor, method: str, norm: float = 2.0) -> torch.Tensor:
+    with torch.no_grad():
+        logits = module(x)
+    task = Task(RadiusProblem(x, y, norm), logits=logits, bounds=compute_bounds(module, norm, x.shape[1]),
+                module=module)
+    return METHODS[method].radii(task).float()
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+@pytest.mark.parametrize("classes", [2, 4])
+def test_kernel_radii_survive_pgd_and_beat_the_generic_bounds(classes, norm):
+    """Certified points: PGD with many restarts never changes the scores' argmax inside the kernel radius (nor
+    onnxruntime's label at its best points), finds changes at 4x; in l2 the radius is at least CROWN's and BCP's
+    on most inputs."""
+    est, model = svc(classes, gamma=3.0)
+    module = load_onnx(model)
+    assert not isinstance(find_machine(module), str)
+    x = torch.from_numpy(RNG.random((40, F)).astype(np.float32))
+    with torch.no_grad():
+        y = module(x).argmax(1)
+    y = torch.where(y < classes, y, torch.zeros_like(y))
+    radii = certify(module, x, y, "kernel", norm)
+    keep = radii > 0
+    assert keep.float().mean() > 0.6
+    problem = RadiusProblem(x[keep], y[keep], norm)
+    adv, success = pgd(module, problem.at(radii[keep] * 0.999), steps=100, restarts=20)
+    assert not success.any()
+    assert (labels_of(model, adv.numpy().astype(np.float32)) == y[keep].numpy()).all()
+    _, far = pgd(module, problem.at(radii[keep] * 4), steps=100, restarts=10)
+    assert far.any()
+    for generic in ("crown", "bcp") if norm == 2 else ():  # (Prop. 2.1 is an l2 bound: l_inf loses sqrt(d))
+        other = certify(module, x, y, generic, norm)
+        assert float((radii >= other).float().mean()) >= 0.8, generic
+
+
+def test_kernel_method_applies_only_to_rbf_machines_reading_the_input():
+    _, poly = svc(3, "poly")
+    assert "RBF kernels" in METHODS["kernel"].applies(Task(None, None, None, load_onnx(poly)))
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    piped = skl2onnx.to_onnx(make_pipeline(StandardScaler(), SVC()).fit(X, np.minimum(Y, 2)), X[:1])
+    assert "model input itself" in find_machine(load_onnx(piped))
+
+
+def test_undecided_inputs_certify_nothing():
+    """Where no class wins every vote the scores' argmax is the extra index, and every method's radius is 0 for
+    each of the true classes."""
+    est, model = svc(5, gamma=3.0)
+    module = load_onnx(model)
+    x = torch.from_numpy(RNG.random((3000, F)).astype(np.float32))
+    with torch.no_grad():
+        undecided = module(x).argmax(1) == 5
+    assert undecided.any()
+    x = x[undecided][:5]
+    for c in range(5):
+        y = torch.full((len(x),), c)
+        for method in ("kernel", "ibp", "lmt"):
+            assert (certify(module, x, y, method) == 0).all()

@@ -1,0 +1,184 @@
+"""Kernel expansions: the decision functions of support vector machines (``ai.onnx.ml``'s SVMClassifier and
+SVMRegressor, lowered into this op at import by ``frontends.onnx_svm``).
+
+``KernelExpansion(x, S, A, b) = A k(S, x) + b``: P decision functions of one input x (B, d) over n support
+vectors S (n, d), coefficients A (P, n), offsets b (P), with k one of ONNX-ML's kernels (``kernel_type``;
+``gamma``, ``coef0``, ``degree`` as in the file's ``kernel_params``):
+
+- LINEAR  <x, s>;  POLY (gamma <x, s> + coef0)^degree;  RBF exp(-gamma ||x - s||^2);
+  SIGMOID tanh(gamma <x, s> + coef0).
+
+The forward evaluates them directly (the RBF's squared distances as sums of squared differences, as
+onnxruntime's kernel does, never by ||x||^2 - 2 <x, s> + ||s||^2).
+
+Rules (soundness: each holds for the real function and for a float evaluation of it in the boxes' dtype that
+obeys the standard model, with unit roundoff u):
+
+- **Box**: RBF: per support vector the exact range of ||x - s||^2 over the box (nearest and farthest corner per
+  coordinate), widened relatively by gamma_{d+8} (the forward's differences, squares and d-term sum), then the
+  decreasing exp (widened by ULPS u relatively); LINEAR/POLY/SIGMOID: the interval dot product (Rump's
+  centre/radius form with gamma_{d+4}), then the affine map gamma <.,.> + coef0, the power (even powers through
+  0 have minimum 0) or tanh, widened by ULPS u. Finally the interval affine map A k + b (gamma_{n+4}).
+  All in float64, rounded outward.
+- **Lipschitz** (in l2 and l_inf): RBF: ||grad_x k(x, s)||_2 = 2 gamma ||x - s|| e^{-gamma ||x - s||^2} <=
+  sqrt(2 gamma / e) (maximum at ||x - s|| = 1 / sqrt(2 gamma)), and its l1 norm at most sqrt(d) times that;
+  decision p is then sqrt(2 gamma / e) sum_r |A_pr|-Lipschitz, and the map's l2 constant is at most the l2
+  norm of those (Frobenius >= spectral) and at most ||A||_2 sqrt(n 2 gamma / e). LINEAR: the matrix A S
+  (spectral norm, or max row l1 norm). SIGMOID: A diag(gamma tanh') S with 0 < tanh' <= 1. POLY of degree 1:
+  gamma A S; of higher degree no rule (not Lipschitz on R^d).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from verifier.box import is_box, outward
+from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
+from verifier.rounding import SAFETY, gamma, tiny, unit_roundoff
+
+#: the op's domain: it never appears in files; the importer writes it
+LIPVERIFY = "lipverify"
+KERNELS = ("LINEAR", "POLY", "RBF", "SIGMOID")
+#: ulps of torch's exp and tanh (as ``verifier.ops.activations``' ULPS)
+ULPS = 16.0
+#: entries of the (batch, support vector, feature) blocks the box rule holds at once
+BLOCK = 1 << 24
+
+
+def rbf_lipschitz(gamma_: float) -> float:
+    """sup_x ||grad_x exp(-gamma ||x - s||^2)||_2 = sqrt(2 gamma / e) (module docstring)."""
+    return math.sqrt(2.0 * gamma_ / math.e)
+
+
+@rule("KernelExpansion", since=1, domain=LIPVERIFY)
+class KernelExpansion(Op):
+    def setup(self) -> None:
+        kernel = self.attr("kernel_type", b"LINEAR")
+        self.kernel = kernel.decode() if isinstance(kernel, bytes) else str(kernel)
+        if self.kernel not in KERNELS:
+            raise self.no_rule(f"kernel {self.kernel} is not one of {', '.join(KERNELS)}")
+        self.gamma = float(self.attr("gamma", 1.0))
+        self.coef0 = float(self.attr("coef0", 0.0))
+        self.degree = int(self.attr("degree", 1))
+        if self.kernel == "RBF" and self.gamma < 0:
+            raise self.no_rule(f"an RBF kernel with gamma {self.gamma} < 0")
+
+    # --- forward ---------------------------------------------------------------------------------------
+    def kernel_values(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """k(s_r, x) for every input and support vector: (B, n)."""
+        s = s.to(x.dtype)
+        if self.kernel == "RBF":
+            d = torch.cdist(x, s, compute_mode="donot_use_mm_for_euclid_dist")
+            return torch.exp(-self.gamma * d.square())
+        t = x @ s.T
+        if self.kernel == "LINEAR":
+            return t
+        t = self.gamma * t + self.coef0
+        return t.pow(self.degree) if self.kernel == "POLY" else torch.tanh(t)
+
+    def forward(self, x, s, a, b):
+        return self.kernel_values(x, s) @ a.to(x.dtype).T + b.to(x.dtype)
+
+    # --- box -------------------------------------------------------------------------------------------
+    def interval(self, x, s, a, b):
+        if not is_box(x) or is_box(s) or is_box(a) or is_box(b):
+            raise self.no_box("only the input may depend on the model input")
+        lo, hi = x.lo.double(), x.hi.double()
+        s, a, b = s.double().to(lo.device), a.double().to(lo.device), b.double().to(lo.device)
+        k_lo, k_hi = self._kernel_range(lo, hi, s, x.dtype)
+        kc, kr = (k_lo + k_hi) / 2, (k_hi - k_lo) / 2
+        n = s.shape[0]
+        g = gamma(n + 4, x.dtype) + gamma(n + 4, torch.float64)
+        centre = kc @ a.T + b
+        radius = kr @ a.abs().T + g * (torch.maximum(k_lo.abs(), k_hi.abs()) @ a.abs().T + b.abs())
+        radius = radius * (1 + 2 * gamma(n + 4, torch.float64)) + tiny(x.dtype)
+        return outward(centre - radius, centre + radius, x.dtype)
+
+    def _kernel_range(self, lo: torch.Tensor, hi: torch.Tensor, s: torch.Tensor, dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[k_lo, k_hi] (B, n) enclosing k(s_r, x) over the box, real and float (module docstring)."""
+        d = s.shape[1]
+        u = unit_roundoff(dtype) + unit_roundoff(torch.float64)
+        if self.kernel == "RBF":
+            near, far = _squared_distance_range(lo, hi, s)
+            g = gamma(d + 8, dtype) + gamma(d + 8, torch.float64)
+            e_lo = self.gamma * near * (1 - g) * (1 - 4 * u)
+            e_hi = self.gamma * far * (1 + g) * (1 + 4 * u)
+            k_lo, k_hi = torch.exp(-e_hi), torch.exp(-e_lo)
+            return (k_lo * (1 - ULPS * u) - tiny(dtype)).clamp_min(0.0), k_hi * (1 + ULPS * u) + tiny(dtype)
+        c, r = (lo + hi) / 2, (hi - lo) / 2
+        g = gamma(d + 4, dtype) + gamma(d + 4, torch.float64)
+        t = c @ s.T
+        t_r = r @ s.abs().T + g * ((c.abs() + r) @ s.abs().T) + tiny(dtype)
+        t_lo, t_hi = t - t_r, t + t_r
+        if self.kernel == "LINEAR":
+            return t_lo, t_hi
+        ends = (self.gamma * t_lo + self.coef0, self.gamma * t_hi + self.coef0)
+        t_lo, t_hi = torch.minimum(*ends), torch.maximum(*ends)
+        slack = 4 * u * (t_lo.abs().maximum(t_hi.abs()) + abs(self.coef0)) + tiny(dtype)
+        t_lo, t_hi = t_lo - slack, t_hi + slack
+        if self.kernel == "SIGMOID":
+            f_lo, f_hi = torch.tanh(t_lo), torch.tanh(t_hi)
+        else:
+            p_lo, p_hi = t_lo.pow(self.degree), t_hi.pow(self.degree)
+            f_lo, f_hi = torch.minimum(p_lo, p_hi), torch.maximum(p_lo, p_hi)
+            if self.degree % 2 == 0:
+                f_lo = torch.where((t_lo <= 0) & (t_hi >= 0), torch.zeros_like(f_lo), f_lo)
+        rel = (ULPS + 2 * self.degree) * u
+        return f_lo - rel * f_lo.abs() - tiny(dtype), f_hi + rel * f_hi.abs() + tiny(dtype)
+
+    # --- Lipschitz -------------------------------------------------------------------------------------
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        if args.dynamic[1:] != [False] * (len(args.dynamic) - 1) or not args.dynamic[0]:
+            raise self.no_rule("only the input may depend on the model input")
+        s, a = args.values[1].double(), args.values[2].double()
+        if self.kernel == "RBF":
+            per_row = rbf_lipschitz(self.gamma) * a.abs().sum(1)
+            if args.l2:
+                spectral = torch.linalg.matrix_norm(a, ord=2) * math.sqrt(s.shape[0]) * rbf_lipschitz(self.gamma)
+                value = min(float(per_row.norm()), float(spectral))
+            else:
+                value = float(per_row.max()) * math.sqrt(s.shape[1])
+            return Lipschitz([value * SAFETY], "theorem", note="RBF kernel gradients <= sqrt(2 gamma / e)")
+        if self.kernel == "POLY" and self.degree != 1:
+            raise self.no_rule(f"a polynomial kernel of degree {self.degree} is not Lipschitz on R^d")
+        scale = 1.0 if self.kernel == "LINEAR" else abs(self.gamma)
+        if self.kernel == "SIGMOID":
+            bound = (torch.linalg.matrix_norm(a, ord=2) * torch.linalg.matrix_norm(s, ord=2) if args.l2
+                     else (a.abs() @ s.abs().sum(1)).max())
+            return Lipschitz([scale * float(bound) * SAFETY], "theorem", note="tanh' <= 1")
+        j = a @ s
+        bound = torch.linalg.matrix_norm(j, ord=2) if args.l2 else j.abs().sum(1).max()
+        return Lipschitz([scale * float(bound) * SAFETY], "exact")
+
+
+def _squared_distance_range(lo: torch.Tensor, hi: torch.Tensor, s: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of ||x - s_r||^2 over the box [lo, hi], exactly per coordinate: (B, n) each, float64, in
+    blocks of ``BLOCK`` entries."""
+    rows = max(1, BLOCK // max(1, len(lo) * s.shape[1]))
+    near, far = [], []
+    for start in range(0, s.shape[0], rows):
+        sv = s[start:start + rows][None]  # (1, m, d)
+        below, above = lo[:, None, :] - sv, sv - hi[:, None, :]  # > 0 where s lies outside the box
+        gap = torch.maximum(below, above).clamp_min(0.0)
+        span = torch.maximum(below.abs(), above.abs())  # the farthest end per coordinate
+        near.append(gap.square().sum(-1))
+        far.append(span.square().sum(-1))
+    return torch.cat(near, 1), torch.cat(far, 1)
+
+
+
+def condorcet_weights(classes: int) -> list[np.ndarray]:
+    """The K - 1 selection matrices W_j (P, K + 1) of the Condorcet scores of a one-vs-one machine
+    (``frontends.onnx_svm``): column c of W_j picks o_cj d_p for the j-th opponent of class c (o = 1 when c is
+    the pair's first class, else -1), and the last column is 0, so that min_j (D W_j) = (w_0 .. w_{K-1}, 0)."""
+    pairs = {pair: p for p, pair in enumerate(itertools.combinations(range(classes), 2))}
+    weights = [np.zeros((len(pairs), classes + 1)) for _ in range(classes - 1)]
+    for c in range(classes):
+        for j, m in enumerate(m for m in range(classes) if m != c):
+            weights[j][pairs[(min(c, m), max(c, m))], c] = 1.0 if c < m else -1.0
+    return weights
