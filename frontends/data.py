@@ -26,17 +26,11 @@ from torch import nn
 from verifier.errors import InputShapeError, LipverifyError
 
 from .idx import load_idx_split
+from .layout import fmt as _fmt
+from .layout import to_sample_shape
 from .npz import read_npz
 
 Shape = tuple[int, ...]
-
-
-def _fmt(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
-
-
-def _count(shape: Sequence[int]) -> int:
-    return int(math.prod(int(d) for d in shape))
 
 
 @dataclass
@@ -165,7 +159,7 @@ class _UserSpaceModel(nn.Module):
 
 # --------------------------------------------------------------------------------------------------- loading
 def load_dataset(
-    path: str | os.PathLike,
+    path: str | os.PathLike | tuple[Any, Any],
     sample_shape: Sequence[int],
     split: str = "test",
     limit: int | None = None,
@@ -177,7 +171,8 @@ def load_dataset(
     """Samples and labels from ``path`` shaped for a model whose input is ``(B, *sample_shape)``.
 
     ``path``: an ``.npz`` file with arrays ``x`` (samples, first axis = samples) and ``y`` (integer labels of
-    shape (N,), or one-hot / scores of shape (N, K), read by argmax), used as given; or a folder of
+    shape (N,), or one-hot / scores of shape (N, K), read by argmax), used as given (or those two arrays
+    themselves, numpy or torch, as a tuple); or a folder of
     MNIST-format IDX files (``split`` 'test' or 'train'), whose pixels are scaled to [0, 1]; or a ``.vnnlib``
     property file or a folder of them (``frontends.vnnlib``: each box's centre and protected class).
     Samples are brought to ``sample_shape``: unchanged when equal; transposed when the file is channel-last
@@ -194,7 +189,49 @@ def load_dataset(
     if split not in ("test", "train"):
         raise LipverifyError(f"split must be 'test' or 'train', got {split!r}")
 
-    path = Path(path)
+    if isinstance(path, tuple):  # (x, y) given in Python (the API, ``verifier.commands.api``)
+        if len(path) != 2:
+            raise LipverifyError(f"data given as a tuple must be (x, y), got {len(path)} items")
+        x, y = (_as_array(v) for v in path)
+        path, source, base_space, bounds = "the given (x, y)", "the given (x, y)", "the given x values", None
+    else:
+        path = Path(path)
+        x, y, source, base_space, bounds = _read(path, split)
+
+    for key, array in (("x", x), ("y", y)):  # before len() and --limit's slicing
+        if array.ndim < 1:
+            raise InputShapeError(f"{path}: {key} is a scalar; expected an array with one entry per sample")
+    if len(x) != len(y):
+        raise InputShapeError(f"{path}: {len(x)} samples in x but {len(y)} labels in y")
+    total = len(x)
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    if len(x) == 0:
+        raise LipverifyError(f"{path}: no samples")
+    if limit is not None and limit < total:
+        source += f", first {len(x)} of {total} samples"
+    else:
+        source += f", {len(x)} samples"
+
+    x = _check_x(x, path)
+    y = _check_y(y, path, num_classes)
+    x, layout = to_sample_shape(x, sample_shape)
+
+    scale, mean_t, std_t, axis = _preprocessing(input_scale, mean, std, sample_shape)
+    x_user = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    ds = Dataset(x=x_user, y=torch.from_numpy(y), source=source, space=base_space, x_user=x_user,
+                 sample_shape=sample_shape, input_scale=scale, mean=mean_t, std=std_t, channel_axis=axis,
+                 bounds=bounds, layout=layout)
+    if not ds.identity:
+        ds.x = ds.to_model(x_user.double()).float().contiguous()
+        ds.space = (f"{base_space}; radii are stated in this space, before the map {_describe(scale, mean_t, std_t)} "
+                    "to the model's input (certified radii are converted back conservatively)")
+        _check_map(ds, path)
+    return ds
+
+
+def _read(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, str, str, tuple[float, float] | None]:
+    """(x, y, source, the space of x in words, the box x lives in or None) of a data path (``load_dataset``)."""
     if path.suffix == ".vnnlib" or (path.is_dir() and any(path.glob("*.vnnlib"))):
         from .vnnlib import load_vnnlib
 
@@ -214,37 +251,14 @@ def load_dataset(
     else:
         raise LipverifyError(f"{path}: no such file or folder (expected an .npz with arrays x and y, a folder of "
                              "MNIST-format IDX files, or VNN-LIB properties)")
+    return x, y, source, base_space, bounds
 
-    for key, array in (("x", x), ("y", y)):  # before len() and --limit's slicing
-        if array.ndim < 1:
-            raise InputShapeError(f"{path}: {key} is a scalar; expected an array with one entry per sample")
-    if len(x) != len(y):
-        raise InputShapeError(f"{path}: {len(x)} samples in x but {len(y)} labels in y")
-    total = len(x)
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
-    if len(x) == 0:
-        raise LipverifyError(f"{path}: no samples")
-    if limit is not None and limit < total:
-        source += f", first {len(x)} of {total} samples"
-    else:
-        source += f", {len(x)} samples"
 
-    x = _check_x(x, path)
-    y = _check_y(y, path, num_classes)
-    x, layout = _to_sample_shape(x, sample_shape)
-
-    scale, mean_t, std_t, axis = _preprocessing(input_scale, mean, std, sample_shape)
-    x_user = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    ds = Dataset(x=x_user, y=torch.from_numpy(y), source=source, space=base_space, x_user=x_user,
-                 sample_shape=sample_shape, input_scale=scale, mean=mean_t, std=std_t, channel_axis=axis,
-                 bounds=bounds, layout=layout)
-    if not ds.identity:
-        ds.x = ds.to_model(x_user.double()).float().contiguous()
-        ds.space = (f"{base_space}; radii are stated in this space, before the map {_describe(scale, mean_t, std_t)} "
-                    "to the model's input (certified radii are converted back conservatively)")
-        _check_map(ds, path)
-    return ds
+def _as_array(value: Any) -> np.ndarray:
+    """A numpy array of a numpy array, a torch tensor or a sequence."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 def _check_map(ds: Dataset, path: Path) -> None:
@@ -304,44 +318,6 @@ def _check_y(y: np.ndarray, path: Path, num_classes: int | None) -> np.ndarray:
         raise LipverifyError(f"{path}: labels must be below {num_classes} (the model's outputs), found "
                              f"{int(y.max())}")
     return y
-
-
-def _layout_permutation(data_shape: Shape, model_shape: Shape) -> tuple[tuple[int, ...], str] | None:
-    """The axis permutation taking channel-last samples to channel-first ones or the reverse, when the two
-    shapes (size-1 axes dropped) are rank >= 3 rotations of each other and the move is unambiguous: exactly one
-    of the two rotations fits, and the moved (channel) size occurs once in the data's shape (so that the
-    channel axis is not confused with a spatial one)."""
-    if len(data_shape) < 3 or len(data_shape) != len(model_shape) or data_shape == model_shape:
-        return None
-    last_to_front = (data_shape[-1], *data_shape[:-1])
-    front_to_back = (*data_shape[1:], data_shape[0])
-    fits = [last_to_front == model_shape, front_to_back == model_shape]
-    if fits == [True, False] and data_shape.count(data_shape[-1]) == 1:
-        n = len(data_shape)
-        return (n - 1, *range(n - 1)), "channel-last to channel-first"
-    if fits == [False, True] and data_shape.count(data_shape[0]) == 1:
-        n = len(data_shape)
-        return (*range(1, n), 0), "channel-first to channel-last"
-    return None
-
-
-def _to_sample_shape(x: np.ndarray, sample_shape: Shape) -> tuple[np.ndarray, str]:
-    data_shape = tuple(int(d) for d in x.shape[1:])
-    n_data, n_model = _count(data_shape), _count(sample_shape)
-    if n_data != n_model:
-        raise InputShapeError(f"data samples have shape {_fmt(data_shape)} ({n_data} values); the model expects "
-                              f"{_fmt(sample_shape)} ({n_model} values)")
-    if data_shape == sample_shape:
-        return x, "as stored"
-    squeezed_data = tuple(d for d in data_shape if d != 1)
-    squeezed_model = tuple(d for d in sample_shape if d != 1)
-    found = _layout_permutation(squeezed_data, squeezed_model)
-    if found is not None:
-        perm, what = found
-        x = x.reshape(len(x), *squeezed_data).transpose(0, *(p + 1 for p in perm))
-        return (np.ascontiguousarray(x).reshape(len(x), *sample_shape),
-                f"transposed {what}: {_fmt(data_shape)} -> {_fmt(sample_shape)}")
-    return x.reshape(len(x), *sample_shape), f"reshaped {_fmt(data_shape)} -> {_fmt(sample_shape)}"
 
 
 def _as_values(name: str, value: Any) -> np.ndarray:

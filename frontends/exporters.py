@@ -10,10 +10,13 @@ any batch, ``frontends.onnx_import``).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
+import logging
 import os
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -78,6 +81,20 @@ def _first(example: Any) -> np.ndarray:
     return x[:1]
 
 
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """The logger (and its children) at ERROR level, and warnings off, inside the block."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
 def _from_torch(module: Any, example: Any) -> onnx.ModelProto:
     import torch
 
@@ -88,7 +105,8 @@ def _from_torch(module: Any, example: Any) -> onnx.ModelProto:
     was_training = module.training
     module.eval()
     try:
-        program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
+        with _quiet("torch.onnx"):  # its registration warnings (torchvision ops) say nothing about this model
+            program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
     except Exception as e:
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LipverifyError(f"torch.onnx.export failed: {text[:300]}")

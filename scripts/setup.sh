@@ -16,7 +16,7 @@ done_already() {
   read -r have_hash have_extras < "$stamp" || return 1
   [ "$have_hash" = "$want" ] || return 1
   [ -z "$extras" ] || [ "$have_extras" = "$extras" ] || return 1
-  .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('verifier', 'frontends', 'training', 'torch', 'onnx', 'onnxruntime', 'networkx', 'click')))" 2>/dev/null
+  .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('lipverify', 'verifier', 'frontends', 'training', 'torch', 'onnx', 'onnxruntime', 'networkx', 'click')))" 2>/dev/null
 }
 
 if done_already; then

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command runners", ("verifier.commands", "verifier.commands.report", "verifier.commands.plot",
                          "verifier.commands.progress", "verifier.commands.logits", "verifier.commands.loading",
                          "verifier.commands.certify_run", "verifier.commands.attack_run", "verifier.commands.inspect",
-                         "verifier.commands.verify_run",
+                         "verifier.commands.verify_run", "verifier.commands.api",
                          "training.run")),
     ("command line", ("verifier.commands.cli", "verifier.commands.cli_values")),
 ]

@@ -66,7 +66,7 @@ def test_svc_label_is_the_argmax_of_the_imported_scores(classes, kernel, probabi
     decided = pred < classes
     assert decided.mean() > 0.9 and (pred[decided] == label[decided]).all()
     assert (classes == 2) == decided.all()  # two classes: always decided
-    assert module.graph.output_shape == ((2,) if classes == 2 else (classes + 1,))
+    assert module.graph.output_shape == ((2,) if classes == 2 else (classes + 1,)) and module.graph.whole_batches
     parity = check_parity(model, module)
     assert parity["ok"] and parity["labels"] == 264
     assert ("Condorcet" in module.graph.info["notes"][0]) == (classes > 2)
@@ -91,7 +91,8 @@ def test_svm_scores_output_and_one_class_are_refused_in_one_line():
     from sklearn.svm import OneClassSVM
 
     _, model = svc(3)
-    with pytest.raises(ModelImportError, match="outputs computed from its scores.*certify its label output 'label'") as e:
+    refused = "outputs computed from its scores.*certify its label output 'label'"
+    with pytest.raises(ModelImportError, match=refused) as e:
         load_onnx(model, output="probabilities")
     assert "\n" not in str(e.value)
     one = skl2onnx.to_onnx(OneClassSVM().fit(X), X[:1])
@@ -246,3 +247,32 @@ def test_undecided_inputs_certify_nothing():
         y = torch.full((len(x),), c)
         for method in ("kernel", "ibp", "lmt"):
             assert (certify(module, x, y, method) == 0).all()
+
+
+def test_models_without_lipschitz_rules_certify_with_the_methods_that_need_none(tmp_path, capsys):
+    """A polynomial SVM (degree 3: no Lipschitz rule): the Lipschitz report is partial, the methods that need it
+    say why in one line, IBP and CROWN certify (and PGD cannot break them), and the report's L is null."""
+    import json
+
+    from .conftest import run_main
+
+    _, model = svc(3, "poly")
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    x = RNG.random((30, F)).astype(np.float32)
+    with torch.no_grad():
+        y = load_onnx(model)(torch.from_numpy(x)).argmax(1).clamp_max(2).numpy()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code, out, err = run_main(capsys, "certify", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"))
+    assert code == 2 and "needs a Lipschitz rule for every op" in err and "degree 3" in err and "\n" not in err.strip()
+    code, out, _ = run_main(capsys, "certify", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                            "--method", "best", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["lipschitz"] is None and set(report["radii_by_method"]) == {"ibp", "crown",
+                                                                                          "alpha-crown"}
+    radii = torch.tensor(report["radii"], dtype=torch.float32)
+    keep = radii > 0
+    assert keep.float().mean() > 0.5
+    module = load_onnx(model)
+    problem = RadiusProblem(torch.from_numpy(x)[keep], torch.from_numpy(y)[keep], 2.0)
+    _, success = pgd(module, problem.at(radii[keep] * 0.999), steps=100, restarts=10)
+    assert not success.any()

@@ -50,12 +50,14 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
               split: str = "train", val: int = 5000, limit: int | None = None, out: str, config: TrainConfig,
               output: str | None = None,
               device: str = "auto", input_scale: float | None = None, mean: str | None = None, std: str | None = None,
-              checkpoint: str | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+              checkpoint: str | None = None, resume: bool = False, progress: bool = True,
+              source: onnx.ModelProto | None = None) -> dict[str, Any]:
     """Train and export; the report: config, history, seconds, final held-out metrics, export checks.
 
     ``out`` and ``checkpoint`` follow the output-path policy (``frontends.outputs``): checked before any work
     (never an input: the model, its external data, the data), written atomically. ``output``: the graph output
-    trained on (default: the first), as ``certify --output``."""
+    trained on (default: the first), as ``certify --output``. ``source``: the model already read (the Python
+    API's), ``model_path`` then only its name in the report; ``data_path`` may be a tuple (x, y) of arrays."""
     from frontends.data import load_dataset
     from frontends.onnx_export import export_weights, serialize
     from frontends.onnx_import import load_onnx
@@ -72,8 +74,9 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
     if data_path is None:
         raise LipverifyError("no --data given and no Fashion-MNIST folder found (looked in "
                              f"{', '.join(FASHION_MNIST)})")
-    outputs = OutputPaths({"--out": out, "--checkpoint": checkpoint}, inputs=[model_path, data_path])
-    source = _source(model_path, arch, width, input_shape, classes, outputs)
+    files = [p for p in ([data_path] if source is not None else [model_path, data_path]) if not isinstance(p, tuple)]
+    outputs = OutputPaths({"--out": out, "--checkpoint": checkpoint}, inputs=files)
+    source = source if source is not None else _source(model_path, arch, width, input_shape, classes, outputs)
     _, module = import_model(source, output)
     data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit,
                         input_scale=input_scale, mean=parse_values(mean, "mean"), std=parse_values(std, "std"))

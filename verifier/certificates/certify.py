@@ -83,8 +83,10 @@ def certified_accuracy(radii: torch.Tensor, eps: float) -> float:
 
 
 def compute_bounds(module: GraphModule, norm: float, input_dim: int) -> Bounds:
-    """The Lipschitz facts the certificates need: the l2 report always (BCP, IBP and the local bounds use its
-    tensor bounds), the l_inf report too for l_inf radii."""
-    l2 = graph_lipschitz(module, 2.0)
-    linf = graph_lipschitz(module, math.inf) if norm == math.inf else None
+    """The Lipschitz facts the certificates need: the l2 report always (BCP and the local bounds use its tensor
+    bounds, IBP and CROWN its structure), the l_inf report too for l_inf radii. Both partial: an op without a
+    Lipschitz rule leaves the bounds after it inf and is named in ``missing``, and only the methods that need
+    those bounds refuse (``verifier.certificates.methods``)."""
+    l2 = graph_lipschitz(module, 2.0, partial=True)
+    linf = graph_lipschitz(module, math.inf, partial=True) if norm == math.inf else None
     return Bounds(l2=l2, linf=linf, input_dim=input_dim)

@@ -67,7 +67,7 @@ class Task:
     def start(self) -> Tensor | None:
         """LMT Prop. 2's radii (a sound lower end for BCP's and local's searches) when they apply, computed
         once."""
-        if self._prop2 is None and _affine_logits(self) is None:
+        if self._prop2 is None and _affine_logits(self) is None:  # (not where Lipschitz rules are missing)
             self._prop2 = _prop2(self).cpu()
         return self._prop2
 
@@ -134,10 +134,23 @@ def certified_radii(logits: Tensor, y: Tensor, bounds: Bounds, norm: float, meth
 
 
 # ------------------------------------------------------------------------------------------------ the methods
+def _lipschitz_rules(task: Task) -> str | None:
+    """Why a method that needs Lipschitz bounds of every tensor does not apply (a partial report), or None."""
+    reports = [task.bounds.l2] + ([task.bounds.linf] if task.norm != 2 and task.bounds.linf is not None else [])
+    missing = next((r.missing for r in reports if r.missing), None)
+    if missing is not None:
+        return f"needs a Lipschitz rule for every op ({missing}); --method ibp, crown or best do not"
+    return None
+
+
 def _affine_logits(task: Task) -> str | None:
     if task.bounds.l2.last_matrix is None:
         return "needs a model whose logits come from an affine layer; use --method lmt"
-    return None
+    return _lipschitz_rules(task)
+
+
+def _batched_lipschitz(task: Task) -> str | None:
+    return _batched(task) or _lipschitz_rules(task)
 
 
 def _batched(task: Task) -> str | None:
@@ -232,7 +245,7 @@ def _crown_check(task: Task, eps: float) -> Tensor:
 def _crown_report(task: Task) -> Any:
     """The l2 Lipschitz report whose BCP boxes start CROWN's forward passes (l2 only: for l_inf balls the
     circumscribed l2 ball's boxes cost more than they give)."""
-    return task.bounds.l2 if task.norm == 2 else None
+    return task.bounds.l2 if task.norm == 2 and task.bounds.l2.missing is None else None
 
 
 def _alpha_crown(task: Task) -> Tensor:
@@ -281,18 +294,19 @@ def _kernel(task: Task) -> Tensor:
     return kernel_radii(find_machine(task.module), task.problem)
 
 
-LMT = register(Method("lmt", "LMT Proposition 1: margin / (sqrt(2) L)", _prop1))
+LMT = register(Method("lmt", "LMT Proposition 1: margin / (sqrt(2) L)", _prop1, _lipschitz_rules))
 LMT_PAIRWISE = register(Method("lmt-pairwise", "LMT Proposition 2 (with the last affine layer)", _prop2,
                                _affine_logits))
-LIPLT = register(Method("liplt", "min_j (z_y - z_j) / L_yj with LipLT's pairwise bounds (CRM eq. 5)", _liplt))
+LIPLT = register(Method("liplt", "min_j (z_y - z_j) / L_yj with LipLT's pairwise bounds (CRM eq. 5)", _liplt,
+                        _lipschitz_rules))
 IBP = register(Method("ibp", "interval bound propagation", _ibp, _batched, _ibp_check))
-BCP = register(Method("bcp", "box constraint propagation (Lee et al. 2020)", _bcp, _batched, _bcp_check))
+BCP = register(Method("bcp", "box constraint propagation (Lee et al. 2020)", _bcp, _batched_lipschitz, _bcp_check))
 CROWN = register(Method("crown", "CROWN: linear bounds propagated backward (Zhang et al. 2018), over BCP's boxes in "
                         "l2", _crown, _batched, _crown_check))
 ALPHA_CROWN = register(Method("alpha-crown", "alpha-CROWN: CROWN with its ReLU lower slopes optimized (Xu et al. "
                               "2021)", _alpha_crown, _batched))
 LOCAL = register(Method("local", "local Cross-Lipschitz bounds (Hein & Andriushchenko Thm 2.1, gradient boxes "
-                        "over BCP's boxes)", _local, _batched))
+                        "over BCP's boxes)", _local, _batched_lipschitz))
 KERNEL = register(Method("kernel", "RBF-kernel SVMs: Hein & Andriushchenko Thm 2.1 with the closed-form local bound of "
                          "Prop. 2.1", _kernel, _kernel_machine))
 

@@ -1,6 +1,7 @@
 """`lipverify certify`: load the model and the data, bound the model once, certify every input."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -60,8 +61,9 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         "data": data.source, "space": data.space,
         **summarize(radii, correct, eps_list),
         "radii": [float(r) for r in radii],
-        "lipschitz": bounds.l2.lipschitz if p == 2 else (bounds.linf.lipschitz if bounds.linf else None),
-        "lipschitz_sub": bounds.l2.lipschitz_sub if p == 2 else (bounds.linf.lipschitz_sub if bounds.linf else None),
+        "lipschitz": _finite(bounds.l2.lipschitz if p == 2 else (bounds.linf.lipschitz if bounds.linf else None)),
+        "lipschitz_sub": _finite(bounds.l2.lipschitz_sub if p == 2 else (bounds.linf.lipschitz_sub if bounds.linf
+                                                                            else None)),
         "seconds": timer.seconds, "device": str(dev), "logits_from": engine.name,
     }
     if method == BEST:  # every method is sound, so the largest radius per input is too
@@ -100,6 +102,11 @@ def _run_methods(chosen: list[Method], task: Task, data, portfolio: bool) -> tup
 
 #: slack for float32 rounding of certified radii when comparing them with attack distances (float64)
 VIOLATION_RTOL = 1e-6
+
+
+def _finite(value: float | None) -> float | None:
+    """A Lipschitz bound for the report: None where it is unbounded (an op without a Lipschitz rule)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _compare_with_attack(module, data, engine: LogitEngine, p: float, radii: torch.Tensor, correct: torch.Tensor,

@@ -19,8 +19,8 @@ itself a proof (the radius returned is the largest such R).
 Soundness, including floating point: h(x) is computed in float64 and reduced by its own rounding (REL64) and
 by what the model's float forward can be off by on the ball (``forward_error``: the kernel values' relative
 error from the d-term distance sums, the exp, and the n-term decision sum, as in the op's box rule; the
-Condorcet tail's +-1 selections and Min round nothing), which grows with R, so the search stays a bisection; U(R) is a float64 sum of m^2 terms of both signs, raised by
-gamma_{m^2 + 8} of the sum of their magnitudes. An l_inf ball of radius r lies in the l2 ball of radius
+Condorcet tail's +-1 selections and Min round nothing), which grows with R, so the search stays a bisection;
+U(R) is a float64 sum of m^2 terms of both signs, raised by gamma_{m^2 + 8} of the sum of their magnitudes. An l_inf ball of radius r lies in the l2 ball of radius
 sqrt(d) r.
 """
 from __future__ import annotations

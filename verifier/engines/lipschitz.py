@@ -58,6 +58,8 @@ class LipschitzReport:
     nodes: list[NodeBound]
     segments: list[Segment]
     tensor_bounds: dict[str, float] = field(repr=False, default_factory=dict)
+    #: a partial report's first missing rule (``graph_lipschitz(partial=True)``): the bounds after it are inf
+    missing: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,8 +176,11 @@ def chain_matrix(module64: GraphModule, chain: list[Node], dynamic_tensors: set[
 
 
 def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
-                    materialize_limit: int = MATERIALIZE_LIMIT) -> LipschitzReport:
-    """Guaranteed upper bounds of the Lipschitz constant of input -> logits in ``norm`` (2 or inf)."""
+                    materialize_limit: int = MATERIALIZE_LIMIT, partial: bool = False) -> LipschitzReport:
+    """Guaranteed upper bounds of the Lipschitz constant of input -> logits in ``norm`` (2 or inf). An op without
+    a Lipschitz rule raises its ``NoRuleError``, or with ``partial`` is taken as inf-Lipschitz (every bound
+    after it is inf) and named in the report's ``missing``: the structure (segments, the last affine layer)
+    stays, for the engines that need only it (IBP, CROWN)."""
     g = module.graph
     if not g.whole_batches:
         raise NoRuleError("the graph has no batch axis in front (or mixes it into others); Lipschitz bounds "
@@ -185,8 +190,9 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
     dynamic_tensors = g.dependent_tensors()
     nodes = module.graph.nodes_up_to(out)
     args = {n.name: rule_args(module64, n, dynamic_tensors, norm) for n in nodes}
+    missing: list[str] = []
     with torch.no_grad():
-        rules: dict[str, Lipschitz] = {n.name: n.op.lipschitz(args[n.name]) for n in nodes}
+        rules: dict[str, Lipschitz] = {n.name: _rule(n, args[n.name], missing if partial else None) for n in nodes}
     node_bounds = {n.name: NodeBound(n.name, n.op_type, rules[n.name].value, rules[n.name].method) for n in nodes}
 
     segments: list[Segment] = []
@@ -218,6 +224,8 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
     chain_values = {name: (segments[i].input, segments[i].output, segments[i].bound)
                     for name, (i, _) in chain_end.items()}
     bounds = compose(g.input_name, nodes, args, rules, chain_values, in_chain, norm)
+    if missing:  # 0 x inf after a missing rule: still unbounded
+        bounds = {t: math.inf if isinstance(v, float) and math.isnan(v) else v for t, v in bounds.items()}
     last = next((s for s in segments if s.output == out), None)
     last_matrix = None
     if last is not None:
@@ -227,7 +235,18 @@ def graph_lipschitz(module: GraphModule, norm: float = 2.0, fuse: bool = True,
         norm=norm, lipschitz=bounds[out], output=out,
         lipschitz_sub=bounds[last.input] if last else None, last_input=last.input if last else None,
         last_matrix=last_matrix, nodes=[node_bounds[n.name] for n in nodes], segments=segments,
-        tensor_bounds=bounds)
+        tensor_bounds=bounds, missing=missing[0] if missing else None)
+
+
+def _rule(node: Node, args: RuleArgs, missing: list[str] | None) -> Lipschitz:
+    """The node's Lipschitz rule; where it has none and ``missing`` is a list, inf (the reason appended)."""
+    try:
+        return node.op.lipschitz(args)
+    except NoRuleError as e:
+        if missing is None:
+            raise
+        missing.append(str(e))
+        return Lipschitz([math.inf] * max(1, sum(args.dynamic)), "none", note=str(e))
 
 
 def _fused_conv_bound(chain: list[Node], args: dict[str, RuleArgs]) -> float | None:

@@ -9,7 +9,9 @@ vectors S (n, d), coefficients A (P, n), offsets b (P), with k one of ONNX-ML's 
   SIGMOID tanh(gamma <x, s> + coef0).
 
 The forward evaluates them directly (the RBF's squared distances as sums of squared differences, as
-onnxruntime's kernel does, never by ||x||^2 - 2 <x, s> + ||s||^2).
+onnxruntime's kernel does, never by ||x||^2 - 2 <x, s> + ||s||^2), in float64, and rounds the result once to the
+input's dtype: a batch and its samples one by one then agree (a float32 sum of n terms that cancel would not),
+and onnxruntime's float32 evaluation is one of those the rules cover.
 
 Rules (soundness: each holds for the real function and for a float evaluation of it in the boxes' dtype that
 obeys the standard model, with unit roundoff u):
@@ -80,7 +82,9 @@ class KernelExpansion(Op):
         return t.pow(self.degree) if self.kernel == "POLY" else torch.tanh(t)
 
     def forward(self, x, s, a, b):
-        return self.kernel_values(x, s) @ a.to(x.dtype).T + b.to(x.dtype)
+        """In float64, rounded once to x's dtype (module docstring)."""
+        x64 = x.double()
+        return (self.kernel_values(x64, s) @ a.double().T + b.double()).to(x.dtype)
 
     # --- box -------------------------------------------------------------------------------------------
     def interval(self, x, s, a, b):
