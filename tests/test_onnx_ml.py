@@ -218,3 +218,14 @@ def test_normalizer_box_contains_sampled_outputs(norm):
         assert bool(((y >= out.lo) & (y <= out.hi)).all())
         if norm != "MAX":
             assert float(out.hi.max()) <= 1 + 1e-5 and bool(torch.isfinite(out.lo).all())
+
+
+def test_train_refuses_a_model_without_trainable_weights_in_one_line(tmp_path, capsys):
+    from .conftest import run_main
+
+    (tmp_path / "m.onnx").write_bytes(classifier().SerializeToString())
+    np.savez(tmp_path / "d.npz", x=RNG.normal(size=(40, F)).astype(np.float32), y=RNG.integers(0, C, 40))
+    code, _, err = run_main(capsys, "train", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--method",
+                            "lmt", "--epochs", "1", "--val", "10", "--out", str(tmp_path / "out.onnx"))
+    assert code == 2 and "no trainable weights (ONNX-ML LinearClassifier nodes keep their coefficients" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out.onnx").exists()
