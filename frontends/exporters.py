@@ -1,9 +1,9 @@
 """A framework's model as an ONNX ModelProto, through that framework's own exporter (the first step of the Python
 API): an ONNX path or ModelProto as it is; a ``torch.nn.Module`` with an example input through
 ``torch.onnx.export`` (its default, dynamo-based exporter: the ``torch`` extra brings onnxscript); a
-scikit-learn estimator or Pipeline through skl2onnx (the ``sklearn`` extra). Exporters are imported only when
-such a model comes, and a missing one is one line naming the extra to install. Keras and JAX models are not
-exported here yet: they get a line saying how to export them by hand.
+scikit-learn estimator or Pipeline through skl2onnx (the ``sklearn`` extra); a Keras model through tf2onnx
+(``keras``); a JAX function or Flax module with an example input through jax2onnx (``jax``). Exporters are
+imported only when such a model comes, and a missing one is one line naming the extra to install.
 
 The model is exported at batch 1 (the first sample of the example; the importer makes a batch-1 graph run on
 any batch, ``frontends.onnx_import``).
@@ -38,8 +38,9 @@ def _require(module: str) -> Any:
                              f"(or .venv/bin/pip install -e '.[{EXTRAS[module]}]' in a checkout)") from None
 
 
-def framework(model: Any) -> str:
-    """'onnx', 'torch', 'sklearn', 'keras' or 'jax', from the model's type (its module's top-level name)."""
+def framework(model: Any, example: Any = None) -> str:
+    """'onnx', 'torch', 'sklearn', 'keras' or 'jax', from the model's type (its module's top-level name), or for a
+    plain function, 'jax' when the example is a jax array."""
     if isinstance(model, (onnx.ModelProto, str, os.PathLike)):
         return "onnx"
     top = type(model).__module__.split(".")[0]
@@ -55,6 +56,8 @@ def framework(model: Any) -> str:
         owner = base.__module__.split(".")[0]
         if owner in ("torch", "sklearn", "keras", "flax"):
             return {"flax": "jax"}.get(owner, owner)
+    if callable(model) and type(example).__module__.split(".")[0] in ("jax", "jaxlib"):
+        return "jax"  # a plain function of jax arrays
     raise LipverifyError(f"cannot tell which framework a {type(model).__name__} comes from: give an ONNX file or "
                          "ModelProto, a torch.nn.Module, a scikit-learn estimator, a Keras model or a JAX callable")
 
@@ -62,16 +65,16 @@ def framework(model: Any) -> str:
 def to_onnx(model: Any, example: Any = None) -> onnx.ModelProto:
     """``model`` as a ModelProto (module docstring). ``example``: an input batch (a tensor or array; torch needs
     it, scikit-learn takes the feature count from the estimator when it is absent)."""
-    kind = framework(model)
+    kind = framework(model, example)
     if kind == "onnx":
         return read_model(model)
     if kind == "torch":
         return _from_torch(model, example)
     if kind == "sklearn":
         return _from_sklearn(model, example)
-    tool = {"keras": "tf2onnx (or Keras 3's model.export(path, format='onnx'))", "jax": "jax2onnx"}[kind]
-    raise LipverifyError(f"{kind} models are not exported by lipverify yet: export it with {tool} and give the "
-                         "ONNX file")
+    if kind == "jax":
+        return _from_jax(model, example)
+    return _from_keras(model, example)
 
 
 def _first(example: Any) -> np.ndarray:
@@ -115,6 +118,57 @@ def _from_torch(module: Any, example: Any) -> onnx.ModelProto:
     buffer = io.BytesIO()
     onnx.save(program.model_proto, buffer)
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _failed(tool: str, e: Exception) -> LipverifyError:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return LipverifyError(f"{tool} failed: {text[:300]}")
+
+
+def _from_jax(fn: Any, example: Any) -> onnx.ModelProto:
+    """jax2onnx's ``to_onnx`` of a JAX function or Flax module, with a symbolic batch axis."""
+    if example is None:
+        raise LipverifyError("a JAX function or Flax module needs an example input (a batch, e.g. jnp.zeros((1, 784)))")
+    jax2onnx = _require("jax2onnx")
+    shape = tuple(int(d) for d in np.shape(example)[1:])
+    try:
+        with _quiet("jax2onnx"):
+            return jax2onnx.to_onnx(fn, [("B", *shape)], model_name="lipverify_export")
+    except Exception as e:
+        raise _failed("jax2onnx", e)
+
+
+def _from_keras(model: Any, example: Any) -> onnx.ModelProto:
+    """Keras 3's own ``model.export(path, format="onnx")`` (which runs tf2onnx), else tf2onnx's
+    ``from_function`` of the model with a symbolic batch axis (the input shape from the model, else from the
+    example)."""
+    tf2onnx = _require("tf2onnx")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        try:
+            with _quiet("tensorflow"), contextlib.redirect_stdout(io.StringIO()):
+                model.export(path, format="onnx", verbose=False)
+            return read_model(path)
+        except (AttributeError, TypeError, ValueError, NotImplementedError):
+            pass  # a Keras without the ONNX format: tf2onnx below
+        except Exception as e:
+            raise _failed("Keras' model.export(format='onnx')", e)
+    import tensorflow as tf
+
+    shape = getattr(model, "input_shape", None)
+    if not isinstance(shape, tuple) or any(d is None for d in shape[1:]):
+        if example is None:
+            raise LipverifyError("this Keras model declares no input shape: give an example input batch")
+        shape = (None, *np.shape(example)[1:])
+    spec = (tf.TensorSpec((None, *shape[1:]), tf.float32, name="input"),)
+    try:
+        with _quiet("tf2onnx"):
+            proto, _ = tf2onnx.convert.from_function(tf.function(lambda x: model(x)), input_signature=spec)
+    except Exception as e:
+        raise _failed("tf2onnx", e)
+    return proto
 
 
 def _from_sklearn(estimator: Any, example: Any) -> onnx.ModelProto:

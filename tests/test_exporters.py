@@ -85,3 +85,87 @@ def test_a_missing_exporter_names_the_extra(monkeypatch):
 
     with pytest.raises(LipverifyError, match=r"lipverify\[sklearn\]"):
         to_onnx(LogisticRegression())
+
+
+def test_missing_keras_and_jax_exporters_name_their_extras(monkeypatch):
+    """Models that say they come from Keras or Flax (their type's module), without tf2onnx / jax2onnx installed."""
+    import frontends.exporters as exporters
+
+    real = exporters.importlib.import_module
+
+    def without(name, *args):
+        if name in ("tf2onnx", "jax2onnx"):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(exporters.importlib, "import_module", without)
+    keras_like = type("Sequential", (), {"__module__": "keras.src.models.sequential"})()
+    flax_like = type("CNN", (), {"__module__": "flax.nnx.module", "__call__": lambda self, x: x})()
+    with pytest.raises(LipverifyError, match=r"needs tf2onnx: pip install 'lipverify\[keras\]'"):
+        to_onnx(keras_like)
+    with pytest.raises(LipverifyError, match="needs an example input"):
+        to_onnx(flax_like)
+    with pytest.raises(LipverifyError, match=r"needs jax2onnx: pip install 'lipverify\[jax\]'"):
+        to_onnx(flax_like, np.zeros((1, 3), np.float32))
+
+
+def _certify_and_attack(model, x: np.ndarray, y: np.ndarray, example=None) -> None:
+    """The API certifies with CROWN, and PGD cannot change a prediction inside a certified radius."""
+    import lipverify
+    from verifier.engines.attacks import pgd
+    from verifier.problem import RadiusProblem
+
+    result = lipverify.certify(model, (x, y), example=example, method="crown")
+    radii = torch.tensor(result.radii, dtype=torch.float32)
+    keep = radii > 0
+    assert keep.float().mean() > 0.5
+    module = load_model(model, example)
+    xt, yt = torch.from_numpy(x)[keep], torch.from_numpy(y)[keep]
+    _, success = pgd(module, RadiusProblem(xt, yt, 2.0).at(radii[keep] * 0.999), steps=50, restarts=5)
+    assert not success.any()
+
+
+@pytest.mark.slow
+def test_a_keras_model_through_its_own_export_and_through_tf2onnx():
+    keras = pytest.importorskip("keras", reason="Keras is not installed (pip install lipverify[keras])")
+    pytest.importorskip("tf2onnx", reason="tf2onnx is not installed (pip install lipverify[keras])")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Conv2D(4, 3, activation="swish"),
+                              keras.layers.Flatten(), keras.layers.Dense(5)])
+    x = np.random.default_rng(0).random((30, 12, 12, 1)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    for how in ("export", "tf2onnx"):
+        if how == "tf2onnx":  # as a Keras without the ONNX export format
+            model.export = lambda *args, **kwargs: (_ for _ in ()).throw(NotImplementedError("no onnx"))
+        module = load_model(model)
+        assert module.graph.sample_shape == (12, 12, 1)
+        assert np.abs(module(torch.from_numpy(x)).detach().numpy() - expected).max() < 1e-4
+    _certify_and_attack(model, x, expected.argmax(1))
+
+
+@pytest.mark.slow
+def test_a_jax_function_and_a_flax_module():
+    jnp = pytest.importorskip("jax.numpy", reason="JAX is not installed (pip install lipverify[jax])")
+    pytest.importorskip("jax2onnx", reason="jax2onnx is not installed (pip install lipverify[jax])")
+    nnx = pytest.importorskip("flax.nnx", reason="Flax is not installed (pip install lipverify[jax])")
+    rng = np.random.default_rng(0)
+    w1, w2 = jnp.asarray(rng.normal(size=(20, 16)) * 0.3), jnp.asarray(rng.normal(size=(16, 4)) * 0.3)
+
+    def mlp(x):
+        return jnp.tanh(x @ w1) @ w2
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            self.conv, self.dense = nnx.Conv(1, 4, (3, 3), rngs=rngs), nnx.Linear(4 * 8 * 8, 4, rngs=rngs)
+
+        def __call__(self, x):
+            h = nnx.relu(self.conv(x))
+            return self.dense(h.reshape(h.shape[0], -1))
+
+    for fn, x in ((mlp, rng.random((30, 20)).astype(np.float32)),
+                  (CNN(nnx.Rngs(0)), rng.random((30, 8, 8, 1)).astype(np.float32))):
+        example = jnp.asarray(x[:1])
+        module = load_model(fn, example)
+        expected = np.asarray(fn(jnp.asarray(x)))
+        assert np.abs(module(torch.from_numpy(x)).detach().numpy() - expected).max() < 1e-4
+        _certify_and_attack(fn, x, expected.argmax(1), example)

@@ -191,3 +191,29 @@ def test_train_mlp_on_vectors_with_checkpoint_and_resume(capsys, tmp_path):
     assert json.loads(stdout)["history"] == first["history"]
     code, _, stderr = run_main(capsys, "train", "--arch", "mlp-16", "--input-shape", "6,x", "--out", "o.onnx")
     assert code == 2 and "--input-shape" in stderr
+
+
+def test_stale_value_info_hints_are_inferred_again_on_export():
+    """A file whose value_info gives an intermediate tensor a wrong shape (as exporters' stale NHWC hints do):
+    serialize drops the hints and re-infers them instead of refusing the graph; a model that is wrong itself
+    is still refused in one line."""
+    from onnx import TensorProto, helper
+
+    from frontends.onnx_export import serialize
+    from verifier.errors import LipverifyError
+
+    from .onnx_graphs import make_model, node, rand
+
+    model = make_model([node("MatMul", ["x", "w"], ["h"]), node("Relu", ["h"])], [4], {"w": rand(4, 3)})
+    model.graph.value_info.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 5, 7]))
+    with pytest.raises(Exception):
+        onnx.checker.check_model(model, full_check=True)
+    out = onnx.load_from_string(serialize(model))
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.op_type for n in out.graph.node] == ["MatMul", "Relu"]
+    bad = onnx.ModelProto.FromString(model.SerializeToString())
+    bad.graph.node[1].input[0] = "nowhere"  # a tensor nothing produces: wrong whatever the hints say
+    bad.graph.value_info.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 3]))
+    with pytest.raises(LipverifyError, match="does not pass onnx.checker") as e:
+        serialize(bad)
+    assert "\n" not in str(e.value)
