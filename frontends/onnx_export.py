@@ -1,7 +1,8 @@
 """Write trained parameters back into the original ONNX model: the same graph, node for node, new weights.
 
 Every trainable weight of the IR (``GraphModule.onnx_weights``) and every BatchNormalization running
-statistic is written into the tensor it came from: an initializer, or the value of a Constant node. Weights
+statistic is written into the tensor it came from: an initializer, or the value of a Constant node, or for an
+ONNX-ML linear model the ``coefficients`` / ``intercepts`` attribute (``Graph.info['attribute_weights']``). Weights
 the file derives from an initializer through layout ops (Transpose, Reshape, Squeeze, Unsqueeze, Flatten,
 Identity, Cast; ``Graph.weight_sources``) are mapped back by running those same ops on an array of indices:
 the derived tensor's entry k came from the initializer entry index[k]. Nothing else of the file changes:
@@ -67,9 +68,12 @@ def export_weights(module: GraphModule, source: str | os.PathLike | onnx.ModelPr
                 if t and t in g.constants:
                     values[t] = module.tensor(t)
     roots: dict[str, np.ndarray] = {}
+    attributes = g.info.get("attribute_weights", {})
     for name, value in values.items():
         array = value.detach().cpu().double().numpy()
-        if name in g.weight_sources:
+        if name in attributes:
+            _write_attribute(model, *attributes[name], array)
+        elif name in g.weight_sources:
             root_name, chain = g.weight_sources[name]
             if root_name not in tensors:
                 raise LipverifyError(f"weight '{name}': its source tensor '{root_name}' is not in the file")
@@ -89,6 +93,17 @@ def export_weights(module: GraphModule, source: str | os.PathLike | onnx.ModelPr
         old.Clear()
         old.CopyFrom(new)
     return model
+
+
+def _write_attribute(model: onnx.ModelProto, output: str, name: str, array: np.ndarray) -> None:
+    """The float list attribute ``name`` of the node whose first output is ``output`` (an ONNX-ML linear model's
+    coefficients or intercepts, ``frontends.onnx_ml``) set to ``array``'s entries in order, the same count."""
+    node = next((n for n in model.graph.node if n.output and n.output[0] == output), None)
+    attr = None if node is None else next((a for a in node.attribute if a.name == name), None)
+    if attr is None or len(attr.floats) != array.size:
+        raise LipverifyError(f"weight for attribute '{name}' of the node writing '{output}' has no place in the file")
+    del attr.floats[:]
+    attr.floats.extend(array.reshape(-1).astype(np.float32).tolist())
 
 
 def serialize(model: onnx.ModelProto) -> bytes:

@@ -107,7 +107,9 @@ class Importer:
             raise ModelImportError(f"no output named '{output}'; the model's outputs: {', '.join(outputs)}")
         self.requested = self.output = output or outputs[0]
         # (pruned first: only what is used is lowered)
-        nodes = lower_ml(self._prune(topological_nodes(g)), self.const, self.output)
+        self.attributes: dict[str, tuple[str, str]] = {}  # weights kept in ONNX-ML attributes (lower_ml)
+        nodes = lower_ml(self._prune(topological_nodes(g)), self.const, self.output, self.attributes)
+        self.sources.update({name: (name, []) for name in self.attributes})
         self.output, note, self.label_classes = resolve_output(nodes, self.const, self.requested)
         if any(self.output in n.output for n in g.node):  # the file holds the scores: parity compares them
             self.label_classes = None
@@ -306,6 +308,8 @@ class Importer:
             leading_batch=leading, output_leading_batch=out_leading, shapes=dict(shapes),
             info=self._info(), weight_sources={w: self.sources[w] for w in weights if self.sources[w][1]},
         )
+        graph.info["attribute_weights"] = {w: list(self.attributes[w]) for w in sorted(graph.weights)
+                                           if w in self.attributes}
         module = GraphModule(graph)
         graph.batched = batches_exactly(module)
         return module

@@ -5,9 +5,11 @@ The lowering (``lower_ml``), exact; the label outputs it marks are resolved by `
 - **Affine ML ops into default-domain ops**: ``Scaler`` (y = (x - offset) * scale) into
   ``Sub`` and ``Mul``; ``LinearClassifier`` and ``LinearRegressor`` (scores = x W^T + b, then the
   ``post_transform``: none, ``SOFTMAX``, ``LOGISTIC``) into ``Gemm`` and ``Softmax`` / ``Sigmoid``. A binary
-  classifier with one coefficient row has the scores (-z, z) (onnxruntime's convention), so its ``Gemm`` gets
-  the rows -w and w. Their constants are new tensors of the imported graph (not trainable weights of the
-  file). ``Normalizer`` stays one node (``verifier.ops.ml``).
+  classifier with one coefficient row z = w x + b has the scores (1 - z, z) (onnxruntime's convention;
+  (1 - sigma(z), sigma(z)) with LOGISTIC) and the label of the argmax of (-z, z), so its ``Gemm`` gets the row
+  w, then fixed maps. Their coefficients and intercepts are trainable weights
+  (``lower_ml``'s ``attributes``: training writes them back into the node's attributes,
+  ``frontends.onnx_export``); Scaler's offsets and scales are constants. ``Normalizer`` stays one node (``verifier.ops.ml``).
 - **SVMs** (``SVMClassifier``, ``SVMRegressor``): ``frontends.onnx_svm``.
 """
 from __future__ import annotations
@@ -24,11 +26,15 @@ from .onnx_svm import svm_classifier, svm_regressor
 ML = "ai.onnx.ml"
 
 
-def lower_ml(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], output: str) -> list[onnx.NodeProto]:
+def lower_ml(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], output: str,
+             attributes: dict[str, tuple[str, str]] | None = None) -> list[onnx.NodeProto]:
     """``nodes`` with every Scaler, LinearClassifier, LinearRegressor, SVMClassifier and SVMRegressor replaced by
     default-domain nodes and ``KernelExpansion`` (``frontends.onnx_svm``), their constants added to ``const``
-    (module docstring); ``output``: the tensor the import is for (with every node input: what is needed)."""
+    (module docstring); ``output``: the tensor the import is for (with every node input: what is needed).
+    ``attributes`` receives the constants that are a linear model's coefficients or intercepts, as they are
+    stored: constant name -> (the ML node's first output, its attribute), for training's write-back."""
     needed = {t for n in nodes for t in n.input} | {output}
+    attributes = {} if attributes is None else attributes
     out = []
     for i, node in enumerate(nodes):
         if node.domain != ML or node.op_type not in LOWERED:
@@ -37,6 +43,9 @@ def lower_ml(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], output: 
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         prefix = f"{node.name or node.op_type}_{i}_lowered"
         out += LOWERED[node.op_type](node, attrs, prefix, const, needed)
+        if node.op_type in ("LinearClassifier", "LinearRegressor"):
+            attributes.update({f"{prefix}_w": (node.output[0], "coefficients"),
+                               f"{prefix}_b": (node.output[0], "intercepts")})
     return out
 
 
@@ -90,12 +99,17 @@ def _linear_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, const: di
     label, scores = node.output[0], node.output[1] if len(node.output) > 1 else ""
     out = []
     if rows == 1 and len(labels) == 2:
-        flip = np.concatenate([-w, w]), np.concatenate([-b, b])
-        if scores:
-            shift = (flip[0], flip[1] + np.array([1.0, 0.0])) if post != "LOGISTIC" else flip
-            out += _affine(node, attrs, prefix, const, *shift, "LOGISTIC" if post == "LOGISTIC" else "NONE", scores)
+        z = f"{prefix}_z"
+        out += _affine(node, attrs, prefix, const, w, b, "NONE", z)
+        const[f"{prefix}_flip"] = np.array([[-1.0, 1.0]], dtype=np.float32)
+        out.append(helper.make_node("MatMul", [z, f"{prefix}_flip"], [f"{prefix}_decision"], name=f"{prefix}_flip"))
+        if scores and post == "LOGISTIC":
+            out.append(helper.make_node("Sigmoid", [f"{prefix}_decision"], [scores], name=f"{prefix}_sigmoid"))
+        elif scores:
+            const[f"{prefix}_shift"] = np.array([1.0, 0.0], dtype=np.float32)
+            out.append(helper.make_node("Add", [f"{prefix}_decision", f"{prefix}_shift"], [scores],
+                                        name=f"{prefix}_shift"))
         if label:
-            out += _affine(node, attrs, f"{prefix}_decision", const, *flip, "NONE", f"{prefix}_decision")
             out.append(label_of(f"{prefix}_decision", label, attrs))
         return out
     scores = scores or f"{prefix}_scores"

@@ -220,12 +220,28 @@ def test_normalizer_box_contains_sampled_outputs(norm):
             assert float(out.hi.max()) <= 1 + 1e-5 and bool(torch.isfinite(out.lo).all())
 
 
-def test_train_refuses_a_model_without_trainable_weights_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("rows,labels", [(3, 3), (1, 2)], ids=["multiclass", "binary-one-row"])
+def test_train_writes_a_linear_classifiers_coefficients_back(tmp_path, capsys, rows, labels):
+    """LinearClassifier's coefficients and intercepts are trainable: train writes them into the same node's
+    attributes (nothing else of the file changes) and the written model imports with parity."""
+    from onnx import helper as h
+
     from .conftest import run_main
 
-    (tmp_path / "m.onnx").write_bytes(classifier().SerializeToString())
-    np.savez(tmp_path / "d.npz", x=RNG.normal(size=(40, F)).astype(np.float32), y=RNG.integers(0, C, 40))
-    code, _, err = run_main(capsys, "train", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--method",
-                            "lmt", "--epochs", "1", "--val", "10", "--out", str(tmp_path / "out.onnx"))
-    assert code == 2 and "no trainable weights (ONNX-ML LinearClassifier nodes keep their coefficients" in err
-    assert err.count("\n") == 1 and not (tmp_path / "out.onnx").exists()
+    model = classifier(rows=rows, labels=labels)
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    x = RNG.normal(size=(80, F)).astype(np.float32)
+    with torch.no_grad():
+        y = load_onnx(model)(torch.from_numpy(x)).argmax(1).numpy()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code, out, err = run_main(capsys, "train", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                              "--method", "lmt", "--epochs", "2", "--val", "20", "--lr", "0.05",
+                              "--out", str(tmp_path / "out.onnx"))
+    assert code == 0, err
+    new = onnx.load(tmp_path / "out.onnx")
+    old_attrs, new_attrs = ({a.name: h.get_attribute_value(a) for n in m.graph.node if n.op_type == "LinearClassifier"
+                             for a in n.attribute} for m in (model, new))
+    assert set(old_attrs) == set(new_attrs) and old_attrs["coefficients"] != new_attrs["coefficients"]
+    assert len(old_attrs["coefficients"]) == len(new_attrs["coefficients"]) == rows * F
+    assert [n.op_type for n in new.graph.node] == [n.op_type for n in model.graph.node]
+    assert check_parity(new, load_onnx(new))["ok"]

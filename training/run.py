@@ -45,6 +45,24 @@ def _source(model_path: str | None, arch: str | None, width: float, input_shape:
     return to_onnx(build(arch, input_shape, classes, width), input_shape)
 
 
+def _check_config(config: TrainConfig) -> None:
+    if config.eps < 0 or not math.isfinite(config.eps):
+        raise LipverifyError("--eps must be finite and >= 0")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise LipverifyError("--epochs and --batch-size must be positive")
+
+
+def _check_trainable(module: Any, source: onnx.ModelProto) -> None:
+    """One line where the imported model has no trainable weight (an SVM's coefficients stay attributes)."""
+    if any(p.requires_grad for p in module.parameters()):
+        return
+    ml = sorted({n.op_type for n in source.graph.node if n.domain == "ai.onnx.ml" and n.op_type in
+                 ("SVMClassifier", "SVMRegressor")})
+    why = f" (ONNX-ML {', '.join(ml)} nodes keep their coefficients as attributes, which lipverify does not " \
+        f"retrain yet)" if ml else ""
+    raise LipverifyError(f"the model has no trainable weights{why}")
+
+
 def run_train(model_path: str | None, *, arch: str | None = None, width: float = 1.0,
               input_shape: tuple[int, ...] = (1, 28, 28), classes: int = 10, data_path: str | None = None,
               split: str = "train", val: int = 5000, limit: int | None = None, out: str, config: TrainConfig,
@@ -64,10 +82,7 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
     from frontends.parity import check_parity
     from verifier.commands.loading import import_model, parse_values, pick_device
 
-    if config.eps < 0 or not math.isfinite(config.eps):
-        raise LipverifyError("--eps must be finite and >= 0")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise LipverifyError("--epochs and --batch-size must be positive")
+    _check_config(config)
     if data_path is None:
         found = find_fashion_mnist()
         data_path = str(found) if found else None
@@ -78,12 +93,7 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
     outputs = OutputPaths({"--out": out, "--checkpoint": checkpoint}, inputs=files)
     source = source if source is not None else _source(model_path, arch, width, input_shape, classes, outputs)
     _, module = import_model(source, output)
-    if not any(p.requires_grad for p in module.parameters()):
-        ml = sorted({n.op_type for n in source.graph.node if n.domain == "ai.onnx.ml" and n.op_type in
-                     ("LinearClassifier", "LinearRegressor", "SVMClassifier", "SVMRegressor")})
-        why = f" (ONNX-ML {', '.join(ml)} nodes keep their coefficients as attributes, which lipverify does not " \
-            f"retrain yet)" if ml else ""
-        raise LipverifyError(f"the model has no trainable weights{why}")
+    _check_trainable(module, source)
     data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit,
                         input_scale=input_scale, mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
     k = math.prod(module.graph.output_shape) if module.graph.output_shape else 1
