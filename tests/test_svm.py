@@ -289,3 +289,64 @@ def test_train_refuses_an_svm_in_one_line(tmp_path, capsys):
                             "lmt", "--epochs", "1", "--val", "10", "--out", str(tmp_path / "out.onnx"))
     assert code == 2 and "no trainable weights (ONNX-ML SVMClassifier nodes keep their coefficients" in err
     assert err.count("\n") == 1 and not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("kernel,degree", [("RBF", 1), ("LINEAR", 1), ("POLY", 2), ("POLY", 3), ("SIGMOID", 1)])
+def test_gradient_box_rule_contains_sampled_vector_jacobian_products(kernel, degree):
+    """J(x)^T g for points x of the boxes (corners included) and g of the gradient boxes, by autograd."""
+    op, s, a, b = op_and_constants(kernel, degree)
+    gen = torch.Generator().manual_seed(5)
+    q = 3  # gradient seeds per input
+    for width in (0.0, 1e-3, 0.3):
+        c = torch.rand(2, F, generator=gen, dtype=torch.float64) * 2 - 0.5
+        box = Box(c, torch.full_like(c, width))
+        g_c = torch.randn(2 * q, a.shape[0], generator=gen, dtype=torch.float64)
+        g_box = Box(g_c, torch.rand(2 * q, a.shape[0], generator=gen, dtype=torch.float64) * 0.2)
+        out = op.grad_interval([box, s, a, b], [g_box])[0]
+        for _ in range(30):
+            u = torch.rand(2, F, generator=gen, dtype=torch.float64)
+            u = torch.where(u < 0.2, torch.zeros_like(u), torch.where(u > 0.8, torch.ones_like(u), u))
+            x = (box.lo + u * (box.hi - box.lo)).repeat_interleave(q, 0).requires_grad_(True)
+            g = g_box.lo + torch.rand(2 * q, a.shape[0], generator=gen, dtype=torch.float64) * (g_box.hi - g_box.lo)
+            y = op.forward(x, s.double(), a.double(), b.double())
+            (vjp,) = torch.autograd.grad((y * g).sum(), x)
+            assert (vjp >= out.lo).all() and (vjp <= out.hi).all()
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_local_certificate_applies_to_svms_and_survives_pgd(classes):
+    est, model = svc(classes, gamma=3.0)
+    module = load_onnx(model)
+    x = torch.from_numpy(RNG.random((30, F)).astype(np.float32))
+    with torch.no_grad():
+        y = module(x).argmax(1).clamp_max(classes - 1)
+    radii = certify(module, x, y, "local")
+    keep = radii > 0
+    assert keep.float().mean() > 0.5
+    _, success = pgd(module, RadiusProblem(x[keep], y[keep], 2.0).at(radii[keep] * 0.999), steps=100, restarts=10)
+    assert not success.any()
+
+
+@pytest.mark.parametrize("op_type", ["Min", "Max"])
+def test_min_max_gradient_box_rule_contains_sampled_vector_jacobian_products(op_type):
+    """Three same-shaped boxes and a constant: J^T g per input (autograd routes g to the extremum) inside each
+    input's box, at points of the boxes (ties included) and gradients of the gradient box."""
+    from verifier.ops.elementwise import Max, Min
+
+    op = (Min if op_type == "Min" else Max)({}, {}, 13, "m")
+    gen = torch.Generator().manual_seed(6)
+    centres = [torch.rand(2, 5, generator=gen, dtype=torch.float64) for _ in range(3)]
+    boxes = [Box(c, torch.full_like(c, 0.15)) for c in centres]
+    const = torch.full((5,), 0.5, dtype=torch.float64)
+    q = 2
+    g_box = Box(torch.randn(2 * q, 5, generator=gen, dtype=torch.float64), torch.full((2 * q, 5), 0.1,
+                                                                                        dtype=torch.float64))
+    out = op.grad_interval([*boxes, const], [g_box])
+    assert out[3] is None
+    for _ in range(200):
+        xs = [(b.lo + torch.rand(b.shape, generator=gen, dtype=torch.float64).round() * (b.hi - b.lo))
+              .repeat_interleave(q, 0).requires_grad_(True) for b in boxes]  # corners: ties happen
+        g = g_box.lo + torch.rand(g_box.shape, generator=gen, dtype=torch.float64) * (g_box.hi - g_box.lo)
+        grads = torch.autograd.grad((op.forward(*xs, const) * g).sum(), xs)
+        for got, box in zip(grads, out[:3]):
+            assert (got >= box.lo).all() and (got <= box.hi).all()

@@ -13,6 +13,7 @@ import onnx
 import torch
 
 from verifier.box import Box, is_box, is_integer, parts
+from verifier.jacobian import no_gradient_rule, scaled
 from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
 from verifier.rounding import SAFETY, unit_roundoff
 
@@ -206,6 +207,34 @@ class _Variadic(Op):
         lows, highs = zip(*(_corners(x, like) for x in xs))
         return Box.from_bounds(self.forward(*lows), self.forward(*highs), all(is_integer(x) for x in xs),
                                check=False)
+
+
+    def grad_interval(self, inputs, grads):
+        """Max, Min of same-shaped boxes (constants broadcast): per entry, the gradient goes to the input that is
+        the extremum (Clarke's Jacobian: a convex combination at ties). Where input i surely is the only one it
+        gets g, where it may be one of them g times [0, 1] (``scaled``), else 0."""
+        if self.combine_rule == "sum":
+            return super().grad_interval(inputs, grads)
+        boxes = [x for x in inputs if is_box(x)]
+        if not boxes or any(tuple(x.shape) != tuple(boxes[0].shape) for x in boxes):
+            raise no_gradient_rule(self)
+        like = boxes[0]
+        lows, highs = zip(*(_corners(x, like) for x in inputs))
+        if self.combine is torch.minimum:  # input i may be the min where lo_i <= min_k hi_k
+            bound = self.forward(*highs)
+            possible = [torch.broadcast_to(lo <= bound, like.shape) for lo in lows]
+        else:
+            bound = self.forward(*lows)
+            possible = [torch.broadcast_to(hi >= bound, like.shape) for hi in highs]
+        count = torch.stack(possible).sum(0)
+        out = []
+        for x, may in zip(inputs, possible):
+            if not is_box(x):
+                out.append(None)
+                continue
+            sure = (may & (count == 1)).double()
+            out.append(scaled(grads[0], sure, may.double()))
+        return out
 
 
 @rule("Sum", since=(1, 6, 8, 13))

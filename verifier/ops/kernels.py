@@ -37,9 +37,10 @@ import math
 import numpy as np
 import torch
 
-from verifier.box import is_box, outward
+from verifier.box import Box, is_box, outward
+from verifier.jacobian import no_gradient_rule
 from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
-from verifier.rounding import SAFETY, gamma, tiny, unit_roundoff
+from verifier.rounding import REL64, SAFETY, TINY64, gamma, tiny, unit_roundoff
 
 #: the op's domain: it never appears in files; the importer writes it
 LIPVERIFY = "lipverify"
@@ -113,6 +114,22 @@ class KernelExpansion(Op):
             e_hi = self.gamma * far * (1 + g) * (1 + 4 * u)
             k_lo, k_hi = torch.exp(-e_hi), torch.exp(-e_lo)
             return (k_lo * (1 - ULPS * u) - tiny(dtype)).clamp_min(0.0), k_hi * (1 + ULPS * u) + tiny(dtype)
+        t_lo, t_hi = self._argument_range(lo, hi, s, dtype)
+        if self.kernel == "LINEAR":
+            return t_lo, t_hi
+        if self.kernel == "SIGMOID":
+            f_lo, f_hi = torch.tanh(t_lo), torch.tanh(t_hi)
+        else:
+            f_lo, f_hi = _power_range(t_lo, t_hi, self.degree)
+        rel = (ULPS + 2 * self.degree) * u
+        return f_lo - rel * f_lo.abs() - tiny(dtype), f_hi + rel * f_hi.abs() + tiny(dtype)
+
+    def _argument_range(self, lo: torch.Tensor, hi: torch.Tensor, s: torch.Tensor, dtype: torch.dtype
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range (B, n) of <x, s_r> (LINEAR) or of gamma <x, s_r> + coef0 (POLY, SIGMOID) over the box, real
+        and float: Rump's interval dot product with gamma_{d+4}, then the affine map widened by 4u."""
+        d = s.shape[1]
+        u = unit_roundoff(dtype) + unit_roundoff(torch.float64)
         c, r = (lo + hi) / 2, (hi - lo) / 2
         g = gamma(d + 4, dtype) + gamma(d + 4, torch.float64)
         t = c @ s.T
@@ -123,16 +140,64 @@ class KernelExpansion(Op):
         ends = (self.gamma * t_lo + self.coef0, self.gamma * t_hi + self.coef0)
         t_lo, t_hi = torch.minimum(*ends), torch.maximum(*ends)
         slack = 4 * u * (t_lo.abs().maximum(t_hi.abs()) + abs(self.coef0)) + tiny(dtype)
-        t_lo, t_hi = t_lo - slack, t_hi + slack
-        if self.kernel == "SIGMOID":
-            f_lo, f_hi = torch.tanh(t_lo), torch.tanh(t_hi)
+        return t_lo - slack, t_hi + slack
+
+    # --- gradient box ------------------------------------------------------------------------------------
+    def grad_interval(self, inputs, grads):
+        """J^T g over the box (``verifier/jacobian.py``), with h = A^T g (interval times constant) per support
+        vector: RBF, grad k_r = -2 gamma (x - s_r) k_r, so J^T g = -2 gamma sum_r (h_r k_r) (x - s_r), each factor
+        an interval (k_r from the box rule, x - s_r from the box); the others, grad k_r = sigma_r s_r with the
+        slope sigma_r in 1 (LINEAR), gamma degree t^(degree-1) or gamma (1 - tanh(t)^2) over the argument's range
+        t, so J^T g = sum_r (h_r sigma_r) s_r. Products and sums in centre/radius form (Rump), in float64,
+        widened by REL64."""
+        x, s, a = inputs[0], inputs[1], inputs[2]
+        if not is_box(x) or any(is_box(v) for v in inputs[1:]):
+            raise no_gradient_rule(self)
+        s, a = s.double().to(x.center.device), a.double().to(x.center.device)
+        lo, hi = x.lo.double(), x.hi.double()
+        g = grads[0]
+        b, q = lo.shape[0], g.shape[0] // lo.shape[0]
+        h_c = (g.center.double() @ a).reshape(b, q, -1)
+        h_r = (g.radius.double() @ a.abs()).reshape(b, q, -1) * (1 + REL64)
+        if self.kernel == "RBF":
+            f_lo, f_hi = self._kernel_range(lo, hi, s, torch.float64)
+            scale = -2.0 * self.gamma
         else:
-            p_lo, p_hi = t_lo.pow(self.degree), t_hi.pow(self.degree)
-            f_lo, f_hi = torch.minimum(p_lo, p_hi), torch.maximum(p_lo, p_hi)
-            if self.degree % 2 == 0:
-                f_lo = torch.where((t_lo <= 0) & (t_hi >= 0), torch.zeros_like(f_lo), f_lo)
-        rel = (ULPS + 2 * self.degree) * u
-        return f_lo - rel * f_lo.abs() - tiny(dtype), f_hi + rel * f_hi.abs() + tiny(dtype)
+            f_lo, f_hi = self._slope_range(lo, hi, s)
+            scale = 1.0
+        u_c, u_r = _interval_product(h_c, h_r, f_lo[:, None], f_hi[:, None])
+        both = u_c.abs() + u_r
+        if self.kernel == "RBF":  # sum_r u_r (x - s_r): centre c sum u_c - u_c S, radius over |c - s_r| and r
+            c, r = (lo + hi) / 2, (hi - lo) / 2
+            away = [(c[i] - s).abs() for i in range(b)]
+            spread = torch.stack([u_r[i] @ away[i] for i in range(b)])
+            centre = c[:, None] * u_c.sum(-1, keepdim=True) - u_c @ s
+            radius = r[:, None] * both.sum(-1, keepdim=True) + spread
+            size = torch.stack([both[i] @ away[i] for i in range(b)]) + radius + \
+                c.abs()[:, None] * u_c.abs().sum(-1, keepdim=True) + u_c.abs() @ s.abs()
+        else:
+            centre, radius = u_c @ s, u_r @ s.abs()
+            size = both @ s.abs()
+        centre, radius = scale * centre, abs(scale) * radius  # (a power of 2, or a slope's factor: exact enough)
+        radius = radius + 2 * gamma(s.shape[0] + 8, torch.float64) * abs(scale) * size + TINY64
+        shape = (b * q, *x.shape[1:])
+        return [Box(centre.reshape(shape), radius.reshape(shape)), None, None, None]
+
+    def _slope_range(self, lo: torch.Tensor, hi: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range of d k / d <x, s_r> over the box (B, n), for LINEAR, POLY and SIGMOID."""
+        if self.kernel == "LINEAR":
+            one = torch.ones(lo.shape[0], s.shape[0], dtype=torch.float64)
+            return one, one
+        t_lo, t_hi = self._argument_range(lo, hi, s, torch.float64)
+        if self.kernel == "POLY":
+            p_lo, p_hi = _power_range(t_lo, t_hi, self.degree - 1)
+            ends = (self.gamma * self.degree * p_lo, self.gamma * self.degree * p_hi)
+        else:  # 1 - tanh^2 peaks where |t| is least, is least where |t| is largest
+            near = torch.where((t_lo <= 0) & (t_hi >= 0), torch.zeros_like(t_lo), torch.minimum(t_lo.abs(), t_hi.abs()))
+            far = torch.maximum(t_lo.abs(), t_hi.abs())
+            ends = (self.gamma * (1 - torch.tanh(far) ** 2), self.gamma * (1 - torch.tanh(near) ** 2))
+        lo_, hi_ = torch.minimum(*ends), torch.maximum(*ends)
+        return lo_ - 4 * REL64 * lo_.abs(), hi_ + 4 * REL64 * hi_.abs()
 
     # --- Lipschitz -------------------------------------------------------------------------------------
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
@@ -186,3 +251,22 @@ def condorcet_weights(classes: int) -> list[np.ndarray]:
         for j, m in enumerate(m for m in range(classes) if m != c):
             weights[j][pairs[(min(c, m), max(c, m))], c] = 1.0 if c < m else -1.0
     return weights
+
+
+def _power_range(t_lo: torch.Tensor, t_hi: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The range of t^m over [t_lo, t_hi] (m >= 0): the ends' values, and 0 for even m on an interval about 0."""
+    p_lo, p_hi = t_lo.pow(m), t_hi.pow(m)
+    f_lo, f_hi = torch.minimum(p_lo, p_hi), torch.maximum(p_lo, p_hi)
+    if m % 2 == 0 and m > 0:
+        f_lo = torch.where((t_lo <= 0) & (t_hi >= 0), torch.zeros_like(f_lo), f_lo)
+    return f_lo, f_hi
+
+
+def _interval_product(a_c: torch.Tensor, a_r: torch.Tensor, b_lo: torch.Tensor, b_hi: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre, radius) of {a b : a in a_c +- a_r, b in [b_lo, b_hi]} (the hull of the four corner products),
+    widened by 2 REL64 for their rounding."""
+    a_lo, a_hi = a_c - a_r, a_c + a_r
+    corners = torch.stack([a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi])
+    lo, hi = corners.amin(0), corners.amax(0)
+    return (lo + hi) / 2, (hi - lo) / 2 + 2 * REL64 * (lo.abs() + hi.abs())
