@@ -9,6 +9,7 @@ import itertools
 import math
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -222,15 +223,41 @@ def test_kernel_radii_survive_pgd_and_beat_the_generic_bounds(classes, norm):
         assert float((radii >= other).float().mean()) >= 0.8, generic
 
 
-def test_kernel_method_applies_only_to_rbf_machines_reading_the_input():
+def test_kernel_method_applies_to_rbf_machines_behind_elementwise_affine_maps_only():
+    from onnx import helper
+
     _, poly = svc(3, "poly")
     assert "RBF kernels" in METHODS["kernel"].applies(Task(None, None, None, load_onnx(poly)))
+    _, model = svc(3)
+    relu = onnx.ModelProto.FromString(model.SerializeToString())  # X -> Relu -> SVMClassifier
+    first = relu.graph.node[0]
+    relu.graph.node.insert(0, helper.make_node("Relu", [first.input[0]], ["X_relu"], name="relu"))
+    first.input[0] = "X_relu"
+    assert "elementwise affine ops" in find_machine(load_onnx(relu))
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_kernel_radii_through_a_standard_scaler_survive_pgd(norm):
+    """Pipeline(StandardScaler, SVC): the kernel radius in the scaler's space, converted back through its scales
+    and float error, is sound (PGD with 20 restarts) and at least CROWN's on most inputs (l2)."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    piped = skl2onnx.to_onnx(make_pipeline(StandardScaler(), SVC()).fit(X, np.minimum(Y, 2)), X[:1])
-    assert "model input itself" in find_machine(load_onnx(piped))
+    est = make_pipeline(StandardScaler(), SVC(gamma=0.3)).fit(X, np.minimum(Y, 2))
+    module = load_onnx(skl2onnx.to_onnx(est, X[:1]))
+    machine = find_machine(module)
+    assert not isinstance(machine, str) and [op for op, _ in machine.prefix] == ["Sub", "Mul"]
+    x = torch.from_numpy(RNG.random((40, F)).astype(np.float32))
+    with torch.no_grad():
+        y = module(x).argmax(1).clamp_max(2)
+    radii = certify(module, x, y, "kernel", norm)
+    keep = radii > 0
+    assert keep.float().mean() > 0.6
+    _, success = pgd(module, RadiusProblem(x[keep], y[keep], norm).at(radii[keep] * 0.999), steps=100, restarts=20)
+    assert not success.any()
+    if norm == 2:
+        assert float((radii >= certify(module, x, y, "crown", norm)).float().mean()) >= 0.8
 
 
 def test_undecided_inputs_certify_nothing():
@@ -350,3 +377,24 @@ def test_min_max_gradient_box_rule_contains_sampled_vector_jacobian_products(op_
         grads = torch.autograd.grad((op.forward(*xs, const) * g).sum(), xs)
         for got, box in zip(grads, out[:3]):
             assert (got >= box.lo).all() and (got <= box.hi).all()
+
+
+def test_prefix_error_bounds_the_float32_scaler():
+    """The float32 evaluation of (x - offset) * scale at points of the ball is within prefix_error of the real
+    map, with offsets and scales as StandardScaler writes them (large offsets: cancellation)."""
+    from verifier.engines.kernel import _apply, prefix_error
+
+    gen = torch.Generator().manual_seed(8)
+    offset = (torch.rand(F, generator=gen, dtype=torch.float64) * 200 - 100).float().double()
+    scale = (torch.rand(F, generator=gen, dtype=torch.float64) * 10).float().double()
+    prefix = [("Sub", offset), ("Mul", scale)]
+    x = (offset + torch.randn(4, F, generator=gen, dtype=torch.float64)).float().double()
+    r = torch.full((4,), 0.5, dtype=torch.float64)
+    bound = prefix_error(prefix, x, r, torch.float32)
+    for _ in range(200):
+        step = torch.randn(4, F, generator=gen, dtype=torch.float64)
+        y = (x + step / step.norm(dim=1, keepdim=True) * r[:, None] * torch.rand(4, 1, generator=gen)).float()
+        float32 = (y - offset.float()) * scale.float()
+        real = _apply(prefix, y.double())
+        assert ((float32.double() - real).norm(dim=1) <= bound).all()
+    assert float(bound.max()) < 1e-4

@@ -20,14 +20,18 @@ Soundness, including floating point: h(x) is computed in float64 and reduced by 
 by what the model's float forward can be off by on the ball (``forward_error``: the kernel values' relative
 error from the d-term distance sums, the exp, and the n-term decision sum, as in the op's box rule; the
 Condorcet tail's +-1 selections and Min round nothing), which grows with R, so the search stays a bisection;
-U(R) is a float64 sum of m^2 terms of both signs, raised by gamma_{m^2 + 8} of the sum of their magnitudes. An l_inf ball of radius r lies in the l2 ball of radius
-sqrt(d) r.
+U(R) is a float64 sum of m^2 terms of both signs, raised by gamma_{m^2 + 8} of the sum of their magnitudes. An
+l_inf ball of radius r lies in the l2 ball of radius sqrt(d) r.
+
+A machine may read the model input through elementwise affine ops (a StandardScaler's Sub and Mul): its
+radius R in that space becomes r in the input's with max|scale| r + (the prefix's float error) <= R
+(``_through_prefix``, ``prefix_error``).
 """
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -56,6 +60,8 @@ class KernelMachine:
     classes: int
     wins: list[list[tuple[int, int]]]
     dtype: torch.dtype
+    #: the elementwise affine ops between the model input and the machine (a Scaler): (op type, constant)
+    prefix: list[tuple[str, Tensor]] = field(default_factory=list)
 
 
 def find_machine(module: GraphModule) -> KernelMachine | str:
@@ -68,11 +74,12 @@ def find_machine(module: GraphModule) -> KernelMachine | str:
     node = kernels[0]
     if node.op.kernel != "RBF":
         return f"applies to RBF kernels (Hein & Andriushchenko Prop. 2.1); this one is {node.op.kernel}"
-    if node.inputs[0] != g.input_name:
-        return "needs the kernel machine to read the model input itself (no preprocessing before it)"
+    prefix = _prefix(module, node.inputs[0], nodes)
+    if isinstance(prefix, str):
+        return prefix
     sv, a, b = (module.tensor(t).detach().double().cpu() for t in node.inputs[1:4])
     logits, out = g.logits_tensor(), node.outputs[0]
-    machine = KernelMachine(sv, a, b, node.op.gamma, 2, [], module.float_dtype)
+    machine = KernelMachine(sv, a, b, node.op.gamma, 2, [], module.float_dtype, prefix)
     if logits == out and len(a) == 2 and torch.equal(a[1], -a[0]) and torch.equal(b[1], -b[0]):
         machine.beta, machine.offset, machine.wins = a[:1], b[:1], [[(0, 1)], [(0, -1)]]
         return machine
@@ -92,6 +99,49 @@ def find_machine(module: GraphModule) -> KernelMachine | str:
     machine.wins = [[(pairs[(min(c, m), max(c, m))], 1 if c < m else -1) for m in range(k) if m != c]
                     for c in range(k)]
     return machine
+
+
+def _prefix(module: GraphModule, tensor: str, nodes: list) -> list[tuple[str, Tensor]] | str:
+    """The chain of elementwise affine ops (Add, Sub, Mul, Div by a constant scalar or per-feature vector) from
+    the model input to ``tensor``, in order; or why the machine's input is not such a map of the model input."""
+    g, steps = module.graph, []
+    producer = {o: n for n in nodes for o in n.outputs}
+    width = math.prod(g.sample_shape)
+    while tensor != g.input_name:
+        node = producer.get(tensor)
+        if node is None or node.op_type not in ("Add", "Sub", "Mul", "Div") or len(g.sample_shape) != 1:
+            return "needs the kernel machine to read the model input through elementwise affine ops at most"
+        ins = [t for t in node.inputs if t]
+        const = [t for t in ins if t in g.constants]
+        if len(ins) != 2 or len(const) != 1 or ins[0] in g.constants:  # only (x op constant)
+            return "needs the kernel machine to read the model input through elementwise affine ops at most"
+        k = module.tensor(const[0]).detach().double().cpu().reshape(-1)
+        if k.numel() not in (1, width) or (node.op_type == "Div" and bool((k == 0).any())):
+            return "needs the kernel machine to read the model input through elementwise affine ops at most"
+        steps.append((node.op_type, k))
+        tensor = ins[0]
+    return steps[::-1]
+
+
+def _apply(prefix: list[tuple[str, Tensor]], x: Tensor) -> Tensor:
+    """The prefix's real map at x (float64)."""
+    for op, k in prefix:
+        x = {"Add": x + k, "Sub": x - k, "Mul": x * k, "Div": x / k}[op]
+    return x
+
+
+def prefix_error(prefix: list[tuple[str, Tensor]], x: Tensor, r: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per input, a bound on the l2 distance between the prefix's float evaluation at any y with ||y - x||_2 <= r
+    (each coordinate within r) and its real value there: each op rounds once (u relative), and an earlier error e
+    passes through scaled by |k| (Mul), 1 / |k| (Div) or 1; the values' magnitudes are bounded over the ball by
+    |v(x)| + |scale so far| r. (x: (B, d) float64, r: (B,).)"""
+    u = unit_roundoff(dtype)
+    v, scale, e = x, torch.ones_like(x), torch.zeros_like(x)
+    for op, k in prefix:
+        v, factor = _apply([(op, k)], v), {"Mul": k.abs(), "Div": 1 / k.abs()}.get(op, torch.ones_like(k))
+        scale, e = scale * factor, e * factor * (1 + u)
+        e = e + u * (v.abs() + scale * r[:, None] + e) * (1 + 4 * u)
+    return e.norm(dim=1) * (1 + REL64)
 
 
 def forward_error(norms: Tensor, beta: Tensor, offset: Tensor, gamma_: float, r: Tensor, d: int, n: int,
@@ -179,8 +229,8 @@ def _jobs(machine: KernelMachine, x: Tensor, jobs: list[tuple[int, int, int]], m
 def kernel_radii(machine: KernelMachine, problem: RadiusProblem) -> Tensor:
     """Certified radii (model space, ``problem.norm``) of the labels of ``problem``: 0 where the label is not
     the prediction (module docstring)."""
-    x = problem.center.double().reshape(len(problem), -1).cpu()
-    d = x.shape[1]
+    x_in = problem.center.double().reshape(len(problem), -1).cpu()
+    x, d = _apply(machine.prefix, x_in), x_in.shape[1]
     dist = torch.cdist(x, machine.sv, compute_mode="donot_use_mm_for_euclid_dist").square()
     values = torch.exp(-machine.gamma * dist) @ machine.beta.T + machine.offset  # (B, P)
     slack = REL64 * (machine.beta.abs().sum(1) + machine.offset.abs())  # the float64 evaluation's own rounding
@@ -195,4 +245,18 @@ def kernel_radii(machine: KernelMachine, problem: RadiusProblem) -> Tensor:
         index = torch.tensor([i for i, _, _ in jobs])
         radii = radii.scatter_reduce(0, index, found, reduce="amin")
     radii = torch.where(torch.isinf(radii), torch.zeros_like(radii), radii)
+    radii = _through_prefix(machine, x_in, radii)
     return radii if problem.norm == 2 else radii / math.sqrt(d) * (1 - REL64)
+
+
+def _through_prefix(machine: KernelMachine, x: Tensor, radii: Tensor) -> Tensor:
+    """Input-space l2 radii from the machine's: the prefix's real map is max |scale|-Lipschitz, and its float
+    evaluation is within ``prefix_error`` of it, so an input radius r with max|scale| r + error(r) <= R keeps
+    every point the machine sees within its certified R (error(r) <= error(R / max|scale|) for such r)."""
+    if not machine.prefix:
+        return radii
+    ones = torch.ones(x.shape[1], dtype=torch.float64)
+    lip = float(_apply([(op, k) for op, k in machine.prefix if op in ("Mul", "Div")], ones).abs().max())
+    lip = lip * (1 + REL64)
+    error = prefix_error(machine.prefix, x, radii / lip, machine.dtype)
+    return ((radii - error) / lip).clamp_min(0.0) * (1 - REL64)
