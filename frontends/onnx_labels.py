@@ -40,11 +40,10 @@ def resolve_output(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], ou
     if node is not None and node.op_type == "LabelOf":
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         detail = attrs.get("note", b"").decode()
-        classes = [c.decode() for c in attrs.get("classes", [])]
+        classes = [c.decode() for c in attrs.get("classes", [])] or None
         return (node.input[0], f"'{output}' is the class of the argmax of '{node.input[0]}'"
                 f"{': ' + detail if detail else ''}: that is imported", classes)
     return (t, why, None) if why else (output, None, None)
-
 
 
 def label_of(decision: str, label: str, attrs: dict, note: str = "") -> onnx.NodeProto:
@@ -52,4 +51,5 @@ def label_of(decision: str, label: str, attrs: dict, note: str = "") -> onnx.Nod
     class of the argmax of ``decision``, with the classifier's class labels (from its ``attrs``) and a note."""
     classes = attrs.get("classlabels_ints") or attrs.get("classlabels_strings") or []
     text = [c.decode() if isinstance(c, bytes) else str(c) for c in classes]
-    return helper.make_node("LabelOf", [decision], [label], domain="lipverify", classes=text, note=note)
+    extra = {"classes": text} if text else {}  # (an empty list attribute has no type)
+    return helper.make_node("LabelOf", [decision], [label], domain="lipverify", note=note, **extra)

@@ -7,9 +7,10 @@ arrays, and returns a ``Result`` with the fields of the command's JSON (re-expor
     print(result)                      # the command's table
     result.median_radius, result.radii  # its JSON fields
 
-``model``: an ONNX path or ``onnx.ModelProto``, a ``torch.nn.Module`` (with ``example``, an input batch) or a
-fitted scikit-learn estimator or Pipeline: exported with the framework's own exporter (``frontends.exporters``;
-a missing exporter is one ``LipverifyError`` line naming the extra to install). ``data``: what ``--data``
+``model``: an ONNX path or ``onnx.ModelProto``, a ``torch.nn.Module`` (with ``example``, an input batch), a
+fitted scikit-learn estimator or Pipeline, a Keras model, or a JAX function or Flax module (with ``example``):
+exported with the framework's own exporter (``frontends.exporters``; a missing exporter is one
+``LipverifyError`` line naming the extra to install). ``data``: what ``--data``
 takes (a path) or a tuple ``(x, y)`` of numpy arrays or torch tensors. ``output``, ``norm`` (2 or inf),
 ``method``, ``eps`` and the rest mean what the command line's options of the same names mean.
 ``train`` writes the retrained ONNX file (``out``) and, for a ``torch.nn.Module``, loads the new weights into
