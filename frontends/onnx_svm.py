@@ -36,10 +36,6 @@ from verifier.ops.kernels import LIPVERIFY, condorcet_weights
 from .onnx_labels import label_of
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
