@@ -19,7 +19,7 @@ from verifier.box import Box
 from verifier.certificates.certify import compute_bounds
 from verifier.certificates.methods import METHODS, Task
 from verifier.engines.attacks import pgd
-from verifier.engines.kernel import find_machine, gradient_bound
+from verifier.engines.kernel import find_machine, gradient_bound, pair_terms
 from verifier.errors import ModelImportError, NoRuleError
 from verifier.ops.base import RuleArgs
 from verifier.ops.kernels import KernelExpansion, condorcet_weights
@@ -174,12 +174,7 @@ def test_proposition_2_1_bounds_the_gradient_on_the_ball(radius):
     beta = torch.randn(15, generator=gen, dtype=torch.float64)
     gamma_ = 2.0
     x = torch.rand(F, generator=gen, dtype=torch.float64)
-    u = (x - sv)[None]
-    gram = u @ u.transpose(1, 2)
-    sq = gram.diagonal(dim1=1, dim2=2)
-    spread = (sq[:, :, None] + sq[:, None, :] + 2 * gram).clamp_min(0).sqrt()
-    bound = gradient_bound(gram, sq, spread, (beta[:, None] * beta[None])[None], gamma_,
-                           torch.tensor([radius], dtype=torch.float64))
+    bound = gradient_bound(pair_terms((x - sv)[None], beta[None]), gamma_, torch.tensor([radius], dtype=torch.float64))
     dirs = torch.randn(4000, F, generator=gen, dtype=torch.float64)
     scale = torch.rand(4000, 1, generator=gen, dtype=torch.float64).sqrt().clamp_min(0.5) * radius
     y = (x + dirs / dirs.norm(dim=1, keepdim=True) * scale).requires_grad_(True)

@@ -43,7 +43,7 @@ from verifier.rounding import REL64, gamma, unit_roundoff
 
 #: bisection steps of the radius search (after its sound start, ``_radii``)
 STEPS = 16
-#: entries of the (job, m, m) blocks evaluated at once
+#: entries of the (job, pairs of support vectors) blocks evaluated at once
 BLOCK = 1 << 21
 
 
@@ -161,19 +161,34 @@ def forward_error(norms: Tensor, beta: Tensor, offset: Tensor, gamma_: float, r:
     return (per_kernel + gamma(n + 4, dtype) * ((a * k_max).sum(1) * (1 + ULPS * u) + offset)) * (1 + REL64)
 
 
-def gradient_bound(gram: Tensor, sq: Tensor, spread: Tensor, outer: Tensor, gamma_: float, r: Tensor) -> Tensor:
-    """Proposition 2.1's U(R) per job: ``gram`` <u_r, u_s> (J, m, m), ``sq`` |u_r|^2 (J, m), ``spread``
-    S = ||u_r + u_s|| (J, m, m), ``outer`` beta_r beta_s (J, m, m), ``r`` the radii (J,)."""
-    r = r[:, None, None]
+def pair_terms(u: Tensor, beta: Tensor) -> dict[str, Tensor]:
+    """What Proposition 2.1 sums over, per job, for u_r = x - x_r (J, m, d) and beta (J, m): the pairs r <= s
+    only (every term is symmetric in r and s), each off-diagonal pair counted twice through ``outer``:
+    ``gram`` <u_r, u_s>, ``dist`` |u_r|^2 + |u_s|^2, ``spread`` S = ||u_r + u_s||, ``outer`` beta_r beta_s
+    (times 2 off the diagonal), all (J, m (m + 1) / 2)."""
+    m = u.shape[1]
+    gram = u @ u.transpose(1, 2)
+    sq = gram.diagonal(dim1=1, dim2=2)
+    r, s = torch.triu_indices(m, m)
+    twice = torch.where(r == s, 1.0, 2.0).to(torch.float64)
+    pair_gram = gram[:, r, s]
+    dist = sq[:, r] + sq[:, s]
+    return {"gram": pair_gram, "dist": dist, "spread": (dist + 2 * pair_gram).clamp_min(0).sqrt(),
+            "outer": beta[:, r] * beta[:, s] * twice, "terms": torch.tensor(m * m)}
+
+
+def gradient_bound(terms: dict[str, Tensor], gamma_: float, r: Tensor) -> Tensor:
+    """Proposition 2.1's U(R) per job from ``pair_terms``, for the radii ``r`` (J,)."""
+    gram, dist, spread, outer = terms["gram"], terms["dist"], terms["spread"], terms["outer"]
+    r = r[:, None]
     m = torch.minimum(spread / 2, r)
-    dist = sq[:, :, None] + sq[:, None, :]
     e_hi = torch.exp(-gamma_ * (dist - 2 * m * spread + 2 * m * m))
     e_lo = torch.exp(-gamma_ * (dist + 2 * r * spread + 2 * r * r))
     p_hi, p_lo = gram + r * spread + r * r, gram - m * spread + m * m
     upper = p_hi.clamp_min(0) * e_hi + p_hi.clamp_max(0) * e_lo
     lower = p_lo.clamp_min(0) * e_lo + p_lo.clamp_max(0) * e_hi
-    terms = torch.where(outer >= 0, outer * upper, outer * lower)
-    total = terms.sum((1, 2)) + gamma(gram.shape[1] ** 2 + 8, torch.float64) * terms.abs().sum((1, 2))
+    summands = torch.where(outer >= 0, outer * upper, outer * lower)
+    total = summands.sum(1) + gamma(int(terms["terms"]) + 8, torch.float64) * summands.abs().sum(1)
     return 2 * gamma_ * total.clamp_min(0).sqrt() * (1 + REL64)
 
 
@@ -183,7 +198,7 @@ def _radii(parts: dict[str, Tensor], margin: Tensor, gamma_: float, sizes: tuple
     error on the ball (``forward_error``); 0 where none passes. The search runs between hi = h(0) / U(0) (no R
     above it passes: U(R) >= U(0), h(R) <= h(0)) and lo = h(hi) / U(hi) (which passes: lo <= hi)."""
     def bound(r: Tensor) -> Tensor:
-        return gradient_bound(parts["gram"], parts["sq"], parts["spread"], parts["outer"], gamma_, r)
+        return gradient_bound(parts, gamma_, r)
 
     def h(r: Tensor) -> Tensor:
         return margin - forward_error(parts["norms"], parts["beta"], parts["offset"], gamma_, r, *sizes, dtype)
@@ -206,7 +221,7 @@ def _jobs(machine: KernelMachine, x: Tensor, jobs: list[tuple[int, int, int]], m
     """The radii of the jobs (input index, decision function, orientation) with their margins o g_p(x)."""
     used = [machine.beta[p].nonzero().reshape(-1) for _, p, _ in jobs]
     width = max(len(i) for i in used)
-    per_block = max(1, BLOCK // max(1, width * width))
+    per_block = max(1, BLOCK // max(1, width * (width + 1) // 2))
     sizes = (x.shape[1], machine.sv.shape[0])
     out = []
     for start in range(0, len(jobs), per_block):
@@ -217,10 +232,7 @@ def _jobs(machine: KernelMachine, x: Tensor, jobs: list[tuple[int, int, int]], m
             i, p, _ = jobs[j]
             u[row, :len(used[j])] = x[i] - machine.sv[used[j]]
             beta[row, :len(used[j])] = machine.beta[p, used[j]]
-        gram = u @ u.transpose(1, 2)
-        sq = gram.diagonal(dim1=1, dim2=2)
-        parts = {"gram": gram, "sq": sq, "spread": (sq[:, :, None] + sq[:, None, :] + 2 * gram).clamp_min(0).sqrt(),
-                 "outer": beta[:, :, None] * beta[:, None, :], "norms": u.norm(dim=2), "beta": beta,
+        parts = {**pair_terms(u, beta), "norms": u.norm(dim=2), "beta": beta,
                  "offset": torch.stack([machine.offset[jobs[j][1]].abs() for j in block])}
         out.append(_radii(parts, margins[list(block)], machine.gamma, sizes, machine.dtype))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
