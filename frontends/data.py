@@ -26,11 +26,10 @@ from torch import nn
 from verifier.errors import InputShapeError, LipverifyError
 
 from .idx import load_idx_split
+from .layout import Shape
 from .layout import fmt as _fmt
 from .layout import to_sample_shape
 from .npz import read_npz
-
-Shape = tuple[int, ...]
 
 
 @dataclass

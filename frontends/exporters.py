@@ -98,6 +98,12 @@ def _quiet(logger: str) -> Iterator[None]:
         log.setLevel(level)
 
 
+def _failed(tool: str, e: Exception, what: str = "failed") -> LipverifyError:
+    """One line: the tool, what it did, and the first line of its error (300 characters at most)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return LipverifyError(f"{tool} {what}: {text[:300]}")
+
+
 def _from_torch(module: Any, example: Any) -> onnx.ModelProto:
     import torch
 
@@ -111,18 +117,12 @@ def _from_torch(module: Any, example: Any) -> onnx.ModelProto:
         with _quiet("torch.onnx"):  # its registration warnings (torchvision ops) say nothing about this model
             program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
     except Exception as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LipverifyError(f"torch.onnx.export failed: {text[:300]}")
+        raise _failed("torch.onnx.export", e)
     finally:
         module.train(was_training)
     buffer = io.BytesIO()
     onnx.save(program.model_proto, buffer)
     return onnx.load_from_string(buffer.getvalue())
-
-
-def _failed(tool: str, e: Exception) -> LipverifyError:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return LipverifyError(f"{tool} failed: {text[:300]}")
 
 
 def _from_jax(fn: Any, example: Any) -> onnx.ModelProto:
@@ -181,8 +181,7 @@ def _from_sklearn(estimator: Any, example: Any) -> onnx.ModelProto:
     try:
         return skl2onnx.to_onnx(estimator, _first(example).astype(np.float32))
     except Exception as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LipverifyError(f"skl2onnx could not convert the {type(estimator).__name__}: {text[:300]}")
+        raise _failed("skl2onnx", e, f"could not convert the {type(estimator).__name__}")
 
 
 def load_model(model: Any, example: Any = None, output: str | None = None) -> Any:

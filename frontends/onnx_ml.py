@@ -9,7 +9,8 @@ The lowering (``lower_ml``), exact; the label outputs it marks are resolved by `
   (1 - sigma(z), sigma(z)) with LOGISTIC) and the label of the argmax of (-z, z), so its ``Gemm`` gets the row
   w, then fixed maps. Their coefficients and intercepts are trainable weights
   (``lower_ml``'s ``attributes``: training writes them back into the node's attributes,
-  ``frontends.onnx_export``); Scaler's offsets and scales are constants. ``Normalizer`` stays one node (``verifier.ops.ml``).
+  ``frontends.onnx_export``); Scaler's offsets and scales are constants. ``Normalizer`` stays one node
+  (``verifier.ops.ml``).
 - **SVMs** (``SVMClassifier``, ``SVMRegressor``): ``frontends.onnx_svm``.
 """
 from __future__ import annotations

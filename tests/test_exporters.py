@@ -67,17 +67,22 @@ def test_onnx_inputs_pass_through_and_unknown_objects_are_one_line(tmp_path):
         to_onnx(nn.Linear(2, 2))
 
 
-def test_a_missing_exporter_names_the_extra(monkeypatch):
+def _without(monkeypatch, *modules: str) -> None:
+    """The exporters' lazy imports of ``modules`` fail, as where those packages are not installed."""
     import frontends.exporters as exporters
 
     real = exporters.importlib.import_module
 
     def without(name, *args):
-        if name in ("onnxscript", "skl2onnx"):
+        if name in modules:
             raise ImportError(name)
         return real(name, *args)
 
     monkeypatch.setattr(exporters.importlib, "import_module", without)
+
+
+def test_a_missing_exporter_names_the_extra(monkeypatch):
+    _without(monkeypatch, "onnxscript", "skl2onnx")
     with pytest.raises(LipverifyError, match=r"needs onnxscript: pip install 'lipverify\[torch\]'"):
         to_onnx(nn.Linear(2, 2), torch.rand(1, 2))
     pytest.importorskip("sklearn")
@@ -89,16 +94,7 @@ def test_a_missing_exporter_names_the_extra(monkeypatch):
 
 def test_missing_keras_and_jax_exporters_name_their_extras(monkeypatch):
     """Models that say they come from Keras or Flax (their type's module), without tf2onnx / jax2onnx installed."""
-    import frontends.exporters as exporters
-
-    real = exporters.importlib.import_module
-
-    def without(name, *args):
-        if name in ("tf2onnx", "jax2onnx"):
-            raise ImportError(name)
-        return real(name, *args)
-
-    monkeypatch.setattr(exporters.importlib, "import_module", without)
+    _without(monkeypatch, "tf2onnx", "jax2onnx")
     keras_like = type("Sequential", (), {"__module__": "keras.src.models.sequential"})()
     flax_like = type("CNN", (), {"__module__": "flax.nnx.module", "__call__": lambda self, x: x})()
     with pytest.raises(LipverifyError, match=r"needs tf2onnx: pip install 'lipverify\[keras\]'"):

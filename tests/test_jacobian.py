@@ -70,7 +70,7 @@ def test_gradient_box_contains_sampled_gradients(spec):
 
 
 def test_every_op_has_a_gradient_rule_or_is_linear():
-    """Ops with their own rule are the activations, the max pools, elementwise Max/Min/Sum and the kernel
+    """Ops with their own rule are the activations, the max pools, elementwise Max/Min and the kernel
     expansion (its rule is tested in ``tests/test_svm.py``); every other op with a box rule relies on the
     default (affine) rule, and a nonlinear configuration of it must raise, never return a box."""
     from verifier.ops.base import Op

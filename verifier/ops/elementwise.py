@@ -209,12 +209,19 @@ class _Variadic(Op):
                                check=False)
 
 
+@rule("Sum", since=(1, 6, 8, 13))
+class Sum(_Variadic):
+    combine = staticmethod(torch.add)
+    combine_rule = "sum"
+
+
+class _Extremum(_Variadic):
+    """Max and Min: elementwise, monotone in every input, with a gradient-box rule."""
+
     def grad_interval(self, inputs, grads):
         """Max, Min of same-shaped boxes (constants broadcast): per entry, the gradient goes to the input that is
         the extremum (Clarke's Jacobian: a convex combination at ties). Where input i surely is the only one it
         gets g, where it may be one of them g times [0, 1] (``scaled``), else 0."""
-        if self.combine_rule == "sum":
-            return super().grad_interval(inputs, grads)
         boxes = [x for x in inputs if is_box(x)]
         if not boxes or any(tuple(x.shape) != tuple(boxes[0].shape) for x in boxes):
             raise no_gradient_rule(self)
@@ -237,19 +244,13 @@ class _Variadic(Op):
         return out
 
 
-@rule("Sum", since=(1, 6, 8, 13))
-class Sum(_Variadic):
-    combine = staticmethod(torch.add)
-    combine_rule = "sum"
-
-
 @rule("Max", since=(1, 6, 8, 12, 13))
-class Max(_Variadic):
+class Max(_Extremum):
     combine = staticmethod(torch.maximum)
 
 
 @rule("Min", since=(1, 6, 8, 12, 13))
-class Min(_Variadic):
+class Min(_Extremum):
     combine = staticmethod(torch.minimum)
 
 
