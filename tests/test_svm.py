@@ -393,3 +393,27 @@ def test_prefix_error_bounds_the_float32_scaler():
         real = _apply(prefix, y.double())
         assert ((float32.double() - real).norm(dim=1) <= bound).all()
     assert float(bound.max()) < 1e-4
+
+
+def test_forward_error_bounds_float32_decision_values():
+    """The float32 evaluation of sum_r beta_r exp(-gamma ||y - x_r||^2) + b (direct squared differences, as
+    onnxruntime computes it) at points of the ball stays within forward_error of the float64 value."""
+    from verifier.engines.kernel import forward_error
+
+    gen = torch.Generator().manual_seed(9)
+    d, n, gamma_ = 50, 300, 0.05
+    sv = torch.rand(n, d, generator=gen, dtype=torch.float64).float().double()
+    beta = (torch.randn(1, n, generator=gen, dtype=torch.float64) * 10).float().double()
+    offset = torch.tensor([0.3], dtype=torch.float64)
+    x = sv[:1] + 0.05
+    r = torch.tensor([0.5], dtype=torch.float64)
+    bound = forward_error((x - sv).norm(dim=1)[None], beta, offset.abs(), gamma_, r, d, n, torch.float32)
+    for _ in range(100):
+        step = torch.randn(1, d, generator=gen, dtype=torch.float64)
+        y = (x + step / step.norm() * r * torch.rand(1, generator=gen)).float()
+        d32 = ((y[:, None, :] - sv.float()[None]) ** 2).sum(-1)
+        f32 = torch.exp(-gamma_ * d32) @ beta.float().T + offset.float()
+        d64 = ((y.double()[:, None, :] - sv[None]) ** 2).sum(-1)
+        f64 = torch.exp(-gamma_ * d64) @ beta.T + offset
+        assert float((f32.double() - f64).abs().max()) <= float(bound[0])
+    assert float(bound[0]) < 1e-4 * float(beta.abs().sum() + offset.abs().sum())  # a few float32 roundings
