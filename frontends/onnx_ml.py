@@ -7,9 +7,9 @@ The lowering (``lower_ml``), exact; the label outputs it marks are resolved by `
   ``post_transform``: none, ``SOFTMAX``, ``LOGISTIC``) into ``Gemm`` and ``Softmax`` / ``Sigmoid``. A binary
   classifier with one coefficient row z = w x + b has the scores (1 - z, z) (onnxruntime's convention;
   (1 - sigma(z), sigma(z)) with LOGISTIC) and the label of the argmax of (-z, z), so its ``Gemm`` gets the row
-  w, then fixed maps. Their coefficients and intercepts are trainable weights
-  (``lower_ml``'s ``attributes``: training writes them back into the node's attributes,
-  ``frontends.onnx_export``); Scaler's offsets and scales are constants. ``Normalizer`` stays one node
+  w, then fixed maps. Their coefficients and intercepts are trainable weights (``Lowering.weight``: training
+  writes them back into the node's attributes, ``frontends.onnx_export``); Scaler's offsets and scales are
+  constants. ``Normalizer`` stays one node
   (``verifier.ops.ml``).
 - **SVMs** (``SVMClassifier``, ``SVMRegressor``): ``frontends.onnx_svm``.
 """
@@ -22,6 +22,7 @@ from onnx import helper
 from verifier.errors import ModelImportError
 
 from .onnx_labels import label_of
+from .onnx_lowering import Lowering
 from .onnx_svm import svm_classifier, svm_regressor
 
 ML = "ai.onnx.ml"
@@ -32,44 +33,40 @@ def lower_ml(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], output: 
     """``nodes`` with every Scaler, LinearClassifier, LinearRegressor, SVMClassifier and SVMRegressor replaced by
     default-domain nodes and ``KernelExpansion`` (``frontends.onnx_svm``), their constants added to ``const``
     (module docstring); ``output``: the tensor the import is for (with every node input: what is needed).
-    ``attributes`` receives the constants that are a linear model's coefficients or intercepts, as they are
-    stored: constant name -> (the ML node's first output, its attribute), for training's write-back."""
-    needed = {t for n in nodes for t in n.input} | {output}
-    attributes = {} if attributes is None else attributes
+    ``attributes`` receives the trainable weights kept in the nodes' attributes (``Lowering.attributes``)."""
+    lowering = Lowering(const, {t for n in nodes for t in n.input} | {output},
+                        {} if attributes is None else attributes)
     out = []
     for i, node in enumerate(nodes):
         if node.domain != ML or node.op_type not in LOWERED:
             out.append(node)
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        prefix = f"{node.name or node.op_type}_{i}_lowered"
-        out += LOWERED[node.op_type](node, attrs, prefix, const, needed)
-        if node.op_type in ("LinearClassifier", "LinearRegressor"):
-            attributes.update({f"{prefix}_w": (node.output[0], "coefficients"),
-                               f"{prefix}_b": (node.output[0], "intercepts")})
+        out += LOWERED[node.op_type](node, attrs, f"{node.name or node.op_type}_{i}_lowered", lowering)
     return out
 
 
-def _scaler(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray],
-            needed: set[str]) -> list:
-    offset = np.asarray(attrs.get("offset", [0.0]), dtype=np.float32)
-    scale = np.asarray(attrs.get("scale", [1.0]), dtype=np.float32)
-    const[f"{prefix}_offset"], const[f"{prefix}_scale"] = offset, scale
-    return [helper.make_node("Sub", [node.input[0], f"{prefix}_offset"], [f"{prefix}_centred"], name=f"{prefix}_sub"),
-            helper.make_node("Mul", [f"{prefix}_centred", f"{prefix}_scale"], [node.output[0]], name=f"{prefix}_mul")]
+def _scaler(node: onnx.NodeProto, attrs: dict, prefix: str, lowering: Lowering) -> list:
+    offset = lowering.constant(f"{prefix}_offset", np.asarray(attrs.get("offset", [0.0])))
+    scale = lowering.constant(f"{prefix}_scale", np.asarray(attrs.get("scale", [1.0])))
+    return [helper.make_node("Sub", [node.input[0], offset], [f"{prefix}_centred"], name=f"{prefix}_sub"),
+            helper.make_node("Mul", [f"{prefix}_centred", scale], [node.output[0]], name=f"{prefix}_mul")]
 
 
-def _affine(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray], w: np.ndarray,
-            b: np.ndarray, post: str, scores: str) -> list:
-    """Gemm x W^T + b, then the post-transform (module docstring), writing ``scores``."""
+def _affine(node: onnx.NodeProto, prefix: str, lowering: Lowering, w: np.ndarray, b: np.ndarray, post: str,
+            scores: str) -> list:
+    """Gemm x W^T + b, then the post-transform (module docstring), writing ``scores``; W and b are the node's
+    trainable ``coefficients`` and ``intercepts``."""
     ops = {"NONE": None, "SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
     if post not in ops:
         raise ModelImportError(f"{node.op_type} node '{node.name}': post_transform {post} is not supported "
                                f"(NONE, SOFTMAX, LOGISTIC are)")
-    const[f"{prefix}_w"], const[f"{prefix}_b"] = w.astype(np.float32), b.astype(np.float32)
+    intercepts = any(a.name == "intercepts" for a in node.attribute)  # (without them, b = 0 stays fixed)
+    weights = [lowering.weight(f"{prefix}_w", w, node, "coefficients"),
+               lowering.weight(f"{prefix}_b", b, node, "intercepts") if intercepts
+               else lowering.constant(f"{prefix}_b", b)]
     raw = scores if ops[post] is None else f"{prefix}_raw"
-    out = [helper.make_node("Gemm", [node.input[0], f"{prefix}_w", f"{prefix}_b"], [raw], transB=1,
-                            name=f"{prefix}_gemm")]
+    out = [helper.make_node("Gemm", [node.input[0], *weights], [raw], transB=1, name=f"{prefix}_gemm")]
     if ops[post] == "Softmax":
         out.append(helper.make_node("Softmax", [raw], [scores], axis=-1, name=f"{prefix}_softmax"))
     elif ops[post] == "Sigmoid":
@@ -88,8 +85,7 @@ def _coefficients(node: onnx.NodeProto, attrs: dict, rows: int) -> tuple[np.ndar
     return coef.reshape(rows, -1), b, post.decode() if isinstance(post, bytes) else str(post)
 
 
-def _linear_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray],
-                       needed: set[str]) -> list:
+def _linear_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, lowering: Lowering) -> list:
     """The scores as onnxruntime computes them, and the label as the argmax of a decision tensor: the scores
     themselves, except for a binary classifier with one row z = w x + b, whose scores are (1 - z, z) without a
     post-transform ((1 - sigma(z), sigma(z)) with LOGISTIC) and whose label is class 1 where z > 0: the
@@ -101,29 +97,27 @@ def _linear_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, const: di
     out = []
     if rows == 1 and len(labels) == 2:
         z = f"{prefix}_z"
-        out += _affine(node, attrs, prefix, const, w, b, "NONE", z)
-        const[f"{prefix}_flip"] = np.array([[-1.0, 1.0]], dtype=np.float32)
-        out.append(helper.make_node("MatMul", [z, f"{prefix}_flip"], [f"{prefix}_decision"], name=f"{prefix}_flip"))
+        out += _affine(node, prefix, lowering, w, b, "NONE", z)
+        flip = lowering.constant(f"{prefix}_flip", np.array([[-1.0, 1.0]]))
+        out.append(helper.make_node("MatMul", [z, flip], [f"{prefix}_decision"], name=f"{prefix}_flip"))
         if scores and post == "LOGISTIC":
             out.append(helper.make_node("Sigmoid", [f"{prefix}_decision"], [scores], name=f"{prefix}_sigmoid"))
         elif scores:
-            const[f"{prefix}_shift"] = np.array([1.0, 0.0], dtype=np.float32)
-            out.append(helper.make_node("Add", [f"{prefix}_decision", f"{prefix}_shift"], [scores],
-                                        name=f"{prefix}_shift"))
+            shift = lowering.constant(f"{prefix}_shift", np.array([1.0, 0.0]))
+            out.append(helper.make_node("Add", [f"{prefix}_decision", shift], [scores], name=f"{prefix}_shift"))
         if label:
             out.append(label_of(f"{prefix}_decision", label, attrs))
         return out
     scores = scores or f"{prefix}_scores"
-    out += _affine(node, attrs, prefix, const, w, b, post, scores)
+    out += _affine(node, prefix, lowering, w, b, post, scores)
     if label:
         out.append(label_of(scores, label, attrs))
     return out
 
 
-def _linear_regressor(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray],
-                      needed: set[str]) -> list:
+def _linear_regressor(node: onnx.NodeProto, attrs: dict, prefix: str, lowering: Lowering) -> list:
     w, b, post = _coefficients(node, attrs, int(attrs.get("targets", 1)))
-    return _affine(node, attrs, prefix, const, w, b, post, node.output[0])
+    return _affine(node, prefix, lowering, w, b, post, node.output[0])
 
 
 LOWERED = {"Scaler": _scaler, "LinearClassifier": _linear_classifier, "LinearRegressor": _linear_regressor,

@@ -10,7 +10,7 @@ and the label is the class with the most votes (i gets the vote of pair p where 
 its probabilities (Platt scaling and pairwise coupling, where ``prob_a`` is given) do not change the label.
 So the label is imported as the argmax of a tensor of decision scores (``LabelOf``, ``frontends.onnx_ml``):
 
-- K = 2: the scores (d, -d): class 0 exactly where d > 0.
+- K = 2: the scores (d, -d) (a MatMul of d by (1, -1)): class 0 exactly where d > 0.
 - K > 2: the **Condorcet scores** w_c = min_{j != c} o_cj d_p(c, j) (o_cj = 1 when c is the pair's first class,
   else -1), with an extra last score 0. Where some class c wins all its K - 1 pairs, w_c > 0 > w_j for every
   other j, and c is the label (K - 1 votes, the most possible). Where no class wins all its pairs the argmax is
@@ -21,10 +21,12 @@ So the label is imported as the argmax of a tensor of decision scores (``LabelOf
 
 The Condorcet scores are K - 1 MatMuls of the decision functions by +-1 selection matrices
 (``condorcet_weights``) and one elementwise Min. SVMRegressor is f(x) = sum_r coef_r k(s_r, x) + rho.
+
+The decision functions are one ``KernelExpansion`` whose trainable weights are the node's ``coefficients``
+(K - 1, n), in the file's layout (the op gathers each pair's, ``verifier.ops.kernels.pair_layout``), and
+``rho``: training writes them back there (``Lowering.weight``). The support vectors stay fixed.
 """
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import onnx
@@ -34,6 +36,7 @@ from verifier.errors import ModelImportError
 from verifier.ops.kernels import LIPVERIFY, condorcet_weights
 
 from .onnx_labels import label_of
+from .onnx_lowering import Lowering
 
 
 def _text(value: object) -> str:
@@ -61,30 +64,22 @@ def _features(attrs: dict) -> int:
     return len(attrs.get("support_vectors", [])) // n if n else 0
 
 
-def pair_coefficients(coef: np.ndarray, per_class: list[int]) -> np.ndarray:
-    """A (P, n): the one-vs-one decision functions' coefficients on all support vectors (module docstring)."""
-    k, n = len(per_class), int(sum(per_class))
-    start = np.concatenate([[0], np.cumsum(per_class)]).astype(int)
-    pairs = list(itertools.combinations(range(k), 2))
-    a = np.zeros((len(pairs), n), dtype=np.float64)
-    for p, (i, j) in enumerate(pairs):
-        a[p, start[i]:start[i + 1]] = coef[j - 1, start[i]:start[i + 1]]
-        a[p, start[j]:start[j + 1]] = coef[i, start[j]:start[j + 1]]
-    return a
+def _expansion(node: onnx.NodeProto, out: str, prefix: str, lowering: Lowering, kernel: dict, sv: np.ndarray,
+               coef: np.ndarray, rho: np.ndarray, per_class: list[int] | None) -> onnx.NodeProto:
+    """The KernelExpansion of the node's decision functions; ``per_class``: the one-vs-one layout's classes."""
+    stored = len(next((a.floats for a in node.attribute if a.name == "rho"), []))  # (else rho stays fixed)
+    inputs = [node.input[0], lowering.constant(f"{prefix}_sv", sv),
+              lowering.weight(f"{prefix}_a", coef, node, "coefficients"),
+              lowering.weight(f"{prefix}_b", rho, node, "rho") if stored == rho.size
+              else lowering.constant(f"{prefix}_b", rho)]
+    layout = {"vectors_per_class": per_class} if per_class else {}
+    return helper.make_node("KernelExpansion", inputs, [out], name=f"{prefix}_kernel", domain=LIPVERIFY, **kernel,
+                            **layout)
 
 
-def _expansion(x: str, out: str, prefix: str, kernel: dict, sv: np.ndarray, a: np.ndarray, b: np.ndarray,
-               const: dict[str, np.ndarray]) -> onnx.NodeProto:
-    const[f"{prefix}_sv"], const[f"{prefix}_a"] = sv.astype(np.float32), a.astype(np.float32)
-    const[f"{prefix}_b"] = b.astype(np.float32)
-    return helper.make_node("KernelExpansion", [x, f"{prefix}_sv", f"{prefix}_a", f"{prefix}_b"], [out],
-                            name=f"{prefix}_kernel", domain=LIPVERIFY, **kernel)
-
-
-def svm_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray],
-                   needed: set[str]) -> list[onnx.NodeProto]:
+def svm_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, lowering: Lowering) -> list[onnx.NodeProto]:
     """The label as the argmax of decision scores (module docstring); the scores output is refused."""
-    if len(node.output) > 1 and node.output[1] in needed:
+    if len(node.output) > 1 and node.output[1] in lowering.needed:
         raise ModelImportError(f"SVMClassifier node '{node.name}': outputs computed from its scores "
                                f"('{node.output[1]}': pairwise decisions or Platt probabilities) are not supported; "
                                f"certify its label output '{node.output[0]}' (lipverify imports its decision scores)")
@@ -96,19 +91,17 @@ def svm_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[s
     if k < 2 or coef.size != (k - 1) * len(sv) or rho.size != k * (k - 1) // 2:
         raise ModelImportError(f"SVMClassifier node '{node.name}': {k} classes, {coef.size} coefficients, "
                                f"{rho.size} offsets for {len(sv)} support vectors do not fit")
-    a = pair_coefficients(coef.reshape(k - 1, len(sv)), per_class)
-    decision = f"{prefix}_decision"
+    pairs, decision = f"{prefix}_pairs", f"{prefix}_decision"
+    out = [_expansion(node, pairs, prefix, lowering, kernel, sv, coef.reshape(k - 1, len(sv)), rho, per_class)]
     if k == 2:
-        out = [_expansion(node.input[0], decision, prefix, kernel, sv, np.concatenate([a, -a]),
-                          np.concatenate([rho, -rho]), const)]
+        flip = lowering.constant(f"{prefix}_flip", np.array([[1.0, -1.0]]))
+        out.append(helper.make_node("MatMul", [pairs, flip], [decision], name=f"{prefix}_flip"))
     else:
-        pairs = f"{prefix}_pairs"
-        out = [_expansion(node.input[0], pairs, prefix, kernel, sv, a, rho, const)]
         mins = []
         for j, w in enumerate(condorcet_weights(k)):
-            const[f"{prefix}_vote{j}"] = w.astype(np.float32)
             mins.append(f"{prefix}_votes{j}")
-            out.append(helper.make_node("MatMul", [pairs, f"{prefix}_vote{j}"], [mins[-1]], name=f"{prefix}_vote{j}"))
+            out.append(helper.make_node("MatMul", [pairs, lowering.constant(f"{prefix}_vote{j}", w)], [mins[-1]],
+                                        name=f"{prefix}_vote{j}"))
         out.append(helper.make_node("Min", mins, [decision], name=f"{prefix}_condorcet"))
     note = ("the scores (d, -d) of its one decision function d" if k == 2 else
             f"its Condorcet scores (class c: the least of its {k - 1} one-vs-one decisions; a last score 0 wins "
@@ -117,8 +110,7 @@ def svm_classifier(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[s
     return out
 
 
-def svm_regressor(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[str, np.ndarray],
-                  needed: set[str]) -> list[onnx.NodeProto]:
+def svm_regressor(node: onnx.NodeProto, attrs: dict, prefix: str, lowering: Lowering) -> list[onnx.NodeProto]:
     if int(attrs.get("one_class", 0)):
         raise ModelImportError(f"SVMRegressor node '{node.name}': one-class SVMs (a +-1 output) are not supported")
     kernel, sv = _kernel(node, attrs, _features(attrs))
@@ -127,4 +119,4 @@ def svm_regressor(node: onnx.NodeProto, attrs: dict, prefix: str, const: dict[st
     if coef.shape[1] != len(sv):
         raise ModelImportError(f"SVMRegressor node '{node.name}': {coef.shape[1]} coefficients for {len(sv)} "
                                f"support vectors")
-    return [_expansion(node.input[0], node.output[0], prefix, kernel, sv, coef, rho, const)]
+    return [_expansion(node, node.output[0], prefix, lowering, kernel, sv, coef, rho, None)]

@@ -300,19 +300,6 @@ def test_models_without_lipschitz_rules_certify_with_the_methods_that_need_none(
     assert not success.any()
 
 
-def test_train_refuses_an_svm_in_one_line(tmp_path, capsys):
-    """SVMs keep their support vectors and coefficients as attributes that lipverify does not retrain."""
-    from .conftest import run_main
-
-    _, model = svc(3)
-    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
-    np.savez(tmp_path / "d.npz", x=X[:40], y=np.minimum(Y[:40], 2))
-    code, _, err = run_main(capsys, "train", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--method",
-                            "lmt", "--epochs", "1", "--val", "10", "--out", str(tmp_path / "out.onnx"))
-    assert code == 2 and "no trainable weights (ONNX-ML SVMClassifier nodes keep their coefficients" in err
-    assert err.count("\n") == 1 and not (tmp_path / "out.onnx").exists()
-
-
 @pytest.mark.parametrize("kernel,degree", [("RBF", 1), ("LINEAR", 1), ("POLY", 2), ("POLY", 3), ("SIGMOID", 1)])
 def test_gradient_box_rule_contains_sampled_vector_jacobian_products(kernel, degree):
     """J(x)^T g for points x of the boxes (corners included) and g of the gradient boxes, by autograd."""

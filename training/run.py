@@ -52,15 +52,10 @@ def _check_config(config: TrainConfig) -> None:
         raise LipverifyError("--epochs and --batch-size must be positive")
 
 
-def _check_trainable(module: Any, source: onnx.ModelProto) -> None:
-    """One line where the imported model has no trainable weight (an SVM's coefficients stay attributes)."""
-    if any(p.requires_grad for p in module.parameters()):
-        return
-    ml = sorted({n.op_type for n in source.graph.node if n.domain == "ai.onnx.ml" and n.op_type in
-                 ("SVMClassifier", "SVMRegressor")})
-    why = f" (ONNX-ML {', '.join(ml)} nodes keep their coefficients as attributes, which lipverify does not " \
-        f"retrain yet)" if ml else ""
-    raise LipverifyError(f"the model has no trainable weights{why}")
+def _check_trainable(module: Any) -> None:
+    """One line where the imported model has no trainable weight."""
+    if not any(p.requires_grad for p in module.parameters()):
+        raise LipverifyError("the model has no trainable weights")
 
 
 def run_train(model_path: str | None, *, arch: str | None = None, width: float = 1.0,
@@ -93,7 +88,7 @@ def run_train(model_path: str | None, *, arch: str | None = None, width: float =
     outputs = OutputPaths({"--out": out, "--checkpoint": checkpoint}, inputs=files)
     source = source if source is not None else _source(model_path, arch, width, input_shape, classes, outputs)
     _, module = import_model(source, output)
-    _check_trainable(module, source)
+    _check_trainable(module)
     data = load_dataset(data_path, module.graph.sample_shape, split=split, limit=limit,
                         input_scale=input_scale, mean=parse_values(mean, "mean"), std=parse_values(std, "std"))
     k = math.prod(module.graph.output_shape) if module.graph.output_shape else 1

@@ -2,7 +2,7 @@
 machines imported as a ``KernelExpansion`` (``verifier.ops.kernels``; ``frontends.onnx_svm`` writes it).
 
 The machines: decision functions g_p(y) = sum_r beta_pr exp(-gamma ||y - x_r||^2) + b_p of the model input y,
-read as logits either (g, -g) (two classes: class 0 where g > 0) or as the Condorcet scores of a one-vs-one
+read as logits either (g, -g) (two classes, a MatMul by (1, -1): class 0 where g > 0) or as the Condorcet scores of a one-vs-one
 machine (class c is the label wherever o_cj g_p(c, j) > 0 for its K - 1 pairs). Either way the prediction c is
 kept on a ball if each of its decision functions o g_p keeps its sign there.
 
@@ -77,15 +77,18 @@ def find_machine(module: GraphModule) -> KernelMachine | str:
     prefix = _prefix(module, node.inputs[0], nodes)
     if isinstance(prefix, str):
         return prefix
-    sv, a, b = (module.tensor(t).detach().double().cpu() for t in node.inputs[1:4])
+    sv, c, b = (module.tensor(t).detach().double().cpu() for t in node.inputs[1:4])
+    a = node.op.matrix(c)
     logits, out = g.logits_tensor(), node.outputs[0]
     machine = KernelMachine(sv, a, b, node.op.gamma, 2, [], module.float_dtype, prefix)
-    if logits == out and len(a) == 2 and torch.equal(a[1], -a[0]) and torch.equal(b[1], -b[0]):
-        machine.beta, machine.offset, machine.wins = a[:1], b[:1], [[(0, 1)], [(0, -1)]]
-        return machine
-    k = next((k for k in range(3, 200) if k * (k - 1) // 2 == len(a)), None)
     readers = [n for n in nodes if out in n.inputs]
     tail = [n for n in nodes if n.outputs[0] == logits]
+    if len(a) == 1 and [n.name for n in readers] == [n.name for n in tail] and tail[0].op_type == "MatMul" and \
+            tail[0].inputs[0] == out and tail[0].inputs[1] in g.constants and torch.equal(
+            module.tensor(tail[0].inputs[1]).detach().double().cpu(), torch.tensor([[1.0, -1.0]], dtype=torch.float64)):
+        machine.wins = [[(0, 1)], [(0, -1)]]  # the logits (g, -g)
+        return machine
+    k = next((k for k in range(3, 200) if k * (k - 1) // 2 == len(a)), None)
     if k is None or not tail or tail[0].op_type != "Min" or len(readers) != k - 1:
         return "needs the logits to be a two-class decision or one-vs-one Condorcet scores of the kernel machine"
     weights = {n.outputs[0]: module.tensor(n.inputs[1]).detach().double().cpu() for n in readers

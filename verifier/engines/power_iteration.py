@@ -4,12 +4,15 @@ One power-iteration step per call on every affine chain (the same chains the sou
 persistent vectors carried from call to call (one step per minibatch, as LMT and spectral normalization do):
 each call's estimate is ||J u|| at the chain's current vector u, and the same forward pass yields the next
 vector J^T J u / ||J^T J u||;
-the chains' estimates are composed over the graph like the sound bounds (``lipschitz.compose``).
+the chains' estimates are composed over the graph like the sound bounds (``lipschitz.compose``), with the other
+nodes' sound rules (on the weights themselves where a node reads trainable weights: a rule written in torch is
+then differentiable in them).
 Power iteration converges to the largest singular value from below: this is an under-estimate, fine for a
 training loss and never used for certificates.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -44,6 +47,17 @@ class PowerIteration:
     def _args(self):
         return {n.name: rule_args(self.module, n, self.dynamic, 2.0) for n in self.nodes}
 
+    def _rule(self, node, args):
+        """The node's sound rule; for a node that reads trainable weights, on those weights themselves (not
+        detached), so that a rule written in torch (``KernelExpansion``'s) is differentiable in them."""
+        weights = self.module.graph.weights
+        if not any(t in weights for t in node.inputs if t):
+            with torch.no_grad():
+                return node.op.lipschitz(args)
+        values = [self.module.tensor(t).double() if t in weights else v for t, v in zip(node.inputs, args.values)]
+        with torch.enable_grad():
+            return node.op.lipschitz(dataclasses.replace(args, values=values))
+
     def __call__(self) -> torch.Tensor:
         """The composed estimate, each chain's sigma = ||J u|| at its current unit vector u (one forward serves
         both the estimate and the power step u <- J^T J u / ||J^T J u|| for the next call). The whole graph is
@@ -57,8 +71,7 @@ class PowerIteration:
         device, dtype = module.device, module.float_dtype
         args = self._args()
         in_chain = {n.name for chain in self.chains for n in chain}
-        with torch.no_grad():
-            rules = {n.name: n.op.lipschitz(args[n.name]) for n in self.nodes if n.name not in in_chain}
+        rules = {n.name: self._rule(n, args[n.name]) for n in self.nodes if n.name not in in_chain}
         chain_values, xs, vs = {}, [], []
         with torch.enable_grad():
             for i, chain in enumerate(self.chains):

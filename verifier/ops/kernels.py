@@ -1,9 +1,12 @@
 """Kernel expansions: the decision functions of support vector machines (``ai.onnx.ml``'s SVMClassifier and
 SVMRegressor, lowered into this op at import by ``frontends.onnx_svm``).
 
-``KernelExpansion(x, S, A, b) = A k(S, x) + b``: P decision functions of one input x (B, d) over n support
+``KernelExpansion(x, S, C, b) = A k(S, x) + b``: P decision functions of one input x (B, d) over n support
 vectors S (n, d), coefficients A (P, n), offsets b (P), with k one of ONNX-ML's kernels (``kernel_type``;
-``gamma``, ``coef0``, ``degree`` as in the file's ``kernel_params``):
+``gamma``, ``coef0``, ``degree`` as in the file's ``kernel_params``). A is C itself, or with the attribute
+``vectors_per_class`` (K classes) libsvm's one-vs-one layout of the SVMClassifier's coefficients C (K - 1, n) as
+the file stores them (``pair_layout``): A gathers each pair's coefficients from C, every entry of C used once.
+C and b are the op's trainable weights (kept in that layout, so that training writes them back as they are).
 
 - LINEAR  <x, s>;  POLY (gamma <x, s> + coef0)^degree;  RBF exp(-gamma ||x - s||^2);
   SIGMOID tanh(gamma <x, s> + coef0).
@@ -27,7 +30,8 @@ obeys the standard model, with unit roundoff u):
   decision p is then sqrt(2 gamma / e) sum_r |A_pr|-Lipschitz, and the map's l2 constant is at most the l2
   norm of those (Frobenius >= spectral) and at most ||A||_2 sqrt(n 2 gamma / e). LINEAR: the matrix A S
   (spectral norm, or max row l1 norm). SIGMOID: A diag(gamma tanh') S with 0 < tanh' <= 1. POLY of degree 1:
-  gamma A S; of higher degree no rule (not Lipschitz on R^d).
+  gamma A S; of higher degree no rule (not Lipschitz on R^d). Computed in torch: where C carries gradients
+  (training's estimate, ``verifier.engines.power_iteration``) the RBF and linear bounds are differentiable in it.
 """
 from __future__ import annotations
 
@@ -58,6 +62,8 @@ def rbf_lipschitz(gamma_: float) -> float:
 
 @rule("KernelExpansion", since=1, domain=LIPVERIFY)
 class KernelExpansion(Op):
+    weight_inputs = (2, 3)
+
     def setup(self) -> None:
         kernel = self.attr("kernel_type", b"LINEAR")
         self.kernel = kernel.decode() if isinstance(kernel, bytes) else str(kernel)
@@ -68,14 +74,22 @@ class KernelExpansion(Op):
         self.degree = int(self.attr("degree", 1))
         if self.kernel == "RBF" and self.gamma < 0:
             raise self.no_rule(f"an RBF kernel with gamma {self.gamma} < 0")
+        per_class = [int(v) for v in self.attr("vectors_per_class", [])]
+        self.layout = pair_layout(per_class) if per_class else None
+
+    def matrix(self, c: torch.Tensor) -> torch.Tensor:
+        """A (P, n) from the coefficients input C (module docstring); differentiable in C."""
+        if self.layout is None:
+            return c
+        index, mask = self.layout
+        return c.reshape(-1)[index.to(c.device)] * mask.to(c.device, c.dtype)
 
     # --- forward ---------------------------------------------------------------------------------------
     def kernel_values(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """k(s_r, x) for every input and support vector: (B, n)."""
         s = s.to(x.dtype)
         if self.kernel == "RBF":
-            d = torch.cdist(x, s, compute_mode="donot_use_mm_for_euclid_dist")
-            return torch.exp(-self.gamma * d.square())
+            return torch.exp(-self.gamma * SquaredDistance.apply(x, s))
         t = x @ s.T
         if self.kernel == "LINEAR":
             return t
@@ -85,14 +99,14 @@ class KernelExpansion(Op):
     def forward(self, x, s, a, b):
         """In float64, rounded once to x's dtype (module docstring)."""
         x64 = x.double()
-        return (self.kernel_values(x64, s) @ a.double().T + b.double()).to(x.dtype)
+        return (self.kernel_values(x64, s) @ self.matrix(a).double().T + b.double()).to(x.dtype)
 
     # --- box -------------------------------------------------------------------------------------------
     def interval(self, x, s, a, b):
         if not is_box(x) or is_box(s) or is_box(a) or is_box(b):
             raise self.no_box("only the input may depend on the model input")
         lo, hi = x.lo.double(), x.hi.double()
-        s, a, b = s.double().to(lo.device), a.double().to(lo.device), b.double().to(lo.device)
+        s, a, b = s.double().to(lo.device), self.matrix(a).double().to(lo.device), b.double().to(lo.device)
         k_lo, k_hi = self._kernel_range(lo, hi, s, x.dtype)
         kc, kr = (k_lo + k_hi) / 2, (k_hi - k_lo) / 2
         n = s.shape[0]
@@ -153,7 +167,7 @@ class KernelExpansion(Op):
         x, s, a = inputs[0], inputs[1], inputs[2]
         if not is_box(x) or any(is_box(v) for v in inputs[1:]):
             raise no_gradient_rule(self)
-        s, a = s.double().to(x.center.device), a.double().to(x.center.device)
+        s, a = s.double().to(x.center.device), self.matrix(a).double().to(x.center.device)
         lo, hi = x.lo.double(), x.hi.double()
         g = grads[0]
         b, q = lo.shape[0], g.shape[0] // lo.shape[0]
@@ -203,25 +217,66 @@ class KernelExpansion(Op):
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         if args.dynamic[1:] != [False] * (len(args.dynamic) - 1) or not args.dynamic[0]:
             raise self.no_rule("only the input may depend on the model input")
-        s, a = args.values[1].double(), args.values[2].double()
+        s, a = args.values[1].double(), self.matrix(args.values[2]).double()
         if self.kernel == "RBF":
             per_row = rbf_lipschitz(self.gamma) * a.abs().sum(1)
             if args.l2:
                 spectral = torch.linalg.matrix_norm(a, ord=2) * math.sqrt(s.shape[0]) * rbf_lipschitz(self.gamma)
-                value = min(float(per_row.norm()), float(spectral))
+                value = torch.minimum(per_row.norm(), spectral)
             else:
-                value = float(per_row.max()) * math.sqrt(s.shape[1])
-            return Lipschitz([value * SAFETY], "theorem", note="RBF kernel gradients <= sqrt(2 gamma / e)")
+                value = per_row.max() * math.sqrt(s.shape[1])
+            return Lipschitz([_scalar(value * SAFETY)], "theorem", note="RBF kernel gradients <= sqrt(2 gamma / e)")
         if self.kernel == "POLY" and self.degree != 1:
             raise self.no_rule(f"a polynomial kernel of degree {self.degree} is not Lipschitz on R^d")
         scale = 1.0 if self.kernel == "LINEAR" else abs(self.gamma)
         if self.kernel == "SIGMOID":
             bound = (torch.linalg.matrix_norm(a, ord=2) * torch.linalg.matrix_norm(s, ord=2) if args.l2
                      else (a.abs() @ s.abs().sum(1)).max())
-            return Lipschitz([scale * float(bound) * SAFETY], "theorem", note="tanh' <= 1")
+            return Lipschitz([_scalar(scale * bound * SAFETY)], "theorem", note="tanh' <= 1")
         j = a @ s
         bound = torch.linalg.matrix_norm(j, ord=2) if args.l2 else j.abs().sum(1).max()
-        return Lipschitz([scale * float(bound) * SAFETY], "exact")
+        return Lipschitz([_scalar(scale * bound * SAFETY)], "exact")
+
+
+def _scalar(value: torch.Tensor) -> float | torch.Tensor:
+    """A rule's factor: a float, or the torch scalar itself where it carries gradients (training's estimate)."""
+    return value if value.requires_grad else float(value)
+
+
+def pair_layout(per_class: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """libsvm's one-vs-one layout (``frontends.onnx_svm``): for K classes with ``per_class`` support vectors each
+    (n in all), the index (P, n) into the flattened coefficients C (K - 1, n) and the mask (P, n) such that pair
+    p = (i, j), i < j (in ``itertools.combinations`` order) has A_pr = C[j - 1, r] for r of class i, C[i, r] for
+    r of class j, and 0 elsewhere."""
+    k, n = len(per_class), int(sum(per_class))
+    start = np.concatenate([[0], np.cumsum(per_class)]).astype(int)
+    pairs = list(itertools.combinations(range(k), 2))
+    index = torch.zeros(len(pairs), n, dtype=torch.long)
+    mask = torch.zeros(len(pairs), n, dtype=torch.bool)
+    for p, (i, j) in enumerate(pairs):
+        for row, c in ((j - 1, i), (i, j)):
+            cols = torch.arange(int(start[c]), int(start[c + 1]))
+            index[p, cols], mask[p, cols] = row * n + cols, True
+    return index, mask
+
+
+class SquaredDistance(torch.autograd.Function):
+    """||x_b - s_r||^2 (B, n) as sums of squared differences (``torch.cdist`` without the matrix-product form),
+    with a backward written in differentiable ops (2 (sum_r g_br x_b - sum_r g_br s_r)), so that training's
+    double back-propagation (Cross-Lipschitz's gradient penalty) runs through it: cdist's own backward has no
+    derivative."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, s)
+        return torch.cdist(x, s, compute_mode="donot_use_mm_for_euclid_dist").square()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, s = ctx.saved_tensors
+        gx = 2 * (g.sum(1, keepdim=True) * x - g @ s) if ctx.needs_input_grad[0] else None
+        gs = 2 * (g.sum(0)[:, None] * s - g.T @ x) if ctx.needs_input_grad[1] else None
+        return gx, gs
 
 
 def _squared_distance_range(lo: torch.Tensor, hi: torch.Tensor, s: torch.Tensor
