@@ -32,6 +32,7 @@ obeys the standard model, with unit roundoff u):
   (spectral norm, or max row l1 norm). SIGMOID: A diag(gamma tanh') S with 0 < tanh' <= 1. POLY of degree 1:
   gamma A S; of higher degree no rule (not Lipschitz on R^d). Computed in torch: where C carries gradients
   (training's estimate, ``verifier.engines.power_iteration``) the RBF and linear bounds are differentiable in it.
+- **Linear** (CROWN): two lines per kernel value over the box, ``verifier.ops.kernel_linear``.
 """
 from __future__ import annotations
 
@@ -42,17 +43,16 @@ import numpy as np
 import torch
 
 from verifier.box import Box, is_box, outward
+from verifier.errors import NoRuleError
 from verifier.jacobian import no_gradient_rule
 from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
+from verifier.ops.kernel_linear import kernel_linear, kernel_lines
+from verifier.ops.kernel_ranges import ULPS, power_range, squared_distance_range
 from verifier.rounding import REL64, SAFETY, TINY64, gamma, tiny, unit_roundoff
 
 #: the op's domain: it never appears in files; the importer writes it
 LIPVERIFY = "lipverify"
 KERNELS = ("LINEAR", "POLY", "RBF", "SIGMOID")
-#: ulps of torch's exp and tanh (as ``verifier.ops.activations``' ULPS)
-ULPS = 16.0
-#: entries of the (batch, support vector, feature) blocks the box rule holds at once
-BLOCK = 1 << 24
 
 
 def rbf_lipschitz(gamma_: float) -> float:
@@ -116,13 +116,14 @@ class KernelExpansion(Op):
         radius = radius * (1 + 2 * gamma(n + 4, torch.float64)) + tiny(x.dtype)
         return outward(centre - radius, centre + radius, x.dtype)
 
-    def _kernel_range(self, lo: torch.Tensor, hi: torch.Tensor, s: torch.Tensor, dtype: torch.dtype
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[k_lo, k_hi] (B, n) enclosing k(s_r, x) over the box, real and float (module docstring)."""
+    def _kernel_range(self, lo: torch.Tensor, hi: torch.Tensor, s: torch.Tensor, dtype: torch.dtype,
+                      distances: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[k_lo, k_hi] (B, n) enclosing k(s_r, x) over the box, real and float (module docstring); RBF:
+        ``distances`` the box's ``squared_distance_range`` where already known."""
         d = s.shape[1]
         u = unit_roundoff(dtype) + unit_roundoff(torch.float64)
         if self.kernel == "RBF":
-            near, far = _squared_distance_range(lo, hi, s)
+            near, far = distances or squared_distance_range(lo, hi, s)
             g = gamma(d + 8, dtype) + gamma(d + 8, torch.float64)
             e_lo = self.gamma * near * (1 - g) * (1 - 4 * u)
             e_hi = self.gamma * far * (1 + g) * (1 + 4 * u)
@@ -134,7 +135,7 @@ class KernelExpansion(Op):
         if self.kernel == "SIGMOID":
             f_lo, f_hi = torch.tanh(t_lo), torch.tanh(t_hi)
         else:
-            f_lo, f_hi = _power_range(t_lo, t_hi, self.degree)
+            f_lo, f_hi = power_range(t_lo, t_hi, self.degree)
         rel = (ULPS + 2 * self.degree) * u
         return f_lo - rel * f_lo.abs() - tiny(dtype), f_hi + rel * f_hi.abs() + tiny(dtype)
 
@@ -155,6 +156,23 @@ class KernelExpansion(Op):
         t_lo, t_hi = torch.minimum(*ends), torch.maximum(*ends)
         slack = 4 * u * (t_lo.abs().maximum(t_hi.abs()) + abs(self.coef0)) + tiny(dtype)
         return t_lo - slack, t_hi + slack
+
+    # --- linear (CROWN) ---------------------------------------------------------------------------------
+    def linear(self, inputs, lams):
+        """Two lines per kernel value over the input box, through w = lam A (``verifier.ops.kernel_linear``);
+        the lines of the last box are kept."""
+        x, s, a, b = inputs
+        if not is_box(x) or x.integer or any(is_box(v) for v in inputs[1:]):
+            raise NoRuleError(f"no linear rule for {self.op_type} (node '{self.name}'): only the input may depend "
+                              f"on the model input")
+        dev = x.lo.device
+        s64 = s.double().to(dev)
+        cached = getattr(self, "_lines", None)
+        if cached is None or cached[0] is not x or cached[1] is not s:
+            cached = self._lines = (x, s, kernel_lines(self, x, s64))
+        coef, bias = kernel_linear(self, x, cached[2], s64, self.matrix(a).double().to(dev), b.double().to(dev),
+                                   lams[0])
+        return [coef, None, None, None], bias
 
     # --- gradient box ------------------------------------------------------------------------------------
     def grad_interval(self, inputs, grads):
@@ -204,7 +222,7 @@ class KernelExpansion(Op):
             return one, one
         t_lo, t_hi = self._argument_range(lo, hi, s, torch.float64)
         if self.kernel == "POLY":
-            p_lo, p_hi = _power_range(t_lo, t_hi, self.degree - 1)
+            p_lo, p_hi = power_range(t_lo, t_hi, self.degree - 1)
             ends = (self.gamma * self.degree * p_lo, self.gamma * self.degree * p_hi)
         else:  # 1 - tanh^2 peaks where |t| is least, is least where |t| is largest
             near = torch.where((t_lo <= 0) & (t_hi >= 0), torch.zeros_like(t_lo), torch.minimum(t_lo.abs(), t_hi.abs()))
@@ -279,23 +297,6 @@ class SquaredDistance(torch.autograd.Function):
         return gx, gs
 
 
-def _squared_distance_range(lo: torch.Tensor, hi: torch.Tensor, s: torch.Tensor
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(min, max) of ||x - s_r||^2 over the box [lo, hi], exactly per coordinate: (B, n) each, float64, in
-    blocks of ``BLOCK`` entries."""
-    rows = max(1, BLOCK // max(1, len(lo) * s.shape[1]))
-    near, far = [], []
-    for start in range(0, s.shape[0], rows):
-        sv = s[start:start + rows][None]  # (1, m, d)
-        below, above = lo[:, None, :] - sv, sv - hi[:, None, :]  # > 0 where s lies outside the box
-        gap = torch.maximum(below, above).clamp_min(0.0)
-        span = torch.maximum(below.abs(), above.abs())  # the farthest end per coordinate
-        near.append(gap.square().sum(-1))
-        far.append(span.square().sum(-1))
-    return torch.cat(near, 1), torch.cat(far, 1)
-
-
-
 def condorcet_weights(classes: int) -> list[np.ndarray]:
     """The K - 1 selection matrices W_j (P, K + 1) of the Condorcet scores of a one-vs-one machine
     (``frontends.onnx_svm``): column c of W_j picks o_cj d_p for the j-th opponent of class c (o = 1 when c is
@@ -306,15 +307,6 @@ def condorcet_weights(classes: int) -> list[np.ndarray]:
         for j, m in enumerate(m for m in range(classes) if m != c):
             weights[j][pairs[(min(c, m), max(c, m))], c] = 1.0 if c < m else -1.0
     return weights
-
-
-def _power_range(t_lo: torch.Tensor, t_hi: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The range of t^m over [t_lo, t_hi] (m >= 0): the ends' values, and 0 for even m on an interval about 0."""
-    p_lo, p_hi = t_lo.pow(m), t_hi.pow(m)
-    f_lo, f_hi = torch.minimum(p_lo, p_hi), torch.maximum(p_lo, p_hi)
-    if m % 2 == 0 and m > 0:
-        f_lo = torch.where((t_lo <= 0) & (t_hi >= 0), torch.zeros_like(f_lo), f_lo)
-    return f_lo, f_hi
 
 
 def _interval_product(a_c: torch.Tensor, a_r: torch.Tensor, b_lo: torch.Tensor, b_hi: torch.Tensor
