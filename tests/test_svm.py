@@ -405,3 +405,35 @@ def test_forward_error_bounds_float32_decision_values():
         f64 = torch.exp(-gamma_ * d64) @ beta.T + offset
         assert float((f32.double() - f64).abs().max()) <= float(bound[0])
     assert float(bound[0]) < 1e-4 * float(beta.abs().sum() + offset.abs().sum())  # a few float32 roundings
+
+
+def test_the_kernel_method_alone_computes_no_lipschitz_report(tmp_path, capsys, monkeypatch):
+    """Bounds are computed when a method first asks: ``--method kernel`` needs none (the report says so), and
+    ``--method lmt`` on the same machine computes them."""
+    import json
+
+    import verifier.certificates.certify as certify_module
+
+    from .conftest import run_main
+
+    _, model = svc(3, gamma=3.0)
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    x = RNG.random((10, F)).astype(np.float32)
+    with torch.no_grad():
+        y = load_onnx(model)(torch.from_numpy(x)).argmax(1).clamp_max(2).numpy()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    calls = []
+    real = certify_module.graph_lipschitz
+    monkeypatch.setattr(certify_module, "graph_lipschitz", lambda *a, **k: calls.append(a) or real(*a, **k))
+    code, out, err = run_main(capsys, "certify", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                              "--method", "kernel", "--json")
+    report = json.loads(out)
+    assert code == 0, err
+    assert not calls and report["lipschitz"] is None and report["lipschitz_computed"] is False
+    assert max(report["radii"]) > 0
+    code, out, _ = run_main(capsys, "certify", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                            "--method", "kernel")
+    assert code == 0 and "L = not computed (the method needs none)" in out
+    code, out, _ = run_main(capsys, "certify", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                            "--method", "lmt", "--json")
+    assert code == 0 and len(calls) == 1 and json.loads(out)["lipschitz_computed"] is True

@@ -12,9 +12,8 @@ rounding of the float32 forward pass.
 """
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
-
 import torch
 
 from verifier.engines.lipschitz import LipschitzReport, graph_lipschitz
@@ -22,13 +21,36 @@ from verifier.ir import GraphModule
 from verifier.margins import margin_ratios, margins, pair_norms
 
 
-@dataclass
 class Bounds:
-    """The Lipschitz facts a certificate needs, in both norms where l_inf radii are wanted."""
+    """The Lipschitz facts a certificate needs, in both norms where l_inf radii are wanted: given, or computed
+    from ``module`` when a method first asks (``compute_bounds``), so that a method that needs none of them
+    (``kernel``) costs no Lipschitz report. Both partial: an op without a Lipschitz rule leaves the bounds after
+    it inf and is named in ``missing``, and only the methods that need those bounds refuse
+    (``verifier.certificates.methods``)."""
 
-    l2: LipschitzReport
-    linf: LipschitzReport | None = None
-    input_dim: int = 1
+    def __init__(self, l2: LipschitzReport | None = None, linf: LipschitzReport | None = None, input_dim: int = 1,
+                 module: GraphModule | None = None, norm: float = 2.0):
+        self._l2, self._linf, self.input_dim = l2, linf, input_dim
+        self._module, self._norm = module, norm
+
+    @property
+    def l2(self) -> LipschitzReport:
+        """The l2 report (BCP and the local bounds use its tensor bounds, IBP and CROWN its structure)."""
+        if self._l2 is None:
+            self._l2 = graph_lipschitz(_on_cpu(self._module), 2.0, partial=True)
+        return self._l2
+
+    @property
+    def linf(self) -> LipschitzReport | None:
+        """The l_inf report, for l_inf radii (None for l2 ones)."""
+        if self._linf is None and self._module is not None and self._norm == math.inf:
+            self._linf = graph_lipschitz(_on_cpu(self._module), math.inf, partial=True)
+        return self._linf
+
+    @property
+    def computed(self) -> bool:
+        """Whether some method asked for the l2 report (or it was given)."""
+        return self._l2 is not None
 
 
 def prop1_radii(logits: torch.Tensor, y: torch.Tensor, bounds: Bounds, norm: float) -> torch.Tensor:
@@ -82,11 +104,12 @@ def certified_accuracy(radii: torch.Tensor, eps: float) -> float:
     return float(certified_at(radii, eps).double().mean())
 
 
+def _on_cpu(module: GraphModule) -> GraphModule:
+    """``module``, or a CPU copy of it where it has moved to an accelerator since (reports are computed on CPU)."""
+    return module if module.device.type == "cpu" else copy.deepcopy(module).cpu()
+
+
 def compute_bounds(module: GraphModule, norm: float, input_dim: int) -> Bounds:
-    """The Lipschitz facts the certificates need: the l2 report always (BCP and the local bounds use its tensor
-    bounds, IBP and CROWN its structure), the l_inf report too for l_inf radii. Both partial: an op without a
-    Lipschitz rule leaves the bounds after it inf and is named in ``missing``, and only the methods that need
-    those bounds refuse (``verifier.certificates.methods``)."""
-    l2 = graph_lipschitz(module, 2.0, partial=True)
-    linf = graph_lipschitz(module, math.inf, partial=True) if norm == math.inf else None
-    return Bounds(l2=l2, linf=linf, input_dim=input_dim)
+    """The Lipschitz facts of ``module`` for radii in ``norm``, each report computed when a method first asks
+    (``Bounds``)."""
+    return Bounds(input_dim=input_dim, module=module, norm=norm)

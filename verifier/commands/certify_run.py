@@ -61,9 +61,7 @@ def run_certify(model_path: str, data_path: str, *, split: str = "test", norm: s
         "data": data.source, "space": data.space,
         **summarize(radii, correct, eps_list),
         "radii": [float(r) for r in radii],
-        "lipschitz": _finite(bounds.l2.lipschitz if p == 2 else (bounds.linf.lipschitz if bounds.linf else None)),
-        "lipschitz_sub": _finite(bounds.l2.lipschitz_sub if p == 2 else (bounds.linf.lipschitz_sub if bounds.linf
-                                                                            else None)),
+        **_lipschitz_fields(bounds, p),
         "seconds": timer.seconds, "device": str(dev), "logits_from": engine.name,
     }
     if method == BEST:  # every method is sound, so the largest radius per input is too
@@ -102,6 +100,16 @@ def _run_methods(chosen: list[Method], task: Task, data, portfolio: bool) -> tup
 
 #: slack for float32 rounding of certified radii when comparing them with attack distances (float64)
 VIOLATION_RTOL = 1e-6
+
+
+def _lipschitz_fields(bounds, p: float) -> dict[str, Any]:
+    """The report's Lipschitz bounds where some method computed them (``lipschitz_computed``): the kernel
+    method alone needs none."""
+    if not bounds.computed:
+        return {"lipschitz": None, "lipschitz_sub": None, "lipschitz_computed": False}
+    report = bounds.l2 if p == 2 else bounds.linf
+    return {"lipschitz": _finite(report.lipschitz if report else None),
+            "lipschitz_sub": _finite(report.lipschitz_sub if report else None), "lipschitz_computed": True}
 
 
 def _finite(value: float | None) -> float | None:

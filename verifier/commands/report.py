@@ -72,7 +72,9 @@ def format_liplt(report: Any, pairwise: bool = False) -> str:
 
 
 def format_certify(result: dict[str, Any]) -> str:
-    lip = "none (an op has no Lipschitz rule)" if result["lipschitz"] is None else f"{result['lipschitz']:.6g}"
+    lip = f"{result['lipschitz']:.6g}" if result["lipschitz"] is not None else \
+        "not computed (the method needs none)" if result.get("lipschitz_computed") is False else \
+        "none (an op has no Lipschitz rule)"
     lines = [f"model      {result['model']}",
              f"method     {result['method']}  (l{result['norm']}; L = {lip}"
              + (f", L_sub = {result['lipschitz_sub']:.6g}" if result.get('lipschitz_sub') else "") + ")",
