@@ -2,9 +2,9 @@
 machines imported as a ``KernelExpansion`` (``verifier.ops.kernels``; ``frontends.onnx_svm`` writes it).
 
 The machines: decision functions g_p(y) = sum_r beta_pr exp(-gamma ||y - x_r||^2) + b_p of the model input y,
-read as logits either (g, -g) (two classes, a MatMul by (1, -1): class 0 where g > 0) or as the Condorcet scores of a one-vs-one
-machine (class c is the label wherever o_cj g_p(c, j) > 0 for its K - 1 pairs). Either way the prediction c is
-kept on a ball if each of its decision functions o g_p keeps its sign there.
+read as logits either (g, -g) (two classes, a MatMul by (1, -1): class 0 where g > 0) or as the Condorcet scores
+of a one-vs-one machine (class c is the label wherever o_cj g_p(c, j) > 0 for its K - 1 pairs). Either way the
+prediction c is kept on a ball if each of its decision functions o g_p keeps its sign there.
 
 Theorem 2.1 for a function h = o g_p with h(x) > 0: no ||delta||_2 < min(h(x) / U(R), R) changes its sign,
 where U(R) >= max_{y in B_2(x, R)} ||grad g_p(y)||_2; the radius of one function is max_R min(h(x) / U(R), R).

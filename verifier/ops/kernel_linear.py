@@ -146,8 +146,8 @@ def _dot_lines(op, lo: Tensor, hi: Tensor, s: Tensor, dtype: torch.dtype):
     delta = (gamma(d + 4, dtype) + gamma(d + 4, torch.float64)) * ((c.abs() + r) @ s.abs().T) + tiny(dtype)
     k_lo, k_hi = op._kernel_range(lo, hi, s, dtype)
     if op.kernel == "LINEAR":
-        one = torch.ones_like(t_lo)
-        lines = ((one, -delta), (one, delta))
+        one, zero = torch.ones_like(t_lo), torch.zeros_like(t_lo)
+        lines = ((one, zero), (one, zero))  # k = tau (its float error delta: below)
         scale, coef0 = 1.0, 0.0
     else:
         scale, coef0 = op.gamma, op.coef0
