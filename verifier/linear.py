@@ -236,3 +236,34 @@ def box_backward(lams: Sequence[Tensor | None], boxes: Sequence[Box]) -> Tensor:
         part = (value.sum(-1) - REL64 * err.sum(-1) - TINY64).reshape(-1)
         total = part if total is None else total + part
     return total
+
+
+def mean_value_backward(op: Any, x: Box, lam: Tensor, error: Tensor) -> tuple[Tensor, Tensor]:
+    """The linear rule of an op of one input with a gradient rule (``Op.grad_interval``), in the mean-value form:
+    for x' in the box x (centre c, radius r), lam . f(x') = lam . f(c) + int_0^1 (J^T lam)(xi_t) . (x' - c) dt
+    (Lebourg's mean-value theorem for the Lipschitz f on the segment, with Clarke's Jacobians), and J^T lam lies
+    in the op's gradient box [G_c - G_r, G_c + G_r] of the rows over x, so
+
+        lam . f(x') >= G_c . x' + (lam . f(c) - G_c . c - G_r . r) - |lam| . error,
+
+    lam . f(c) bounded below by the op's interval rule at the point c, and ``error`` (B, *out) a bound on the
+    distance between the float forward and the real f anywhere on the box. First order: the gap is at most
+    2 G_r . r, which the gradient box makes small on small boxes. Returns (G_c, bias), rows of batch B * R."""
+    b = x.shape[0]
+    rows = lam.shape[0] // b
+    (grad,) = op.grad_interval([x], [Box(lam.double(), torch.zeros_like(lam, dtype=torch.float64))])[:1]
+    g_c, g_r = grad.center.double(), grad.radius.double()
+    at_c = op.interval(Box.point(x.center))
+    lam_b = rows_of(lam.double(), b)
+    f_lo, f_hi = at_c.lo.double()[:, None], at_c.hi.double()[:, None]
+    c, r = x.center.double()[:, None], x.radius.double()[:, None]
+
+    def total(v: Tensor) -> Tensor:
+        return v.reshape(b, rows, -1).sum(-1)
+
+    low = total(torch.minimum(lam_b * f_lo, lam_b * f_hi))
+    g_cb, g_rb = rows_of(g_c, b), rows_of(g_r, b)
+    size = total(lam_b.abs() * torch.maximum(f_lo.abs(), f_hi.abs())) + total((g_cb.abs() + g_rb) * (c.abs() + r))
+    bias = low - total(g_cb * c) - total(g_rb * r) - total(lam_b.abs() * error.double()[:, None]) \
+        - REL64 * size - TINY64
+    return g_c, bias.reshape(-1)

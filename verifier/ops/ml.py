@@ -2,18 +2,23 @@
 LinearClassifier, LinearRegressor) become default-domain ops at import (``frontends.onnx_ml``).
 
 - ``Normalizer``: each row divided by its L1 or L2 norm (or its maximum). x / ||x|| is not Lipschitz near 0,
-  so it has no Lipschitz (or gradient) rule; its box rule is interval division (``interval``). With L1 or L2 it
-  divides by a positive number, so it keeps the argmax (``keeps_argmax``): classifiers that end in it
-  (skl2onnx's LogisticRegression: Softmax, then an L1 Normalizer) are bounded on the logits before it
-  (``Graph.logits_tensor``), as for a trailing Softmax.
+  so it has no Lipschitz rule; its box rule is interval division (``interval``); on boxes where the norm stays
+  positive it has a gradient rule (``grad_interval``) and, from it, a linear rule (the mean-value form,
+  ``verifier.linear.mean_value_backward``). With L1 or L2 it divides by a positive number, so it keeps the
+  argmax (``keeps_argmax``): classifiers that end in it (skl2onnx's LogisticRegression: Softmax, then an L1
+  Normalizer) are bounded on the logits before it (``Graph.logits_tensor``), as for a trailing Softmax;
+  preprocessing (Pipeline(Normalizer(), ...)) goes through the rules.
 """
 from __future__ import annotations
 
 import torch
 
-from verifier.box import is_box, outward
+from verifier.box import Box, is_box, outward
+from verifier.errors import NoRuleError
+from verifier.jacobian import no_gradient_rule
+from verifier.linear import mean_value_backward
 from verifier.ops.base import ONNX_ML, Op, rule
-from verifier.rounding import gamma
+from verifier.rounding import REL64, TINY64, gamma
 
 
 @rule("Normalizer", since=1, domain=ONNX_ML)
@@ -46,17 +51,7 @@ class Normalizer(Op):
         if not is_box(x):
             raise self.no_box("only the input may depend on the model input")
         lo, hi = x.lo.double(), x.hi.double()
-        small = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
-        large = torch.maximum(lo.abs(), hi.abs())
-        if self.norm == "MAX":
-            s_lo, s_hi = lo.amax(-1, keepdim=True), hi.amax(-1, keepdim=True)
-        elif self.norm == "L1":
-            s_lo, s_hi = small.sum(-1, keepdim=True), large.sum(-1, keepdim=True)
-        else:
-            s_lo, s_hi = small.square().sum(-1, keepdim=True).sqrt(), large.square().sum(-1, keepdim=True).sqrt()
-        n = x.shape[-1]
-        rel = gamma(n + 4, x.dtype) + gamma(n + 4, torch.float64)
-        s_lo, s_hi = s_lo * (1 - rel), s_hi * (1 + rel)
+        s_lo, s_hi, rel = self._norm_range(lo, hi, x.dtype)
         positive = s_lo > 0
         if self.norm == "MAX" and not bool(positive.all()):
             raise self.no_box("with norm MAX, a row whose maximum may be 0 or negative has no finite box")
@@ -70,3 +65,74 @@ class Normalizer(Op):
         y_lo = torch.where(positive, q_lo, torch.full_like(q_lo, -bound)).clamp_min(-bound)
         y_hi = torch.where(positive, q_hi, torch.full_like(q_hi, bound)).clamp_max(bound)
         return outward(y_lo, y_hi, x.dtype)
+
+    def _norm_range(self, lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype
+                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """[s_lo, s_hi] (rows, 1) enclosing each row's norm (or maximum) over the box, real and float, and the
+        relative allowance rel = gamma_{n+4} (dtype and float64) it was widened by."""
+        small = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
+        large = torch.maximum(lo.abs(), hi.abs())
+        if self.norm == "MAX":
+            s_lo, s_hi = lo.amax(-1, keepdim=True), hi.amax(-1, keepdim=True)
+        elif self.norm == "L1":
+            s_lo, s_hi = small.sum(-1, keepdim=True), large.sum(-1, keepdim=True)
+        else:
+            s_lo, s_hi = small.square().sum(-1, keepdim=True).sqrt(), large.square().sum(-1, keepdim=True).sqrt()
+        n = lo.shape[-1]
+        rel = gamma(n + 4, dtype) + gamma(n + 4, torch.float64)
+        return s_lo * (1 - rel), s_hi * (1 + rel), rel
+
+    def grad_interval(self, inputs, grads):
+        """J^T g = (g - sigma (y . g)) / s over the box, for y = x / s with s the row's norm (or maximum): L2
+        sigma = y; L1 sigma_j = sign(x_j) ([-1, 1] where the box contains 0: Clarke's); MAX sigma_j = 1 if j is
+        the argmax (an interval [0, 1] where several entries may be the maximum, 0 where x_j cannot be). Interval
+        products and sums in float64 (the hull of the corner products), widened by REL64. Needs the norm (the
+        maximum) positive on the box: near 0 the gradient is unbounded."""
+        x = inputs[0]
+        if not is_box(x) or x.dim() != 2:
+            raise no_gradient_rule(self)
+        lo, hi = x.lo.double(), x.hi.double()
+        s_lo, s_hi, _ = self._norm_range(lo, hi, torch.float64)
+        if not bool((s_lo > 0).all()):
+            raise self.no_rule("its norm may be 0 on the box (the gradient of x / ||x|| is unbounded there)")
+        y = self.interval(Box.from_bounds(lo, hi))
+        y_lo, y_hi = y.lo.double()[:, None], y.hi.double()[:, None]
+        if self.norm == "L2":
+            sig_lo, sig_hi = y_lo, y_hi
+        elif self.norm == "L1":
+            sig_lo = torch.where(lo > 0, 1.0, -1.0)[:, None].double()
+            sig_hi = torch.where(hi < 0, -1.0, 1.0)[:, None].double()
+        else:
+            possible = hi >= lo.amax(-1, keepdim=True)
+            only = possible & (possible.sum(-1, keepdim=True) == 1)
+            sig_lo, sig_hi = only.double()[:, None], possible.double()[:, None]
+        b, n = lo.shape
+        g = grads[0]
+        g_lo = (g.center - g.radius).double().reshape(b, -1, n)
+        g_hi = (g.center + g.radius).double().reshape(b, -1, n)
+        t_lo, t_hi = _product(y_lo, y_hi, g_lo, g_hi)
+        t_lo, t_hi = t_lo.sum(-1, keepdim=True), t_hi.sum(-1, keepdim=True)  # y . g
+        u_lo, u_hi = _product(sig_lo, sig_hi, t_lo, t_hi)
+        v_lo, v_hi = g_lo - u_hi, g_hi - u_lo
+        w_lo, w_hi = _product(v_lo, v_hi, 1 / s_hi[:, None], 1 / s_lo[:, None])
+        slack = 4 * REL64 * (w_lo.abs() + w_hi.abs() + (t_lo.abs() + t_hi.abs()) / s_lo[:, None]) + TINY64
+        return [Box.from_bounds((w_lo - slack).reshape(g.shape), (w_hi + slack).reshape(g.shape))]
+
+    def linear(self, inputs, lams):
+        """The mean-value form over its gradient boxes (``verifier.linear.mean_value_backward``), less the
+        forward's float error (rel |y| per entry, twice)."""
+        x = inputs[0]
+        if not is_box(x) or x.dim() != 2:
+            raise NoRuleError(f"no linear rule for {self.op_type} (node '{self.name}'): a batch of rows is needed")
+        y = self.interval(x)
+        _, _, rel = self._norm_range(x.lo.double(), x.hi.double(), x.dtype)
+        error = 2 * rel * torch.maximum(y.lo.abs(), y.hi.abs()).double() + TINY64
+        lam, bias = mean_value_backward(self, x, lams[0], error)
+        return [lam], bias
+
+
+def _product(a_lo: torch.Tensor, a_hi: torch.Tensor, b_lo: torch.Tensor, b_hi: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interval product [a] [b] (entrywise, broadcast): the hull of the four corner products."""
+    corners = torch.stack(torch.broadcast_tensors(a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi))
+    return corners.amin(0), corners.amax(0)
