@@ -38,7 +38,7 @@ from .onnx_graph import constant_tensor, sparse_to_dense, topological_nodes, val
 from .onnx_io import read_model
 from .onnx_labels import resolve_output
 from .onnx_ml import lower_ml
-from .onnx_patterns import fuse_thresholded_softplus
+from .onnx_patterns import rewrite_patterns
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 #: the most values one input sample may have (1 GiB in float32): larger declared inputs are refused at import
@@ -115,7 +115,7 @@ class Importer:
             self.label_classes = None
         self.notes = [note] if note else []
         self._read: set[str] | None = None  # every tensor some node reads (built when first needed)
-        self.nodes = fuse_thresholded_softplus(self._prune(nodes), {self.output})
+        self.nodes = rewrite_patterns(self._prune(nodes), self.const, {self.output})
         try:
             self._check_supported()
         except UnsupportedOpsError as e:

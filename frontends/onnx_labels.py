@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from verifier.ops.base import LIPVERIFY
+
 #: ops between a classifier's argmax and its label output (class lookup, type and shape changes)
 LABEL_PATH = ("Cast", "Reshape", "Squeeze", "Flatten", "Identity", "ArrayFeatureExtractor")
 
@@ -52,4 +54,4 @@ def label_of(decision: str, label: str, attrs: dict, note: str = "") -> onnx.Nod
     classes = attrs.get("classlabels_ints") or attrs.get("classlabels_strings") or []
     text = [c.decode() if isinstance(c, bytes) else str(c) for c in classes]
     extra = {"classes": text} if text else {}  # (an empty list attribute has no type)
-    return helper.make_node("LabelOf", [decision], [label], domain="lipverify", note=note, **extra)
+    return helper.make_node("LabelOf", [decision], [label], domain=LIPVERIFY, note=note, **extra)

@@ -4,13 +4,30 @@
 - Softplus with a threshold, as the PyTorch dynamo exporter writes ``nn.Softplus``:
   ``Where(Greater(x, t), x, Softplus(x))`` -> ``Softplus(x, t)`` (the IR's Softplus takes the threshold as an
   optional constant second input; ``torch.nn.functional.softplus(x, threshold=t)`` is exactly this function).
+- Layer normalization over one axis, as exporters decompose it (``fuse_layer_norm``), with m = ReduceMean(x),
+  d = x - m and s = Sqrt(var + eps): PyTorch's TorchScript exporter ``d / s`` with var = ReduceMean(Pow(d, 2));
+  jax2onnx (Flax) ``d / s`` with var = [Max(., 0) of] ReduceMean(x x) - m m; tf2onnx (Keras)
+  ``x (r g) + ((-m) (r g) [+ b])`` with r = Reciprocal(s), var = ReduceMean(d d) -> ``LayerNormalization(x,
+  scale, bias)`` with that epsilon (in lipverify's domain, its attribute ``single_axis``: the file's opset may
+  predate the op, and the decomposition normalizes that axis only); a scale and shift after ``d / s`` stay
+  their own Mul and Add. The same real function; the op's box rule allows for any order of the sums' roundings
+  (``verifier.ops.normalization``).
 """
 from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
+
+from verifier.ops.base import LIPVERIFY
+
+
+def rewrite_patterns(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], graph_outputs: set[str]
+                     ) -> list[onnx.NodeProto]:
+    """Every rewrite of the module docstring, in order (``graph_outputs``: tensors read outside the nodes)."""
+    return fuse_layer_norm(fuse_thresholded_softplus(nodes, graph_outputs), const, graph_outputs)
 
 
 def fuse_thresholded_softplus(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:
@@ -28,4 +45,172 @@ def fuse_thresholded_softplus(nodes: list[onnx.NodeProto], graph_outputs: set[st
                                  name=where.name or softplus.name)
         replaced[id(where)] = fused
         removed.update((id(greater), id(softplus)))
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in removed]
+
+
+class _Nodes:
+    """Who writes each tensor, how often each is read, and constant values, in a node list."""
+
+    def __init__(self, nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], graph_outputs: set[str]):
+        self.producer = {o: n for n in nodes for o in n.output}
+        self.uses = Counter(t for n in nodes for t in n.input)
+        self.uses.update(graph_outputs)
+        self.const = const
+
+    def single(self, t: str, op_type: str, count: int = 1) -> onnx.NodeProto | None:
+        """The node writing ``t`` when it is an ``op_type`` and ``t`` is read ``count`` times."""
+        node = self.producer.get(t)
+        return node if node is not None and node.op_type == op_type and self.uses[t] == count else None
+
+    def value(self, t: str) -> np.ndarray | None:
+        """The value of an initializer or of a Constant node's output."""
+        if t in self.const:
+            return np.asarray(self.const[t])
+        node = self.producer.get(t)
+        if node is None or node.op_type != "Constant" or not node.attribute:
+            return None
+        attr = node.attribute[0]
+        return numpy_helper.to_array(attr.t) if attr.name == "value" else np.asarray(helper.get_attribute_value(attr))
+
+    def scalar(self, t: str) -> float | None:
+        v = self.value(t)
+        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 and v.dtype.kind == "f" else None
+
+    def mean(self, t: str, count: int) -> tuple[str, int] | None:
+        """(x, axis) when ``t`` = ReduceMean(x) over one axis, dims kept, read ``count`` times."""
+        node = self.single(t, "ReduceMean", count)
+        if node is None:
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = list(attrs.get("axes", []))
+        if len(node.input) > 1 and node.input[1]:
+            found = self.value(node.input[1])
+            axes = [] if found is None else [int(a) for a in found.reshape(-1)]
+        return (node.input[0], axes[0]) if len(axes) == 1 and int(attrs.get("keepdims", 1)) == 1 else None
+
+    def std(self, t: str) -> tuple[str, float, list[onnx.NodeProto]] | None:
+        """(var, eps, nodes) when ``t`` = Sqrt(var + eps), eps > 0 a constant."""
+        sqrt = self.single(t, "Sqrt")
+        add = self.single(sqrt.input[0], "Add") if sqrt is not None else None
+        if add is None:
+            return None
+        for var, other in (add.input, add.input[::-1]):
+            eps = self.scalar(other)
+            if eps is not None and eps > 0 and self.value(var) is None:
+                return var, eps, [add, sqrt]
+        return None
+
+    def variance(self, var: str, x: str, axis: int, m: str, d: str) -> list[onnx.NodeProto] | None:
+        """The nodes computing ``var`` as the variance of x over ``axis`` (m its mean, d = x - m), in one of the
+        exporters' forms (module docstring), else None."""
+        found = self.mean(var, 1)
+        if found is not None and found[1] == axis:
+            square = self.producer.get(found[0])
+            if self.uses[found[0]] == 1 and square is not None and (
+                    (square.op_type == "Pow" and square.input[0] == d and self.scalar(square.input[1]) == 2.0)
+                    or (square.op_type == "Mul" and list(square.input) == [d, d])):
+                return [self.producer[var], square]
+        nonneg = self.single(var, "Max")
+        if nonneg is not None and len(nonneg.input) == 2 and self.scalar(nonneg.input[1]) == 0.0:
+            var = nonneg.input[0]
+        sub = self.single(var, "Sub")
+        if sub is None:
+            return None
+        second, mm = self.mean(sub.input[0], 1), self.single(sub.input[1], "Mul")
+        square = self.single(second[0], "Mul") if second is not None and second[1] == axis else None
+        if square is None or list(square.input) != [x, x] or mm is None or list(mm.input) != [m, m]:
+            return None
+        return [n for n in (nonneg, sub, self.producer[sub.input[0]], square, mm) if n is not None]
+
+
+def _centred(view: _Nodes, d: str, count: int) -> tuple[str, int, str] | None:
+    """(x, axis, m) when ``d`` = x - m with m = ReduceMean(x), d read ``count`` times."""
+    sub = view.single(d, "Sub", count)
+    if sub is None:
+        return None
+    for uses in (1, 2, 3):
+        found = view.mean(sub.input[1], uses)
+        if found is not None and found[0] == sub.input[0]:
+            return found[0], found[1], sub.input[1]
+    return None
+
+
+def _normalized(view: _Nodes, last: onnx.NodeProto) -> tuple[list[str], int, float, list] | None:
+    """(LayerNormalization's inputs, axis, eps, the nodes it replaces besides ``last``) when ``last`` ends a layer
+    normalization in one of the forms of the module docstring."""
+    if last.op_type == "Div" and len(last.input) == 2:  # d / s (PyTorch, Flax)
+        d, root = last.input
+        for count in (2, 1):
+            centred = _centred(view, d, count)
+            if centred is not None:
+                break
+        std = view.std(root)
+        if centred is None or std is None:
+            return None
+        x, axis, m = centred
+        var_nodes = view.variance(std[0], x, axis, m, d)
+        if var_nodes is None:
+            return None
+        return [x, None, None], axis, std[1], [view.producer[m], view.producer[d]] + var_nodes + std[2]
+    if last.op_type != "Add" or len(last.input) != 2:  # x (r g) + ((-m) (r g) [+ b]) (Keras)
+        return None
+    for left, right in (last.input, last.input[::-1]):
+        found = _keras_form(view, left, right)
+        if found is not None:
+            return found
+    return None
+
+
+def _keras_form(view: _Nodes, left: str, right: str) -> tuple[list[str], int, float, list] | None:
+    """tf2onnx's form: ``left`` = x (r g), ``right`` = (-m) (r g) [+ b], r = Reciprocal(Sqrt(var + eps))."""
+    xs, shift = view.single(left, "Mul"), view.single(right, "Mul") or view.single(right, "Add")
+    if xs is None or shift is None:
+        return None
+    bias, shifted = None, shift
+    if shift.op_type == "Add":
+        bias = next((t for t in shift.input if view.value(t) is not None), None)
+        shifted = view.single(next((t for t in shift.input if t != bias), ""), "Mul")
+    rg = next((t for t in xs.input if view.single(t, "Mul", 2) is not None), None)
+    if rg is None or shifted is None or rg not in shifted.input:
+        return None
+    x = next(t for t in xs.input if t != rg)
+    neg = view.single(next(t for t in shifted.input if t != rg), "Neg")
+    scale_node = view.producer[rg]
+    recip = next((view.producer[t] for t in scale_node.input if view.single(t, "Reciprocal")), None)
+    scale = next((t for t in scale_node.input if view.value(t) is not None), None)
+    std = view.std(recip.input[0]) if recip is not None else None
+    if neg is None or scale is None or std is None:
+        return None
+    mean_sq = view.producer.get(std[0])
+    square = view.producer.get(mean_sq.input[0]) if mean_sq is not None and mean_sq.op_type == "ReduceMean" else None
+    d = square.input[0] if square is not None and square.op_type == "Mul" else None
+    centred = _centred(view, d, 2) if d is not None else None
+    if centred is None or centred[0] != x or neg.input[0] != centred[2]:
+        return None
+    var_nodes = view.variance(std[0], x, centred[1], centred[2], d)
+    if var_nodes is None:
+        return None
+    group = [view.producer[centred[2]], view.producer[d], neg, recip, scale_node, xs, shifted] + var_nodes + std[2]
+    return [x, scale, bias], centred[1], std[1], group + ([shift] if shift is not shifted else [])
+
+
+def fuse_layer_norm(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], graph_outputs: set[str]
+                    ) -> list[onnx.NodeProto]:
+    """Every decomposed layer normalization of the module docstring -> one ``LayerNormalization`` node (a scale of
+    ones added to ``const`` where the form has none)."""
+    view = _Nodes(nodes, const, graph_outputs)
+    removed, replaced = set(), {}
+    for last in nodes:
+        found = _normalized(view, last)
+        if found is None or any(id(n) in removed for n in found[3]):
+            continue
+        (x, scale, bias), axis, eps, group = found
+        if scale is None:
+            scale = f"{last.name or last.output[0]}_layer_norm_scale"
+            const[scale] = np.ones(1, dtype=np.float32)
+        inputs = [x, scale] + ([bias] if bias else [])
+        replaced[id(last)] = helper.make_node("LayerNormalization", inputs, list(last.output), axis=axis,
+                                              epsilon=eps, single_axis=1, domain=LIPVERIFY,
+                                              name=f"{last.name or last.output[0]}_layer_norm")
+        removed.update(id(n) for n in group)
     return [replaced.get(id(n), n) for n in nodes if id(n) not in removed]

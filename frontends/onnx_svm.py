@@ -33,7 +33,8 @@ import onnx
 from onnx import helper
 
 from verifier.errors import ModelImportError
-from verifier.ops.kernels import LIPVERIFY, condorcet_weights
+from verifier.ops.base import LIPVERIFY
+from verifier.ops.kernels import condorcet_weights
 
 from .onnx_labels import label_of
 from .onnx_lowering import Lowering

@@ -55,6 +55,13 @@ def scaled(g: Box, s_lo: Tensor, s_hi: Tensor) -> Box:
     return Box(center.reshape(shape), radius.reshape(shape))
 
 
+def interval_product(a_lo: Tensor, a_hi: Tensor, b_lo: Tensor, b_hi: Tensor) -> tuple[Tensor, Tensor]:
+    """The interval product [a] [b] (entrywise, broadcast): the hull of the four corner products (unrounded:
+    callers widen by REL64)."""
+    corners = torch.stack(torch.broadcast_tensors(a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi))
+    return corners.amin(0), corners.amax(0)
+
+
 def affine_transpose(op: Any, inputs: Sequence[Any], grads: Sequence[Box | None]) -> list[Box | None]:
     """J^T g for an op that is affine in its input-dependent inputs (the Box entries of ``inputs``), for each
     such input: centre J^T c (autograd through ``op.forward``) and radius |J|^T r (autograd through the radius

@@ -238,8 +238,9 @@ def box_backward(lams: Sequence[Tensor | None], boxes: Sequence[Box]) -> Tensor:
     return total
 
 
-def mean_value_backward(op: Any, x: Box, lam: Tensor, error: Tensor) -> tuple[Tensor, Tensor]:
-    """The linear rule of an op of one input with a gradient rule (``Op.grad_interval``), in the mean-value form:
+def mean_value_backward(op: Any, inputs: Sequence[Any], lam: Tensor, error: Tensor) -> tuple[Tensor, Tensor]:
+    """The linear rule of an op with a gradient rule (``Op.grad_interval``) whose first input is its only
+    input-dependent one (``inputs`` as for ``Op.linear``; x = inputs[0]), in the mean-value form:
     for x' in the box x (centre c, radius r), lam . f(x') = lam . f(c) + int_0^1 (J^T lam)(xi_t) . (x' - c) dt
     (Lebourg's mean-value theorem for the Lipschitz f on the segment, with Clarke's Jacobians), and J^T lam lies
     in the op's gradient box [G_c - G_r, G_c + G_r] of the rows over x, so
@@ -249,11 +250,12 @@ def mean_value_backward(op: Any, x: Box, lam: Tensor, error: Tensor) -> tuple[Te
     lam . f(c) bounded below by the op's interval rule at the point c, and ``error`` (B, *out) a bound on the
     distance between the float forward and the real f anywhere on the box. First order: the gap is at most
     2 G_r . r, which the gradient box makes small on small boxes. Returns (G_c, bias), rows of batch B * R."""
+    x = inputs[0]
     b = x.shape[0]
     rows = lam.shape[0] // b
-    (grad,) = op.grad_interval([x], [Box(lam.double(), torch.zeros_like(lam, dtype=torch.float64))])[:1]
+    grad = op.grad_interval(list(inputs), [Box(lam.double(), torch.zeros_like(lam, dtype=torch.float64))])[0]
     g_c, g_r = grad.center.double(), grad.radius.double()
-    at_c = op.interval(Box.point(x.center))
+    at_c = op.interval(Box.point(x.center), *inputs[1:])
     lam_b = rows_of(lam.double(), b)
     f_lo, f_hi = at_c.lo.double()[:, None], at_c.hi.double()[:, None]
     c, r = x.center.double()[:, None], x.radius.double()[:, None]

@@ -1,7 +1,7 @@
 """Op classes, one per ONNX op family, registered by op type and opset version (see ``base.rule``)."""
 # (imported for their registration)
-from verifier.ops import (activations, conv, elementwise, kernels, linear, ml, pooling, reduce, shape,  # noqa: F401
-                          smooth)
+from verifier.ops import (activations, conv, elementwise, kernels, linear, ml, normalization,  # noqa: F401
+                          pooling, reduce, shape, smooth)
 from verifier.ops.base import Op, lookup, registered_op_types, rule
 
 __all__ = ["Op", "lookup", "registered_op_types", "rule"]

@@ -65,8 +65,16 @@ class Lipschitz:
         return max(self.factors) if self.factors else 0.0
 
 
+def lipschitz_factor(value: torch.Tensor) -> float | torch.Tensor:
+    """A rule's factor from a torch scalar: a float, or the scalar itself where it carries gradients (training's
+    estimate, ``verifier.engines.power_iteration``, evaluates rules on the trainable weights)."""
+    return value if value.requires_grad else float(value)
+
+
 #: the default ONNX domain's names (both mean the same domain)
 DEFAULT_DOMAIN, ONNX_ML = "", "ai.onnx.ml"
+#: the domain of the nodes lipverify's importer writes (lowerings and pattern rewrites; never in files)
+LIPVERIFY = "lipverify"
 
 # (domain, op type) -> list of (since_version, class), kept sorted by since_version
 _REGISTRY: dict[tuple[str, str], list[tuple[int, type["Op"]]]] = {}

@@ -45,13 +45,11 @@ import torch
 from verifier.box import Box, is_box, outward
 from verifier.errors import NoRuleError
 from verifier.jacobian import no_gradient_rule
-from verifier.ops.base import Lipschitz, Op, RuleArgs, rule
+from verifier.ops.base import LIPVERIFY, Lipschitz, Op, RuleArgs, lipschitz_factor, rule
 from verifier.ops.kernel_linear import kernel_linear, kernel_lines
 from verifier.ops.kernel_ranges import ULPS, power_range, squared_distance_range
 from verifier.rounding import REL64, SAFETY, TINY64, gamma, tiny, unit_roundoff
 
-#: the op's domain: it never appears in files; the importer writes it
-LIPVERIFY = "lipverify"
 KERNELS = ("LINEAR", "POLY", "RBF", "SIGMOID")
 
 
@@ -243,22 +241,18 @@ class KernelExpansion(Op):
                 value = torch.minimum(per_row.norm(), spectral)
             else:
                 value = per_row.max() * math.sqrt(s.shape[1])
-            return Lipschitz([_scalar(value * SAFETY)], "theorem", note="RBF kernel gradients <= sqrt(2 gamma / e)")
+            return Lipschitz([lipschitz_factor(value * SAFETY)], "theorem",
+                             note="RBF kernel gradients <= sqrt(2 gamma / e)")
         if self.kernel == "POLY" and self.degree != 1:
             raise self.no_rule(f"a polynomial kernel of degree {self.degree} is not Lipschitz on R^d")
         scale = 1.0 if self.kernel == "LINEAR" else abs(self.gamma)
         if self.kernel == "SIGMOID":
             bound = (torch.linalg.matrix_norm(a, ord=2) * torch.linalg.matrix_norm(s, ord=2) if args.l2
                      else (a.abs() @ s.abs().sum(1)).max())
-            return Lipschitz([_scalar(scale * bound * SAFETY)], "theorem", note="tanh' <= 1")
+            return Lipschitz([lipschitz_factor(scale * bound * SAFETY)], "theorem", note="tanh' <= 1")
         j = a @ s
         bound = torch.linalg.matrix_norm(j, ord=2) if args.l2 else j.abs().sum(1).max()
-        return Lipschitz([_scalar(scale * bound * SAFETY)], "exact")
-
-
-def _scalar(value: torch.Tensor) -> float | torch.Tensor:
-    """A rule's factor: a float, or the torch scalar itself where it carries gradients (training's estimate)."""
-    return value if value.requires_grad else float(value)
+        return Lipschitz([lipschitz_factor(scale * bound * SAFETY)], "exact")
 
 
 def pair_layout(per_class: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ import torch
 
 from verifier.box import Box, is_box, outward
 from verifier.errors import NoRuleError
-from verifier.jacobian import no_gradient_rule
+from verifier.jacobian import interval_product, no_gradient_rule
 from verifier.linear import mean_value_backward
 from verifier.ops.base import ONNX_ML, Op, rule
 from verifier.rounding import REL64, TINY64, gamma
@@ -110,11 +110,11 @@ class Normalizer(Op):
         g = grads[0]
         g_lo = (g.center - g.radius).double().reshape(b, -1, n)
         g_hi = (g.center + g.radius).double().reshape(b, -1, n)
-        t_lo, t_hi = _product(y_lo, y_hi, g_lo, g_hi)
+        t_lo, t_hi = interval_product(y_lo, y_hi, g_lo, g_hi)
         t_lo, t_hi = t_lo.sum(-1, keepdim=True), t_hi.sum(-1, keepdim=True)  # y . g
-        u_lo, u_hi = _product(sig_lo, sig_hi, t_lo, t_hi)
+        u_lo, u_hi = interval_product(sig_lo, sig_hi, t_lo, t_hi)
         v_lo, v_hi = g_lo - u_hi, g_hi - u_lo
-        w_lo, w_hi = _product(v_lo, v_hi, 1 / s_hi[:, None], 1 / s_lo[:, None])
+        w_lo, w_hi = interval_product(v_lo, v_hi, 1 / s_hi[:, None], 1 / s_lo[:, None])
         slack = 4 * REL64 * (w_lo.abs() + w_hi.abs() + (t_lo.abs() + t_hi.abs()) / s_lo[:, None]) + TINY64
         return [Box.from_bounds((w_lo - slack).reshape(g.shape), (w_hi + slack).reshape(g.shape))]
 
@@ -127,12 +127,5 @@ class Normalizer(Op):
         y = self.interval(x)
         _, _, rel = self._norm_range(x.lo.double(), x.hi.double(), x.dtype)
         error = 2 * rel * torch.maximum(y.lo.abs(), y.hi.abs()).double() + TINY64
-        lam, bias = mean_value_backward(self, x, lams[0], error)
+        lam, bias = mean_value_backward(self, inputs, lams[0], error)
         return [lam], bias
-
-
-def _product(a_lo: torch.Tensor, a_hi: torch.Tensor, b_lo: torch.Tensor, b_hi: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The interval product [a] [b] (entrywise, broadcast): the hull of the four corner products."""
-    corners = torch.stack(torch.broadcast_tensors(a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi))
-    return corners.amin(0), corners.amax(0)

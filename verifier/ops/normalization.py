@@ -1,0 +1,218 @@
+"""LayerNormalization (ONNX opset 17; ``frontends.onnx_patterns`` also folds the decomposed form that exporters
+write for older opsets into it).
+
+y = (x - mu) / sigma * scale + bias over the axes from ``axis`` on (n entries per row), mu the row's mean,
+sigma = sqrt(var + epsilon) with var the row's biased variance. Write z = x - mu and y_hat = z / sigma.
+
+Rules (soundness: each holds for the real function and for the forward's float evaluation in the boxes' dtype,
+unit roundoff u, gamma_k = k u / (1 - k u)):
+
+- **Lipschitz** (l2): J = (P - y_hat y_hat^T / n) / sigma with P the centring projection; y_hat lies in P's
+  range with ||y_hat||^2 = n var / sigma^2 <= n, so the bracket is a projection minus a PSD part of norm <= 1
+  inside it: ||J||_2 <= 1 / sigma <= 1 / sqrt(epsilon), times max |scale|. l_inf: sqrt(n) times that. Written
+  in torch, so training's estimate is differentiable in the scale.
+- **Box**: z_i = (1 - 1/n) x_i - (1/n) sum_{j != i} x_j has an exact range over the box; var lies between the
+  means of the z_i^2 ranges; y_hat in the interval quotient, and |y_hat_i| < sqrt(n - 1) (z_i^2 <= (n - 1) var
+  since the z sum to 0). The float forward is within e_y of the real y_hat anywhere on the box
+  (``_forward_error``: the mean's n-term sum, the subtraction, the variance's sums (two-pass or one-pass), the
+  square root and the division, each error carried through, for each evaluation order exporters and
+  onnxruntime use), then the scale and bias round twice more.
+- **Gradient box**: J^T g = ((g' - mean(g')) - y_hat (y_hat . g') / n) / sigma with g' = scale g, in interval
+  arithmetic (the centring term's range exact as for z).
+- **Linear** (CROWN): the mean-value form over the gradient boxes (``verifier.linear.mean_value_backward``),
+  less the forward's float error.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from verifier.box import Box, is_box, outward
+from verifier.errors import NoRuleError
+from verifier.jacobian import interval_product, no_gradient_rule
+from verifier.linear import mean_value_backward
+from verifier.ops.base import LIPVERIFY, Lipschitz, Op, RuleArgs, lipschitz_factor, rule
+from verifier.rounding import REL64, SAFETY, TINY64, gamma, tiny, unit_roundoff
+
+
+@rule("LayerNormalization", since=1, domain=LIPVERIFY)  # (the importer's rewrite of the decomposed form)
+@rule("LayerNormalization", since=17)
+class LayerNormalization(Op):
+    weight_inputs = (1, 2)
+
+    def setup(self) -> None:
+        self.axis = int(self.attr("axis", -1))
+        self.epsilon = float(self.attr("epsilon", 1e-5))
+        #: lipverify's rewrite of a decomposed form: the one axis ``axis``, which must be the last
+        self.single_axis = bool(self.attr("single_axis", 0))
+        if self.epsilon <= 0:
+            raise self.no_rule(f"epsilon {self.epsilon} <= 0 (x / ||x|| is not Lipschitz near 0)")
+
+    def _split(self, shape: torch.Size) -> tuple[int, int]:
+        """(the first normalized axis, n the entries per row)."""
+        axis = self.axis % len(shape)
+        if axis == 0:
+            raise self.no_rule("it normalizes over the batch axis")
+        if self.single_axis and axis != len(shape) - 1:
+            raise self.no_rule("a decomposed layer normalization over an axis other than the last")
+        return axis, math.prod(shape[axis:])
+
+    def _over(self, t: Tensor, tail: torch.Size) -> Tensor:
+        """A scale or bias broadcast to the normalized axes ``tail`` (leading axes of size 1 dropped)."""
+        extra = t.dim() - len(tail)
+        if extra > 0:
+            if any(n != 1 for n in t.shape[:extra]):
+                raise self.no_rule(f"a scale or bias of shape {tuple(t.shape)} for normalized axes {tuple(tail)}")
+            t = t.reshape(t.shape[extra:])
+        return t.expand(tail)
+
+    def _affine(self, y: Tensor, scale: Tensor, bias: Tensor | None, axis: int) -> Tensor:
+        """y * scale + bias, scale and bias broadcast to the normalized axes."""
+        tail = y.shape[axis:]
+        out = y * self._over(scale.to(y.dtype), tail)
+        return out if bias is None else out + self._over(bias.to(y.dtype), tail)
+
+    # --- forward ---------------------------------------------------------------------------------------
+    def forward(self, x, scale, bias=None):
+        axis, _ = self._split(x.shape)
+        rows = x.reshape(*x.shape[:axis], -1)
+        z = rows - rows.mean(-1, keepdim=True)
+        y = z / torch.sqrt((z * z).mean(-1, keepdim=True) + self.epsilon)
+        return self._affine(y.reshape(x.shape), scale, bias, axis)
+
+    # --- Lipschitz -------------------------------------------------------------------------------------
+    def lipschitz(self, args: RuleArgs) -> Lipschitz:
+        if not args.dynamic[0] or any(args.dynamic[1:]):
+            raise self.no_rule("only its input may depend on the model input")
+        shape = args.in_shapes[0]
+        _, n = self._split(torch.Size(shape))
+        value = args.values[1].double().abs().max() / math.sqrt(self.epsilon)
+        if not args.l2:
+            value = value * math.sqrt(n)
+        return Lipschitz([lipschitz_factor(value * SAFETY)], "theorem", note="||J||_2 <= max|scale| / sqrt(eps)")
+
+    # --- box -------------------------------------------------------------------------------------------
+    def _ranges(self, lo: Tensor, hi: Tensor) -> dict[str, Tensor]:
+        """Over the box of rows (..., n), float64: the ranges of z, of y_hat (clamped to sqrt(n - 1)) and of
+        sigma (module docstring)."""
+        n = lo.shape[-1]
+        s_lo, s_hi = lo.sum(-1, keepdim=True), hi.sum(-1, keepdim=True)
+        z_lo = (1 - 1 / n) * lo - (s_hi - hi) / n
+        z_hi = (1 - 1 / n) * hi - (s_lo - lo) / n
+        slack = REL64 * (lo.abs() + hi.abs() + (lo.abs() + hi.abs()).mean(-1, keepdim=True))
+        z_lo, z_hi = z_lo - slack, z_hi + slack
+        near = torch.where((z_lo <= 0) & (z_hi >= 0), torch.zeros_like(z_lo), torch.minimum(z_lo.abs(), z_hi.abs()))
+        far = torch.maximum(z_lo.abs(), z_hi.abs())
+        sigma_lo = ((near * near).mean(-1, keepdim=True) * (1 - REL64) + self.epsilon).sqrt() * (1 - REL64)
+        sigma_hi = ((far * far).mean(-1, keepdim=True) * (1 + REL64) + self.epsilon).sqrt() * (1 + REL64)
+        quotients = torch.stack([z_lo / sigma_lo, z_lo / sigma_hi, z_hi / sigma_lo, z_hi / sigma_hi])
+        cap = math.sqrt(max(n - 1, 0)) * (1 + REL64)
+        y_lo = (quotients.amin(0) * (1 + REL64)).clamp(-cap, cap)
+        y_hi = (quotients.amax(0) * (1 + REL64)).clamp(-cap, cap)
+        y_lo, y_hi = torch.minimum(y_lo, y_hi), torch.maximum(y_lo, y_hi)
+        return {"z_far": far, "sigma_lo": sigma_lo, "sigma_hi": sigma_hi, "y_lo": y_lo, "y_hi": y_hi}
+
+    def _forward_error(self, lo: Tensor, hi: Tensor, r: dict[str, Tensor], dtype: torch.dtype) -> Tensor:
+        """e_y (..., n): |float y_hat - real y_hat| anywhere on the box, for a forward in ``dtype`` in any of the
+        evaluation orders in use: the two-pass one (this op's forward, PyTorch's decomposition), the one-pass
+        var = mean(x^2) - m^2 (onnxruntime's kernel, jax2onnx's decomposition; its cancellation included) and the
+        distributed x (r g) - m (r g) (tf2onnx's). The mean is off by e_mu <= gamma_{n+1} mean|x|; each z (or
+        its distributed products) by e_z = e_mu + 2u (|x| + |m| + |z| + e_mu); the variance by the sum of both
+        forms' errors, e_v = mean(e_z (2|z| + e_z)) + gamma_{n+2} mean((|z| + e_z)^2) + gamma_{n+2} mean(x^2) +
+        e_mu (2|m| + e_mu) + 3u (m^2 + mean(x^2)); sigma^2 then by e_v + 3u (var + eps + e_v), so sigma by
+        that over sigma_lo; the quotient (or reciprocal and product) by e_z / sigma~ + |z| e_sigma / (sigma
+        sigma~) + 4u (|z| + e_z) / sigma~."""
+        n, u = lo.shape[-1], unit_roundoff(dtype)
+        big = torch.maximum(lo.abs(), hi.abs())
+        mean_abs = big.mean(-1, keepdim=True)
+        mean_sq = (big * big).mean(-1, keepdim=True)
+        e_mu = gamma(n + 1, dtype) * mean_abs
+        z = r["z_far"]
+        e_z = e_mu + 2 * u * (big + mean_abs + z + e_mu)
+        g2 = gamma(n + 2, dtype)
+        e_v = (e_z * (2 * z + e_z)).mean(-1, keepdim=True) + g2 * ((z + e_z) ** 2).mean(-1, keepdim=True) + \
+            g2 * mean_sq + e_mu * (2 * mean_abs + e_mu) + 3 * u * (mean_abs ** 2 + mean_sq)
+        var_hi = r["sigma_hi"] ** 2
+        e_sigma = (e_v + 3 * u * (var_hi + e_v)) / r["sigma_lo"]
+        sigma_float = (r["sigma_lo"] - e_sigma).clamp_min(0)
+        if not bool((sigma_float > 0).all()):
+            raise self.no_box("its float standard deviation may round to 0 on the box")
+        e_y = e_z / sigma_float + z * e_sigma / (r["sigma_lo"] * sigma_float) + 4 * u * (z + e_z) / sigma_float
+        return e_y * (1 + REL64) + tiny(dtype)
+
+    def _rows(self, x: Box) -> tuple[Tensor, Tensor, int]:
+        axis, n = self._split(x.shape)
+        return x.lo.double().reshape(*x.shape[:axis], n), x.hi.double().reshape(*x.shape[:axis], n), axis
+
+    def interval(self, x, scale, bias=None):
+        if not is_box(x) or is_box(scale) or is_box(bias):
+            raise self.no_box("only its input may depend on the model input")
+        lo, hi, axis = self._rows(x)
+        r = self._ranges(lo, hi)
+        e_y = self._forward_error(lo, hi, r, x.dtype)
+        y_lo, y_hi = (r["y_lo"] - e_y).reshape(x.shape), (r["y_hi"] + e_y).reshape(x.shape)
+        s = self._over(scale.double().to(y_lo.device), x.shape[axis:])
+        b = torch.zeros_like(s) if bias is None else self._over(bias.double().to(y_lo.device), x.shape[axis:])
+        ends = torch.stack([y_lo * s, y_hi * s])
+        out_lo, out_hi = ends.amin(0) + b, ends.amax(0) + b
+        size = torch.maximum(out_lo.abs(), out_hi.abs()) + b.abs()
+        widen = (2 * unit_roundoff(x.dtype) + REL64) * size + tiny(x.dtype)
+        return outward(out_lo - widen, out_hi + widen, x.dtype)
+
+    # --- gradient box ------------------------------------------------------------------------------------
+    def grad_interval(self, inputs, grads):
+        """J^T g over the box (module docstring), in interval arithmetic, float64, widened by REL64."""
+        x, scale = inputs[0], inputs[1]
+        if not is_box(x) or any(is_box(v) for v in inputs[1:]):
+            raise no_gradient_rule(self)
+        lo, hi, axis = self._rows(x)
+        r = self._ranges(lo, hi)
+        g = grads[0]
+        b, n = x.shape[0], lo.shape[-1]
+        s = self._over(scale.double().to(lo.device), x.shape[axis:]).reshape(-1)
+        g_lo = ((g.center - g.radius).double().reshape(b, -1, n) * s)  # (B, P * m, n), then sorted by sign of s
+        g_hi = ((g.center + g.radius).double().reshape(b, -1, n) * s)
+        g_lo, g_hi = torch.minimum(g_lo, g_hi), torch.maximum(g_lo, g_hi)
+        m = lo[0].numel() // n  # rows per sample; g holds P samples' worth per forward sample
+        y_lo, y_hi, sig_lo, sig_hi = (_per_gradient(r[k], b, m, g_lo.shape[1] // m)
+                                      for k in ("y_lo", "y_hi", "sigma_lo", "sigma_hi"))
+        sum_lo, sum_hi = g_lo.sum(-1, keepdim=True), g_hi.sum(-1, keepdim=True)
+        c_lo = (1 - 1 / n) * g_lo - (sum_hi - g_hi) / n  # g'_j - mean(g'), its exact range
+        c_hi = (1 - 1 / n) * g_hi - (sum_lo - g_lo) / n
+        t_lo, t_hi = interval_product(y_lo, y_hi, g_lo, g_hi)
+        t_lo, t_hi = t_lo.sum(-1, keepdim=True) / n, t_hi.sum(-1, keepdim=True) / n  # y_hat . g' / n
+        q_lo, q_hi = interval_product(y_lo, y_hi, t_lo, t_hi)
+        w_lo, w_hi = interval_product(c_lo - q_hi, c_hi - q_lo, 1 / sig_hi, 1 / sig_lo)
+        slack = 4 * REL64 * (w_lo.abs() + w_hi.abs() + (g_lo.abs() + g_hi.abs() + t_lo.abs() + t_hi.abs())
+                             / sig_lo) + TINY64
+        shape = g.shape
+        return [Box.from_bounds((w_lo - slack).reshape(shape), (w_hi + slack).reshape(shape))] + \
+            [None] * (len(inputs) - 1)
+
+    # --- linear (CROWN) ---------------------------------------------------------------------------------
+    def linear(self, inputs, lams):
+        x, scale = inputs[0], inputs[1]
+        if not is_box(x) or x.integer or any(is_box(v) for v in inputs[1:]):
+            raise NoRuleError(f"no linear rule for {self.op_type} (node '{self.name}'): only its input may "
+                              f"depend on the model input")
+        lo, hi, axis = self._rows(x)
+        e_y = self._forward_error(lo, hi, self._ranges(lo, hi), x.dtype).reshape(x.shape)
+        s = self._over(scale.double().to(e_y.device), x.shape[axis:])
+        error = e_y * s.abs() * (1 + 4 * unit_roundoff(x.dtype)) + 2 * unit_roundoff(x.dtype) * self._magnitude(
+            inputs) + tiny(x.dtype)
+        lam, bias = mean_value_backward(self, inputs, lams[0], error)
+        return [lam] + [None] * (len(inputs) - 1), bias
+
+    def _magnitude(self, inputs) -> Tensor:
+        """The largest |output| over the box (the scale and bias's roundings are relative to it)."""
+        box = self.interval(*inputs)
+        return torch.maximum(box.lo.abs(), box.hi.abs()).double()
+
+
+def _per_gradient(t: Tensor, b: int, m: int, per: int) -> Tensor:
+    """A per-row range (B, ..., k) of the forward box repeated for the ``per`` gradient samples of each forward
+    sample: (B, per * m, k), in the order of the gradient rows (sample-major)."""
+    k = t.shape[-1]
+    return t.reshape(b, 1, m, k).expand(b, per, m, k).reshape(b, per * m, k)
