@@ -12,9 +12,13 @@
   predate the op, and the decomposition normalizes that axis only); a scale and shift after ``d / s`` stay
   their own Mul and Add. The same real function; the op's box rule allows for any order of the sums' roundings
   (``verifier.ops.normalization``).
+- GELU's tanh approximation as tf2onnx writes Keras' ``gelu(approximate=True)``:
+  ``(0.5 x) (1 + Tanh(c (x + k Pow(x, 3))))`` with c = sqrt(2 / pi), k = 0.044715 (each product and sum in either
+  order) -> ``Gelu(x, approximate="tanh")`` (``fuse_tanh_gelu``; lipverify's domain, as above).
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -27,7 +31,8 @@ from verifier.ops.base import LIPVERIFY
 def rewrite_patterns(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], graph_outputs: set[str]
                      ) -> list[onnx.NodeProto]:
     """Every rewrite of the module docstring, in order (``graph_outputs``: tensors read outside the nodes)."""
-    return fuse_layer_norm(fuse_thresholded_softplus(nodes, graph_outputs), const, graph_outputs)
+    nodes = fuse_layer_norm(fuse_thresholded_softplus(nodes, graph_outputs), const, graph_outputs)
+    return fuse_tanh_gelu(nodes, const, graph_outputs)
 
 
 def fuse_thresholded_softplus(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:
@@ -213,4 +218,43 @@ def fuse_layer_norm(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], g
                                               epsilon=eps, single_axis=1, domain=LIPVERIFY,
                                               name=f"{last.name or last.output[0]}_layer_norm")
         removed.update(id(n) for n in group)
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in removed]
+
+
+def fuse_tanh_gelu(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], graph_outputs: set[str]
+                   ) -> list[onnx.NodeProto]:
+    """The decomposed tanh GELU of the module docstring -> one ``Gelu`` node; intermediate tensors read once (x
+    three times: the half, the cube, the sum)."""
+    view = _Nodes(nodes, const, graph_outputs)
+
+    def times(t: str, op_type: str, factor: float) -> tuple[str, onnx.NodeProto] | None:
+        """(y, node) when ``t`` = ``op_type``(y, c) in either order, c within float32 rounding of ``factor``."""
+        node = view.single(t, op_type)
+        if node is None or len(node.input) != 2:
+            return None
+        for y, c in (node.input, node.input[::-1]):
+            value = view.scalar(c)
+            if value is not None and abs(value - factor) <= 1e-6 * abs(factor) and view.value(y) is None:
+                return y, node
+        return None
+
+    removed, replaced = set(), {}
+    for last in (n for n in nodes if n.op_type == "Mul" and len(n.input) == 2):
+        for left, right in (last.input, last.input[::-1]):
+            half, one = times(left, "Mul", 0.5), times(right, "Add", 1.0)
+            tanh = view.single(one[0], "Tanh") if one else None
+            inner = times(tanh.input[0], "Mul", math.sqrt(2 / math.pi)) if tanh is not None else None
+            total = view.single(inner[0], "Add") if inner else None
+            if half is None or total is None or half[0] not in total.input:
+                continue
+            x = half[0]
+            cubic = times(next(t for t in total.input if t != x) if list(total.input).count(x) == 1 else "", "Mul",
+                          0.044715)
+            power = view.single(cubic[0], "Pow") if cubic else None
+            if power is None or power.input[0] != x or view.scalar(power.input[1]) != 3.0:
+                continue
+            replaced[id(last)] = helper.make_node("Gelu", [x], list(last.output), approximate="tanh",
+                                                  domain=LIPVERIFY, name=f"{last.name or last.output[0]}_gelu")
+            removed.update(id(n) for n in (half[1], one[1], tanh, inner[1], total, cubic[1], power))
+            break
     return [replaced.get(id(n), n) for n in nodes if id(n) not in removed]

@@ -54,6 +54,35 @@ def test_erf_gelu_not_fused_when_another_tensor_is_multiplied(order):
     assert "Gelu" not in module.graph.op_counts() and module.graph.op_counts()["Erf"] == 1
 
 
+TANH_GELU_CONSTS = {"half": np.float32(0.5), "three": np.float32(3.0), "k": np.float32(0.044715),
+                    "c": np.float32(math.sqrt(2 / math.pi)), "one": np.float32(1.0)}
+
+
+def tanh_gelu_nodes(swap: bool) -> list:
+    """(0.5 x) (1 + tanh(c (x + k x^3))) as tf2onnx writes Keras' gelu(approximate=True); ``swap`` flips every
+    product's and sum's operands."""
+    two = (lambda a, b: [b, a]) if swap else (lambda a, b: [a, b])
+    return [node("Mul", two("half", "x"), ["h"]), node("Pow", ["x", "three"], ["p"]),
+            node("Mul", two("k", "p"), ["kp"]), node("Add", two("x", "kp"), ["s"]), node("Mul", two("c", "s"), ["cs"]),
+            node("Tanh", ["cs"], ["t"]), node("Add", two("one", "t"), ["o"]), node("Mul", two("h", "o"))]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("swap", [False, True])
+def test_tanh_gelu_is_fused(swap, batch):
+    module = check(make_model(tanh_gelu_nodes(swap), [5], TANH_GELU_CONSTS, opset=15, batch=batch, affine=SIGNED))
+    assert module.graph.op_counts() == {"Sub": 1, "Mul": 1, "Gelu": 1}
+
+
+def test_tanh_gelu_not_fused_when_the_cube_differs():
+    """x + k x^2 is no GELU: its Pow stays (and is refused)."""
+    from verifier.errors import UnsupportedOpsError
+
+    consts = dict(TANH_GELU_CONSTS, three=np.float32(2.0))
+    with pytest.raises(UnsupportedOpsError, match="Pow"):
+        load_onnx(make_model(tanh_gelu_nodes(False), [5], consts, opset=15, affine=SIGNED))
+
+
 def test_erf_gelu_not_fused_when_constants_differ():
     consts = dict(GELU_CONSTS, half=np.float32(0.6))
     module = check(make_model(gelu_nodes(0, "Div", False), [5], consts, affine=SIGNED))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from verifier.ops.activations import Activation
-from verifier.ops.base import rule
+from verifier.ops.base import LIPVERIFY, rule
 from verifier.rounding import TINY64
 
 
@@ -153,11 +153,13 @@ class Erf(Activation):
         return _unimodal_range(lo, hi, lambda t: 2.0 / math.sqrt(math.pi) * torch.exp(-t * t))
 
 
+@rule("Gelu", since=1, domain=LIPVERIFY)  # (the importer's rewrite of decomposed tanh forms)
 @rule("Gelu", since=(20,))
 class Gelu(Activation):
     """GELU(x) = x Phi(x) ('none', the Erf form) or its tanh approximation.
 
-    Also the node that the Erf pattern of older exporters, 0.5 x (1 + erf(x / sqrt 2)), is rewritten to.
+    Also the node that the Erf pattern of older exporters, 0.5 x (1 + erf(x / sqrt 2)), and the decomposed tanh
+    form (``frontends.onnx_patterns``) are rewritten to.
     """
 
     #: GELU's minimum (argmin, min) in the erf form and in the tanh form, from mpmath at 40 digits:
