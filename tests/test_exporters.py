@@ -140,6 +140,23 @@ def test_a_keras_model_through_its_own_export_and_through_tf2onnx():
 
 
 @pytest.mark.slow
+def test_a_keras_model_with_layer_norm_and_tanh_gelu():
+    """tf2onnx decomposes LayerNormalization and gelu(approximate=True): both fold into one node each."""
+    keras = pytest.importorskip("keras", reason="Keras is not installed (pip install lipverify[keras])")
+    pytest.importorskip("tf2onnx", reason="tf2onnx is not installed (pip install lipverify[keras])")
+    keras.utils.set_random_seed(0)
+    gelu = keras.layers.Activation(lambda v: keras.activations.gelu(v, approximate=True))
+    model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(16), keras.layers.LayerNormalization(), gelu,
+                              keras.layers.Dense(5)])
+    x = np.random.default_rng(1).random((30, 20)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    module = load_model(model)
+    assert {"LayerNormalization", "Gelu"} <= set(module.graph.op_counts())
+    assert np.abs(module(torch.from_numpy(x)).detach().numpy() - expected).max() < 1e-4
+    _certify_and_attack(model, x, expected.argmax(1))
+
+
+@pytest.mark.slow
 def test_a_jax_function_and_a_flax_module():
     jnp = pytest.importorskip("jax.numpy", reason="JAX is not installed (pip install lipverify[jax])")
     pytest.importorskip("jax2onnx", reason="jax2onnx is not installed (pip install lipverify[jax])")
@@ -158,8 +175,17 @@ def test_a_jax_function_and_a_flax_module():
             h = nnx.relu(self.conv(x))
             return self.dense(h.reshape(h.shape[0], -1))
 
+    class Normed(nnx.Module):  # jax2onnx decomposes nnx.LayerNorm (one-pass variance): folded into one node
+        def __init__(self, rngs):
+            self.l1, self.norm = nnx.Linear(20, 16, rngs=rngs), nnx.LayerNorm(16, rngs=rngs)
+            self.l2 = nnx.Linear(16, 4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(nnx.gelu(self.norm(self.l1(x))))
+
     for fn, x in ((mlp, rng.random((30, 20)).astype(np.float32)),
-                  (CNN(nnx.Rngs(0)), rng.random((30, 8, 8, 1)).astype(np.float32))):
+                  (CNN(nnx.Rngs(0)), rng.random((30, 8, 8, 1)).astype(np.float32)),
+                  (Normed(nnx.Rngs(0)), rng.random((30, 20)).astype(np.float32))):
         example = jnp.asarray(x[:1])
         module = load_model(fn, example)
         expected = np.asarray(fn(jnp.asarray(x)))
