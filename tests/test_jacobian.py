@@ -70,8 +70,9 @@ def test_gradient_box_contains_sampled_gradients(spec):
 
 
 def test_every_op_has_a_gradient_rule_or_is_linear():
-    """Ops with their own rule are the activations, the max pools, elementwise Max/Min and the kernel
-    expansion (its rule is tested in ``tests/test_svm.py``); every other op with a box rule relies on the
+    """Ops with their own rule are the activations, the max pools, elementwise Max/Min, the kernel expansion
+    (its rule is tested in ``tests/test_svm.py``), the Normalizer and LayerNormalization (``tests/
+    test_normalizer_rules.py``, ``tests/test_layer_norm.py``); every other op with a box rule relies on the
     default (affine) rule, and a nonlinear configuration of it must raise, never return a box."""
     from verifier.ops.base import Op
 
@@ -79,7 +80,7 @@ def test_every_op_has_a_gradient_rule_or_is_linear():
            if cls.grad_interval is not Op.grad_interval}
     assert {"Relu", "Sigmoid", "Tanh", "Softplus", "MaxPool", "GlobalMaxPool", "Max", "Min"} <= own
     assert all(issubclass(cls, Activation) or t in ("MaxPool", "GlobalMaxPool", "Max", "Min", "Sum",
-                                                     "KernelExpansion")
+                                                     "KernelExpansion", "Normalizer", "LayerNormalization")
                for (_, t), entries in _REGISTRY.items() for _, cls in entries
                if cls.grad_interval is not Op.grad_interval)
     from verifier.ops.base import lookup
