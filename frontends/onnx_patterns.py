@@ -60,7 +60,18 @@ class _Nodes:
         self.producer = {o: n for n in nodes for o in n.output}
         self.uses = Counter(t for n in nodes for t in n.input)
         self.uses.update(graph_outputs)
-        self.const = const
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in nodes:
+            for t in set(n.input):
+                self.readers.setdefault(t, []).append(n)
+        self.outputs, self.const = graph_outputs, const
+
+    def closed(self, group: list[onnx.NodeProto], last: onnx.NodeProto) -> bool:
+        """Whether every tensor the ``group`` writes is read by the group and ``last`` only (so that replacing them
+        all by one node writing ``last``'s outputs leaves no reader without its tensor)."""
+        inside = {id(n) for n in group} | {id(last)}
+        return all(o not in self.outputs and all(id(r) in inside for r in self.readers.get(o, []))
+                   for n in group for o in n.output)
 
     def single(self, t: str, op_type: str, count: int = 1) -> onnx.NodeProto | None:
         """The node writing ``t`` when it is an ``op_type`` and ``t`` is read ``count`` times."""
@@ -210,6 +221,8 @@ def fuse_layer_norm(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], g
         if found is None or any(id(n) in removed for n in found[3]):
             continue
         (x, scale, bias), axis, eps, group = found
+        if not view.closed(group, last):
+            continue
         if scale is None:
             scale = f"{last.name or last.output[0]}_layer_norm_scale"
             const[scale] = np.ones(1, dtype=np.float32)

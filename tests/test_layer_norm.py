@@ -256,3 +256,20 @@ def test_box_rule_contains_onnxruntimes_float32_evaluations_of_every_form(form):
     got = session.run(None, {"x": pts.reshape(-1, 8).numpy()})[0].reshape(200, 16, 8)
     got = torch.from_numpy(np.asarray(got, dtype=np.float64))
     assert (got >= out.lo.double()).all() and (got <= out.hi.double()).all()
+
+
+@pytest.mark.parametrize("form", ["torch", "flax", "keras"])
+def test_a_decomposition_whose_mean_is_read_elsewhere_keeps_its_nodes(form):
+    """Folding must not remove a tensor another node reads: with the mean also added to the output, the pattern
+    stays decomposed (and its Sqrt is refused), never a graph with a dangling tensor."""
+    from onnx import helper
+
+    from frontends import load_onnx
+    from verifier.errors import UnsupportedOpsError
+
+    model = decomposed(form)
+    gemm = model.graph.node[-1]
+    model.graph.node.insert(len(model.graph.node) - 1, helper.make_node("Add", ["ln", "m"], ["ln_m"]))
+    gemm.input[0] = "ln_m"
+    with pytest.raises(UnsupportedOpsError, match="Sqrt"):
+        load_onnx(model)
