@@ -80,7 +80,8 @@ def test_every_op_has_a_gradient_rule_or_is_linear():
            if cls.grad_interval is not Op.grad_interval}
     assert {"Relu", "Sigmoid", "Tanh", "Softplus", "MaxPool", "GlobalMaxPool", "Max", "Min"} <= own
     assert all(issubclass(cls, Activation) or t in ("MaxPool", "GlobalMaxPool", "Max", "Min", "Sum",
-                                                     "KernelExpansion", "Normalizer", "LayerNormalization")
+                                                     "KernelExpansion", "Normalizer", "LayerNormalization",
+                                                     "InstanceNormalization")
                for (_, t), entries in _REGISTRY.items() for _, cls in entries
                if cls.grad_interval is not Op.grad_interval)
     from verifier.ops.base import lookup

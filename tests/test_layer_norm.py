@@ -1,5 +1,6 @@
-"""LayerNormalization (``verifier.ops.normalization``): its box, Lipschitz, gradient and linear rules against brute
-force (float64 and float32 forwards, boxes of several widths, one and two normalized axes, negative scales), and
+"""LayerNormalization and InstanceNormalization (``verifier.ops.normalization``): their box, Lipschitz, gradient and
+linear rules against brute force (float64 and float32 forwards, boxes of several widths, one and two normalized
+axes, per-channel scales, negative scales); GroupNorm and InstanceNorm from PyTorch's exporters; and
 models with ``nn.LayerNorm`` from both PyTorch exporters (the opset 17 op, and the decomposed form before it that
 ``frontends.onnx_patterns`` folds) importing with parity and certifying without PGD breaking CROWN."""
 from __future__ import annotations
@@ -11,13 +12,17 @@ import torch
 
 from verifier.box import Box
 from verifier.ops.base import RuleArgs
-from verifier.ops.normalization import LayerNormalization
+from verifier.ops.normalization import InstanceNormalization, LayerNormalization
 
-SHAPES = [((5,), -1), ((3, 4), -1), ((3, 4), 1)]  # (sample shape, axis): one or two normalized axes
+#: (sample shape, axis): one or two normalized axes; axis None: InstanceNormalization (channels first)
+SHAPES = [((5,), -1), ((3, 4), -1), ((3, 4), 1), ((3, 4), None), ((2, 3, 2), None)]
 
 
-def op_and_constants(shape: tuple[int, ...], axis: int, seed: int = 0):
+def op_and_constants(shape: tuple[int, ...], axis: int | None, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
+    if axis is None:
+        scale, bias = (torch.randn(shape[0], generator=gen, dtype=torch.float64) for _ in range(2))
+        return InstanceNormalization({"epsilon": 1e-3}, {}, 6, "in"), scale, bias
     tail = shape[axis - 1:] if axis > 0 else shape[axis:]  # (axis counts the batch axis)
     scale = torch.randn(tail, generator=gen, dtype=torch.float64)
     bias = torch.randn(tail, generator=gen, dtype=torch.float64)
@@ -273,3 +278,50 @@ def test_a_decomposition_whose_mean_is_read_elsewhere_keeps_its_nodes(form):
     gemm.input[0] = "ln_m"
     with pytest.raises(UnsupportedOpsError, match="Sqrt"):
         load_onnx(model)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize("layer", ["group", "instance"])
+def test_torch_group_and_instance_norm_cnns_import_and_crown_survives_pgd(tmp_path, layer, exporter):
+    """nn.GroupNorm (Reshape -> InstanceNormalization -> Reshape -> Mul -> Add) and nn.InstanceNorm2d (affine) from
+    both exporters: parity, a finite Lipschitz report, CROWN radii that PGD (20 restarts) cannot break."""
+    import onnx
+
+    from frontends import load_onnx
+    from frontends.parity import check_parity
+    from verifier.certificates.certify import compute_bounds
+    from verifier.certificates.methods import METHODS, Task
+    from verifier.engines.attacks import pgd
+    from verifier.engines.lipschitz import graph_lipschitz
+    from verifier.problem import RadiusProblem
+
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install lipverify[torch])")
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(2, 4) if layer == "group" else torch.nn.InstanceNorm2d(4, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), norm, torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    path = tmp_path / "m.onnx"
+    example = torch.rand(1, 1, 8, 8)
+    if exporter == "dynamo":
+        torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=({0: torch.export.Dim("b")},))
+    else:
+        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "b"}})
+    proto = onnx.load(path)
+    module = load_onnx(proto)
+    assert module.graph.op_counts().get("InstanceNormalization") == 1
+    assert check_parity(proto, module)["ok"]
+    assert math.isfinite(graph_lipschitz(module).lipschitz)
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = module(x)
+    y = logits.argmax(1)
+    task = Task(RadiusProblem(x, y, 2.0), logits=logits, bounds=compute_bounds(module, 2.0, 64), module=module)
+    radii = METHODS["crown"].radii(task).float()
+    keep = radii > 0
+    assert keep.float().mean() > 0.6
+    _, success = pgd(module, RadiusProblem(x[keep], y[keep], 2.0).at(radii[keep] * 0.999), steps=100, restarts=20)
+    assert not success.any()

@@ -99,7 +99,7 @@ def rule(op_type: str, since: int | Sequence[int] = 1, domain: str = DEFAULT_DOM
             raise ValueError(f"op {op_type} version {twice[0]} is registered twice ({cls.__name__})")
         entries.extend((v, cls) for v in versions)
         entries.sort(key=lambda e: e[0])
-        if not getattr(cls, "op_type", None):
+        if "op_type" not in cls.__dict__:  # (a registered subclass gets its own name, not its parent's)
             cls.op_type = op_type
         return cls
 

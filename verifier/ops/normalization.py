@@ -1,5 +1,5 @@
-"""LayerNormalization (ONNX opset 17; ``frontends.onnx_patterns`` also folds the decomposed form that exporters
-write for older opsets into it).
+"""LayerNormalization (ONNX opset 17; ``frontends.onnx_patterns`` also folds the decomposed forms that exporters
+write into it) and InstanceNormalization (the same over the spatial axes, with per-channel scale and bias).
 
 y = (x - mu) / sigma * scale + bias over the axes from ``axis`` on (n entries per row), mu the row's mean,
 sigma = sqrt(var + epsilon) with var the row's biased variance. Write z = x - mu and y_hat = z / sigma.
@@ -68,11 +68,15 @@ class LayerNormalization(Op):
             t = t.reshape(t.shape[extra:])
         return t.expand(tail)
 
-    def _affine(self, y: Tensor, scale: Tensor, bias: Tensor | None, axis: int) -> Tensor:
-        """y * scale + bias, scale and bias broadcast to the normalized axes."""
-        tail = y.shape[axis:]
-        out = y * self._over(scale.to(y.dtype), tail)
-        return out if bias is None else out + self._over(bias.to(y.dtype), tail)
+    def _full(self, t: Tensor, shape: torch.Size) -> Tensor:
+        """A scale or bias as it broadcasts against the input (of ``shape``): here over the normalized axes."""
+        axis, _ = self._split(shape)
+        return self._over(t, shape[axis:])
+
+    def _affine(self, y: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+        """y * scale + bias, scale and bias broadcast to the input (``_full``)."""
+        out = y * self._full(scale.to(y.dtype), y.shape)
+        return out if bias is None else out + self._full(bias.to(y.dtype), y.shape)
 
     # --- forward ---------------------------------------------------------------------------------------
     def forward(self, x, scale, bias=None):
@@ -80,7 +84,7 @@ class LayerNormalization(Op):
         rows = x.reshape(*x.shape[:axis], -1)
         z = rows - rows.mean(-1, keepdim=True)
         y = z / torch.sqrt((z * z).mean(-1, keepdim=True) + self.epsilon)
-        return self._affine(y.reshape(x.shape), scale, bias, axis)
+        return self._affine(y.reshape(x.shape), scale, bias)
 
     # --- Lipschitz -------------------------------------------------------------------------------------
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
@@ -142,19 +146,20 @@ class LayerNormalization(Op):
         e_y = e_z / sigma_float + z * e_sigma / (r["sigma_lo"] * sigma_float) + 4 * u * (z + e_z) / sigma_float
         return e_y * (1 + REL64) + tiny(dtype)
 
-    def _rows(self, x: Box) -> tuple[Tensor, Tensor, int]:
+    def _rows(self, x: Box) -> tuple[Tensor, Tensor]:
+        """The box's bounds as rows (..., n) of the normalized entries, float64."""
         axis, n = self._split(x.shape)
-        return x.lo.double().reshape(*x.shape[:axis], n), x.hi.double().reshape(*x.shape[:axis], n), axis
+        return x.lo.double().reshape(*x.shape[:axis], n), x.hi.double().reshape(*x.shape[:axis], n)
 
     def interval(self, x, scale, bias=None):
         if not is_box(x) or is_box(scale) or is_box(bias):
             raise self.no_box("only its input may depend on the model input")
-        lo, hi, axis = self._rows(x)
+        lo, hi = self._rows(x)
         r = self._ranges(lo, hi)
         e_y = self._forward_error(lo, hi, r, x.dtype)
         y_lo, y_hi = (r["y_lo"] - e_y).reshape(x.shape), (r["y_hi"] + e_y).reshape(x.shape)
-        s = self._over(scale.double().to(y_lo.device), x.shape[axis:])
-        b = torch.zeros_like(s) if bias is None else self._over(bias.double().to(y_lo.device), x.shape[axis:])
+        s = self._full(scale.double().to(y_lo.device), x.shape)
+        b = torch.zeros_like(s) if bias is None else self._full(bias.double().to(y_lo.device), x.shape)
         ends = torch.stack([y_lo * s, y_hi * s])
         out_lo, out_hi = ends.amin(0) + b, ends.amax(0) + b
         size = torch.maximum(out_lo.abs(), out_hi.abs()) + b.abs()
@@ -167,13 +172,13 @@ class LayerNormalization(Op):
         x, scale = inputs[0], inputs[1]
         if not is_box(x) or any(is_box(v) for v in inputs[1:]):
             raise no_gradient_rule(self)
-        lo, hi, axis = self._rows(x)
+        lo, hi = self._rows(x)
         r = self._ranges(lo, hi)
         g = grads[0]
         b, n = x.shape[0], lo.shape[-1]
-        s = self._over(scale.double().to(lo.device), x.shape[axis:]).reshape(-1)
-        g_lo = ((g.center - g.radius).double().reshape(b, -1, n) * s)  # (B, P * m, n), then sorted by sign of s
-        g_hi = ((g.center + g.radius).double().reshape(b, -1, n) * s)
+        s = self._full(scale.double().to(lo.device), x.shape)
+        g_lo = ((g.center - g.radius).double() * s).reshape(b, -1, n)  # (B, P * m, n), then sorted by sign of s
+        g_hi = ((g.center + g.radius).double() * s).reshape(b, -1, n)
         g_lo, g_hi = torch.minimum(g_lo, g_hi), torch.maximum(g_lo, g_hi)
         m = lo[0].numel() // n  # rows per sample; g holds P samples' worth per forward sample
         y_lo, y_hi, sig_lo, sig_hi = (_per_gradient(r[k], b, m, g_lo.shape[1] // m)
@@ -197,9 +202,9 @@ class LayerNormalization(Op):
         if not is_box(x) or x.integer or any(is_box(v) for v in inputs[1:]):
             raise NoRuleError(f"no linear rule for {self.op_type} (node '{self.name}'): only its input may "
                               f"depend on the model input")
-        lo, hi, axis = self._rows(x)
+        lo, hi = self._rows(x)
         e_y = self._forward_error(lo, hi, self._ranges(lo, hi), x.dtype).reshape(x.shape)
-        s = self._over(scale.double().to(e_y.device), x.shape[axis:])
+        s = self._full(scale.double().to(e_y.device), x.shape)
         error = e_y * s.abs() * (1 + 4 * unit_roundoff(x.dtype)) + 2 * unit_roundoff(x.dtype) * self._magnitude(
             inputs) + tiny(x.dtype)
         lam, bias = mean_value_backward(self, inputs, lams[0], error)
@@ -216,3 +221,27 @@ def _per_gradient(t: Tensor, b: int, m: int, per: int) -> Tensor:
     sample: (B, per * m, k), in the order of the gradient rows (sample-major)."""
     k = t.shape[-1]
     return t.reshape(b, 1, m, k).expand(b, per, m, k).reshape(b, per * m, k)
+
+
+@rule("InstanceNormalization", since=(1, 6))
+class InstanceNormalization(LayerNormalization):
+    """y = (x - mu) / sigma * scale_c + bias_c over the spatial axes (2 on) of each sample and channel c: the
+    layer normalization of those axes with per-channel scale and bias, so every rule above holds as it is.
+    PyTorch exports ``nn.InstanceNorm`` as this op and ``nn.GroupNorm`` as Reshape -> this op (scale 1, bias 0
+    per group) -> Reshape -> per-channel Mul and Add."""
+
+    def setup(self) -> None:
+        self.axis, self.single_axis = 2, False
+        self.epsilon = float(self.attr("epsilon", 1e-5))
+        if self.epsilon <= 0:
+            raise self.no_rule(f"epsilon {self.epsilon} <= 0 (x / ||x|| is not Lipschitz near 0)")
+
+    def _split(self, shape: torch.Size) -> tuple[int, int]:
+        if len(shape) < 3:
+            raise self.no_rule(f"an input of rank {len(shape)} (it needs (N, C, spatial axes...))")
+        return 2, math.prod(shape[2:])
+
+    def _full(self, t: Tensor, shape: torch.Size) -> Tensor:
+        if t.numel() != shape[1]:
+            raise self.no_rule(f"{t.numel()} scale or bias entries for {shape[1]} channels")
+        return t.reshape(shape[1], *[1] * (len(shape) - 2))
