@@ -31,7 +31,7 @@ from torch import Tensor
 
 from verifier.box import Box, is_box, outward
 from verifier.errors import NoRuleError
-from verifier.jacobian import interval_product, no_gradient_rule
+from verifier.jacobian import no_gradient_rule
 from verifier.linear import mean_value_backward
 from verifier.ops.base import LIPVERIFY, Lipschitz, Op, RuleArgs, lipschitz_factor, rule
 from verifier.rounding import REL64, SAFETY, TINY64, gamma, tiny, unit_roundoff
@@ -168,7 +168,11 @@ class LayerNormalization(Op):
 
     # --- gradient box ------------------------------------------------------------------------------------
     def grad_interval(self, inputs, grads):
-        """J^T g over the box (module docstring), in interval arithmetic, float64, widened by REL64."""
+        """J^T g over the box (module docstring), in interval arithmetic, float64, widened by REL64: the sum
+        y_hat . g' in centre/radius form (Rump's products, [a][b] within a_c b_c +- (|a_c| b_r + a_r |b_c| + a_r
+        b_r)), the product y_hat_j t as the exact hull of its corners, the positive 1 / sigma by the signs. The
+        gradient rows (B * P, ...) are viewed as (B, P, m, n) against the forward rows (B, 1, m, n): nothing is
+        copied per P."""
         x, scale = inputs[0], inputs[1]
         if not is_box(x) or any(is_box(v) for v in inputs[1:]):
             raise no_gradient_rule(self)
@@ -176,25 +180,29 @@ class LayerNormalization(Op):
         r = self._ranges(lo, hi)
         g = grads[0]
         b, n = x.shape[0], lo.shape[-1]
+        m = lo[0].numel() // n  # normalized rows per sample
         s = self._full(scale.double().to(lo.device), x.shape)
-        g_lo = ((g.center - g.radius).double() * s).reshape(b, -1, n)  # (B, P * m, n), then sorted by sign of s
-        g_hi = ((g.center + g.radius).double() * s).reshape(b, -1, n)
-        g_lo, g_hi = torch.minimum(g_lo, g_hi), torch.maximum(g_lo, g_hi)
-        m = lo[0].numel() // n  # rows per sample; g holds P samples' worth per forward sample
-        y_lo, y_hi, sig_lo, sig_hi = (_per_gradient(r[k], b, m, g_lo.shape[1] // m)
-                                      for k in ("y_lo", "y_hi", "sigma_lo", "sigma_hi"))
-        sum_lo, sum_hi = g_lo.sum(-1, keepdim=True), g_hi.sum(-1, keepdim=True)
-        c_lo = (1 - 1 / n) * g_lo - (sum_hi - g_hi) / n  # g'_j - mean(g'), its exact range
-        c_hi = (1 - 1 / n) * g_hi - (sum_lo - g_lo) / n
-        t_lo, t_hi = interval_product(y_lo, y_hi, g_lo, g_hi)
-        t_lo, t_hi = t_lo.sum(-1, keepdim=True) / n, t_hi.sum(-1, keepdim=True) / n  # y_hat . g' / n
-        q_lo, q_hi = interval_product(y_lo, y_hi, t_lo, t_hi)
-        w_lo, w_hi = interval_product(c_lo - q_hi, c_hi - q_lo, 1 / sig_hi, 1 / sig_lo)
-        slack = 4 * REL64 * (w_lo.abs() + w_hi.abs() + (g_lo.abs() + g_hi.abs() + t_lo.abs() + t_hi.abs())
-                             / sig_lo) + TINY64
-        shape = g.shape
-        return [Box.from_bounds((w_lo - slack).reshape(shape), (w_hi + slack).reshape(shape))] + \
-            [None] * (len(inputs) - 1)
+        g_c = (g.center.double() * s).reshape(b, -1, m, n)  # g' = scale g: (B, P, m, n)
+        g_r = (g.radius.double() * s.abs()).reshape(b, -1, m, n)
+
+        def rows(t: Tensor) -> Tensor:
+            return t.reshape(b, 1, m, t.shape[-1])
+
+        y_c, y_r = rows((r["y_lo"] + r["y_hi"]) / 2), rows((r["y_hi"] - r["y_lo"]) / 2)
+        inv_lo, inv_hi = rows(1 / r["sigma_hi"]), rows(1 / r["sigma_lo"])
+        c_c = g_c - g_c.mean(-1, keepdim=True)  # g'_j - mean(g'), its range exact as for z
+        c_r = g_r * (1 - 2 / n) + g_r.sum(-1, keepdim=True) / n
+        t_c = (y_c * g_c).sum(-1, keepdim=True) / n  # y_hat . g' / n
+        t_r = (y_c.abs() * g_r + y_r * (g_c.abs() + g_r)).sum(-1, keepdim=True) / n
+        y_lo, y_hi, t_lo, t_hi = y_c - y_r, y_c + y_r, t_c - t_r, t_c + t_r  # q = y_hat_j t: the exact hull
+        q_lo = torch.minimum(torch.minimum(y_lo * t_lo, y_lo * t_hi), torch.minimum(y_hi * t_lo, y_hi * t_hi))
+        q_hi = torch.maximum(torch.maximum(y_lo * t_lo, y_lo * t_hi), torch.maximum(y_hi * t_lo, y_hi * t_hi))
+        v_lo, v_hi = c_c - c_r - q_hi, c_c + c_r - q_lo  # (g'_j - mean(g')) - y_hat_j t
+        w_lo = torch.where(v_lo >= 0, v_lo * inv_lo, v_lo * inv_hi)  # times 1 / sigma in [inv_lo, inv_hi], > 0
+        w_hi = torch.where(v_hi >= 0, v_hi * inv_hi, v_hi * inv_lo)
+        w_c, w_r = (w_lo + w_hi) / 2, (w_hi - w_lo) / 2
+        w_r = w_r + 4 * REL64 * (w_c.abs() + w_r + (g_c.abs() + g_r + t_c.abs() + t_r) * inv_hi) + TINY64
+        return [Box(w_c.reshape(g.shape), w_r.reshape(g.shape))] + [None] * (len(inputs) - 1)
 
     # --- linear (CROWN) ---------------------------------------------------------------------------------
     def linear(self, inputs, lams):
@@ -215,12 +223,6 @@ class LayerNormalization(Op):
         box = self.interval(*inputs)
         return torch.maximum(box.lo.abs(), box.hi.abs()).double()
 
-
-def _per_gradient(t: Tensor, b: int, m: int, per: int) -> Tensor:
-    """A per-row range (B, ..., k) of the forward box repeated for the ``per`` gradient samples of each forward
-    sample: (B, per * m, k), in the order of the gradient rows (sample-major)."""
-    k = t.shape[-1]
-    return t.reshape(b, 1, m, k).expand(b, per, m, k).reshape(b, per * m, k)
 
 
 @rule("InstanceNormalization", since=(1, 6))
