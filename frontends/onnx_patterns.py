@@ -4,12 +4,13 @@
 - Softplus with a threshold, as the PyTorch dynamo exporter writes ``nn.Softplus``:
   ``Where(Greater(x, t), x, Softplus(x))`` -> ``Softplus(x, t)`` (the IR's Softplus takes the threshold as an
   optional constant second input; ``torch.nn.functional.softplus(x, threshold=t)`` is exactly this function).
-- Layer normalization over one axis, as exporters decompose it (``fuse_layer_norm``), with m = ReduceMean(x),
+- Layer (and group) normalization as exporters decompose it (``fuse_layer_norm``), with m = ReduceMean(x) over
+  any axes (Keras and Flax write GroupNorm as one over (H, W, C / G) of an (N, H, W, G, C / G) reshape),
   d = x - m and s = Sqrt(var + eps): PyTorch's TorchScript exporter ``d / s`` with var = ReduceMean(Pow(d, 2));
   jax2onnx (Flax) ``d / s`` with var = [Max(., 0) of] ReduceMean(x x) - m m; tf2onnx (Keras)
   ``x (r g) + ((-m) (r g) [+ b])`` with r = Reciprocal(s), var = ReduceMean(d d) -> ``LayerNormalization(x,
-  scale, bias)`` with that epsilon (in lipverify's domain, its attribute ``single_axis``: the file's opset may
-  predate the op, and the decomposition normalizes that axis only); a scale and shift after ``d / s`` stay
+  scale, bias)`` with that epsilon (in lipverify's domain, with the attribute ``axes``: the file's opset may
+  predate the op, and the axes need not be the last ones); a scale and shift after ``d / s`` stay
   their own Mul and Add. The same real function; the op's box rule allows for any order of the sums' roundings
   (``verifier.ops.normalization``).
 - GELU's tanh approximation as tf2onnx writes Keras' ``gelu(approximate=True)``:
@@ -92,8 +93,8 @@ class _Nodes:
         v = self.value(t)
         return float(v.reshape(-1)[0]) if v is not None and v.size == 1 and v.dtype.kind == "f" else None
 
-    def mean(self, t: str, count: int) -> tuple[str, int] | None:
-        """(x, axis) when ``t`` = ReduceMean(x) over one axis, dims kept, read ``count`` times."""
+    def mean(self, t: str, count: int) -> tuple[str, tuple[int, ...]] | None:
+        """(x, axes) when ``t`` = ReduceMean(x) over given axes, dims kept, read ``count`` times."""
         node = self.single(t, "ReduceMean", count)
         if node is None:
             return None
@@ -102,7 +103,7 @@ class _Nodes:
         if len(node.input) > 1 and node.input[1]:
             found = self.value(node.input[1])
             axes = [] if found is None else [int(a) for a in found.reshape(-1)]
-        return (node.input[0], axes[0]) if len(axes) == 1 and int(attrs.get("keepdims", 1)) == 1 else None
+        return (node.input[0], tuple(axes)) if axes and int(attrs.get("keepdims", 1)) == 1 else None
 
     def std(self, t: str) -> tuple[str, float, list[onnx.NodeProto]] | None:
         """(var, eps, nodes) when ``t`` = Sqrt(var + eps), eps > 0 a constant."""
@@ -116,11 +117,11 @@ class _Nodes:
                 return var, eps, [add, sqrt]
         return None
 
-    def variance(self, var: str, x: str, axis: int, m: str, d: str) -> list[onnx.NodeProto] | None:
-        """The nodes computing ``var`` as the variance of x over ``axis`` (m its mean, d = x - m), in one of the
+    def variance(self, var: str, x: str, axes: tuple[int, ...], m: str, d: str) -> list[onnx.NodeProto] | None:
+        """The nodes computing ``var`` as the variance of x over ``axes`` (m its mean, d = x - m), in one of the
         exporters' forms (module docstring), else None."""
         found = self.mean(var, 1)
-        if found is not None and found[1] == axis:
+        if found is not None and found[1] == axes:
             square = self.producer.get(found[0])
             if self.uses[found[0]] == 1 and square is not None and (
                     (square.op_type == "Pow" and square.input[0] == d and self.scalar(square.input[1]) == 2.0)
@@ -133,14 +134,14 @@ class _Nodes:
         if sub is None:
             return None
         second, mm = self.mean(sub.input[0], 1), self.single(sub.input[1], "Mul")
-        square = self.single(second[0], "Mul") if second is not None and second[1] == axis else None
+        square = self.single(second[0], "Mul") if second is not None and second[1] == axes else None
         if square is None or list(square.input) != [x, x] or mm is None or list(mm.input) != [m, m]:
             return None
         return [n for n in (nonneg, sub, self.producer[sub.input[0]], square, mm) if n is not None]
 
 
-def _centred(view: _Nodes, d: str, count: int) -> tuple[str, int, str] | None:
-    """(x, axis, m) when ``d`` = x - m with m = ReduceMean(x), d read ``count`` times."""
+def _centred(view: _Nodes, d: str, count: int) -> tuple[str, tuple[int, ...], str] | None:
+    """(x, axes, m) when ``d`` = x - m with m = ReduceMean(x), d read ``count`` times."""
     sub = view.single(d, "Sub", count)
     if sub is None:
         return None
@@ -151,8 +152,8 @@ def _centred(view: _Nodes, d: str, count: int) -> tuple[str, int, str] | None:
     return None
 
 
-def _normalized(view: _Nodes, last: onnx.NodeProto) -> tuple[list[str], int, float, list] | None:
-    """(LayerNormalization's inputs, axis, eps, the nodes it replaces besides ``last``) when ``last`` ends a layer
+def _normalized(view: _Nodes, last: onnx.NodeProto) -> tuple[list[str], tuple[int, ...], float, list] | None:
+    """(LayerNormalization's inputs, axes, eps, the nodes it replaces besides ``last``) when ``last`` ends a layer
     normalization in one of the forms of the module docstring."""
     if last.op_type == "Div" and len(last.input) == 2:  # d / s (PyTorch, Flax)
         d, root = last.input
@@ -163,11 +164,11 @@ def _normalized(view: _Nodes, last: onnx.NodeProto) -> tuple[list[str], int, flo
         std = view.std(root)
         if centred is None or std is None:
             return None
-        x, axis, m = centred
-        var_nodes = view.variance(std[0], x, axis, m, d)
+        x, axes, m = centred
+        var_nodes = view.variance(std[0], x, axes, m, d)
         if var_nodes is None:
             return None
-        return [x, None, None], axis, std[1], [view.producer[m], view.producer[d]] + var_nodes + std[2]
+        return [x, None, None], axes, std[1], [view.producer[m], view.producer[d]] + var_nodes + std[2]
     if last.op_type != "Add" or len(last.input) != 2:  # x (r g) + ((-m) (r g) [+ b]) (Keras)
         return None
     for left, right in (last.input, last.input[::-1]):
@@ -177,7 +178,7 @@ def _normalized(view: _Nodes, last: onnx.NodeProto) -> tuple[list[str], int, flo
     return None
 
 
-def _keras_form(view: _Nodes, left: str, right: str) -> tuple[list[str], int, float, list] | None:
+def _keras_form(view: _Nodes, left: str, right: str) -> tuple[list[str], tuple[int, ...], float, list] | None:
     """tf2onnx's form: ``left`` = x (r g), ``right`` = (-m) (r g) [+ b], r = Reciprocal(Sqrt(var + eps))."""
     xs, shift = view.single(left, "Mul"), view.single(right, "Mul") or view.single(right, "Add")
     if xs is None or shift is None:
@@ -220,15 +221,15 @@ def fuse_layer_norm(nodes: list[onnx.NodeProto], const: dict[str, np.ndarray], g
         found = _normalized(view, last)
         if found is None or any(id(n) in removed for n in found[3]):
             continue
-        (x, scale, bias), axis, eps, group = found
+        (x, scale, bias), axes, eps, group = found
         if not view.closed(group, last):
             continue
         if scale is None:
             scale = f"{last.name or last.output[0]}_layer_norm_scale"
             const[scale] = np.ones(1, dtype=np.float32)
         inputs = [x, scale] + ([bias] if bias else [])
-        replaced[id(last)] = helper.make_node("LayerNormalization", inputs, list(last.output), axis=axis,
-                                              epsilon=eps, single_axis=1, domain=LIPVERIFY,
+        replaced[id(last)] = helper.make_node("LayerNormalization", inputs, list(last.output), axes=list(axes),
+                                              epsilon=eps, domain=LIPVERIFY,
                                               name=f"{last.name or last.output[0]}_layer_norm")
         removed.update(id(n) for n in group)
     return [replaced.get(id(n), n) for n in nodes if id(n) not in removed]

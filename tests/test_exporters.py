@@ -154,6 +154,14 @@ def test_a_keras_model_with_layer_norm_and_tanh_gelu():
     assert {"LayerNormalization", "Gelu"} <= set(module.graph.op_counts())
     assert np.abs(module(torch.from_numpy(x)).detach().numpy() - expected).max() < 1e-4
     _certify_and_attack(model, x, expected.argmax(1))
+    cnn = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.GroupNormalization(2),
+                            keras.layers.Activation("relu"), keras.layers.Flatten(), keras.layers.Dense(3)])
+    x = np.random.default_rng(2).random((30, 8, 8, 1)).astype(np.float32)
+    expected = cnn.predict(x, verbose=0)
+    module = load_model(cnn)  # GroupNormalization: a layer norm over (H, W, C / G) of a reshape, folded
+    assert "LayerNormalization" in module.graph.op_counts()
+    assert np.abs(module(torch.from_numpy(x)).detach().numpy() - expected).max() < 1e-4
+    _certify_and_attack(cnn, x, expected.argmax(1))
 
 
 @pytest.mark.slow
@@ -183,9 +191,19 @@ def test_a_jax_function_and_a_flax_module():
         def __call__(self, x):
             return self.l2(nnx.gelu(self.norm(self.l1(x))))
 
+    class Grouped(nnx.Module):  # nnx.GroupNorm: jax2onnx's layer norm over (H, W, C / G), folded as well
+        def __init__(self, rngs):
+            self.conv, self.norm = nnx.Conv(1, 4, (3, 3), rngs=rngs), nnx.GroupNorm(4, num_groups=2, rngs=rngs)
+            self.dense = nnx.Linear(4 * 8 * 8, 4, rngs=rngs)
+
+        def __call__(self, x):
+            h = nnx.relu(self.norm(self.conv(x)))
+            return self.dense(h.reshape(h.shape[0], -1))
+
     for fn, x in ((mlp, rng.random((30, 20)).astype(np.float32)),
                   (CNN(nnx.Rngs(0)), rng.random((30, 8, 8, 1)).astype(np.float32)),
-                  (Normed(nnx.Rngs(0)), rng.random((30, 20)).astype(np.float32))):
+                  (Normed(nnx.Rngs(0)), rng.random((30, 20)).astype(np.float32)),
+                  (Grouped(nnx.Rngs(0)), rng.random((30, 8, 8, 1)).astype(np.float32))):
         example = jnp.asarray(x[:1])
         module = load_model(fn, example)
         expected = np.asarray(fn(jnp.asarray(x)))

@@ -14,15 +14,19 @@ from verifier.box import Box
 from verifier.ops.base import RuleArgs
 from verifier.ops.normalization import InstanceNormalization, LayerNormalization
 
-#: (sample shape, axis): one or two normalized axes; axis None: InstanceNormalization (channels first)
-SHAPES = [((5,), -1), ((3, 4), -1), ((3, 4), 1), ((3, 4), None), ((2, 3, 2), None)]
+#: (sample shape, axis): one or two normalized axes; a tuple: those axes (lipverify's rewrite of decomposed
+#: group norms: any set, a scale per entry); None: InstanceNormalization (channels first)
+SHAPES = [((5,), -1), ((3, 4), -1), ((3, 4), 1), ((3, 2, 4), (1, 3)), ((3, 4), None), ((2, 3, 2), None)]
 
 
-def op_and_constants(shape: tuple[int, ...], axis: int | None, seed: int = 0):
+def op_and_constants(shape: tuple[int, ...], axis: int | tuple[int, ...] | None, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     if axis is None:
         scale, bias = (torch.randn(shape[0], generator=gen, dtype=torch.float64) for _ in range(2))
         return InstanceNormalization({"epsilon": 1e-3}, {}, 6, "in"), scale, bias
+    if isinstance(axis, tuple):
+        scale, bias = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+        return LayerNormalization({"axes": list(axis), "epsilon": 1e-3}, {}, 1, "gn"), scale, bias
     tail = shape[axis - 1:] if axis > 0 else shape[axis:]  # (axis counts the batch axis)
     scale = torch.randn(tail, generator=gen, dtype=torch.float64)
     bias = torch.randn(tail, generator=gen, dtype=torch.float64)
@@ -175,11 +179,12 @@ def test_torch_layer_norm_models_import_with_parity_and_crown_survives_pgd(tmp_p
     assert not success.any()
 
 
-def decomposed(form: str, bare: bool = False):
+def decomposed(form: str, bare: bool = False, group: bool = False):
     """A Gemm, a layer normalization in one exporter's decomposed form (module docstring of
     ``frontends.onnx_patterns``), then a Gemm: PyTorch's TorchScript (opset 14), jax2onnx's (Flax; opset 18,
     axes as an input, var = E[x^2] - m^2), tf2onnx's (Keras; opset 15, x (r g) + ((-m) (r g) + b)); or
-    ONNX's own op (opset 17). ``bare``: the normalization alone, on 8 inputs."""
+    ONNX's own op (opset 17). ``bare``: the normalization alone, on 8 inputs. ``group``: as Keras and Flax write
+    GroupNorm, over axes (1, 3) of the features reshaped to (B, 2, 2, 2), a scale and shift per entry."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -190,8 +195,11 @@ def decomposed(form: str, bare: bool = False):
              "eps": np.array(1e-5), "two": np.array(2.0), "zero": np.array(0.0)}
     if form == "keras":
         inits["gamma"] = inits["gamma"].reshape(1, 8)
+    if group:
+        inits["gamma"], inits["beta"] = inits["gamma"].reshape(-1, 2, 2, 2), inits["beta"].reshape(2, 2, 2)
     n = helper.make_node
-    mean = {"keepdims": 1, "axes": [1] if form == "keras" else [-1]} if form != "flax" else {"keepdims": 1}
+    reduced = [1, 3] if group else [1] if form == "keras" else [-1]
+    mean = {"keepdims": 1, "axes": reduced} if form != "flax" else {"keepdims": 1}
     axes = ["axes"] if form == "flax" else []
     nodes = [n("Gemm", ["x", "w1", "b1"], ["h"]), n("ReduceMean", ["h", *axes], ["m"], **mean),
              n("Sub", ["h", "m"], ["d"])]
@@ -214,8 +222,15 @@ def decomposed(form: str, bare: bool = False):
     nodes.append(n("Gemm", ["ln", "w2", "b2"], ["z"]))
     if bare:
         nodes = [n("Identity", ["x"], ["h"])] + nodes[1:-1] + [n("Identity", ["ln"], ["z"])]
+    if group:  # h (B, 8) -> (B, 2, 2, 2) before, ln back to (B, 8) after
+        nodes[0].output[0] = "h8"
+        nodes.insert(1, n("Reshape", ["h8", "to4"], ["h"]))
+        nodes[-1].input[0] = "ln8"
+        nodes.insert(len(nodes) - 1, n("Reshape", ["ln", "to2"], ["ln8"]))
     tensors = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]
-    tensors.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "axes"))
+    tensors.append(numpy_helper.from_array(np.array(reduced, dtype=np.int64), "axes"))
+    tensors.append(numpy_helper.from_array(np.array([-1, 2, 2, 2], dtype=np.int64), "to4"))
+    tensors.append(numpy_helper.from_array(np.array([-1, 8], dtype=np.int64), "to2"))
     width, out = (8, 8) if bare else (6, 3)
     graph = helper.make_graph(nodes, form, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", width])],
                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", out])], tensors)
@@ -223,12 +238,13 @@ def decomposed(form: str, bare: bool = False):
     return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
+@pytest.mark.parametrize("group", [False, True], ids=["layer", "group"])
 @pytest.mark.parametrize("form", ["torch", "flax", "keras"])
-def test_decomposed_layer_norms_fold_into_one_node_with_parity(form):
+def test_decomposed_layer_norms_fold_into_one_node_with_parity(form, group):
     from frontends import load_onnx
     from frontends.parity import check_parity
 
-    model = decomposed(form)
+    model = decomposed(form, group=group)
     module = load_onnx(model)
     counts = module.graph.op_counts()
     assert counts.get("LayerNormalization") == 1 and not {"ReduceMean", "Sqrt", "Div", "Neg"} & set(counts)

@@ -45,33 +45,50 @@ class LayerNormalization(Op):
     def setup(self) -> None:
         self.axis = int(self.attr("axis", -1))
         self.epsilon = float(self.attr("epsilon", 1e-5))
-        #: lipverify's rewrite of a decomposed form: the one axis ``axis``, which must be the last
-        self.single_axis = bool(self.attr("single_axis", 0))
+        #: lipverify's rewrite of a decomposed form: the normalized axes, any set (else ``axis`` and all after it)
+        self.axes = [int(a) for a in self.attr("axes", [])]
         if self.epsilon <= 0:
             raise self.no_rule(f"epsilon {self.epsilon} <= 0 (x / ||x|| is not Lipschitz near 0)")
 
-    def _split(self, shape: torch.Size) -> tuple[int, int]:
-        """(the first normalized axis, n the entries per row)."""
-        axis = self.axis % len(shape)
-        if axis == 0:
+    def _normalized(self, rank: int) -> list[int]:
+        """The normalized axes of an input of ``rank`` (batch axis 0 included), ascending."""
+        axes = sorted({a % rank for a in self.axes}) if self.axes else list(range(self.axis % rank, rank))
+        if not axes or axes[0] == 0:
             raise self.no_rule("it normalizes over the batch axis")
-        if self.single_axis and axis != len(shape) - 1:
-            raise self.no_rule("a decomposed layer normalization over an axis other than the last")
-        return axis, math.prod(shape[axis:])
+        return axes
 
-    def _over(self, t: Tensor, tail: torch.Size) -> Tensor:
-        """A scale or bias broadcast to the normalized axes ``tail`` (leading axes of size 1 dropped)."""
-        extra = t.dim() - len(tail)
-        if extra > 0:
-            if any(n != 1 for n in t.shape[:extra]):
-                raise self.no_rule(f"a scale or bias of shape {tuple(t.shape)} for normalized axes {tuple(tail)}")
-            t = t.reshape(t.shape[extra:])
-        return t.expand(tail)
+    def _layout(self, shape: torch.Size) -> tuple[list[int], list[int], int]:
+        """(perm, its inverse, n): ``perm`` moves the normalized axes to the end (the others keep their order, the
+        batch axis first), so that the rows of n normalized entries are the last axis."""
+        axes = self._normalized(len(shape))
+        perm = [i for i in range(len(shape)) if i not in axes] + axes
+        inverse = sorted(range(len(perm)), key=perm.__getitem__)
+        return perm, inverse, math.prod(shape[a] for a in axes)
+
+    def _to_rows(self, t: Tensor, shape: torch.Size) -> Tensor:
+        """A tensor of the input's layout (``shape``, or a batch of P times as many) as rows (..., n)."""
+        perm, _, n = self._layout(shape)
+        moved = t.permute(perm)
+        return moved.reshape(*moved.shape[:len(perm) - len(self._normalized(len(shape)))], n)
+
+    def _from_rows(self, rows: Tensor, shape: torch.Size) -> Tensor:
+        """Rows (..., n) back to the input's layout (``shape``, its first axis as the rows have it)."""
+        perm, inverse, _ = self._layout(shape)
+        moved = [rows.shape[0]] + [shape[i] for i in perm[1:]]
+        return rows.reshape(moved).permute(inverse)
 
     def _full(self, t: Tensor, shape: torch.Size) -> Tensor:
-        """A scale or bias as it broadcasts against the input (of ``shape``): here over the normalized axes."""
-        axis, _ = self._split(shape)
-        return self._over(t, shape[axis:])
+        """A scale or bias broadcast to one sample of the input (``shape`` with its batch axis): its leading axes
+        of size 1 beyond the sample's rank dropped, then numpy broadcasting (ONNX's op: the normalized axes)."""
+        extra = t.dim() - (len(shape) - 1)
+        if extra > 0:
+            if any(k != 1 for k in t.shape[:extra]):
+                raise self.no_rule(f"a scale or bias of shape {tuple(t.shape)} for an input of shape {tuple(shape)}")
+            t = t.reshape(t.shape[extra:])
+        try:
+            return torch.broadcast_to(t, shape[1:])
+        except RuntimeError:
+            raise self.no_rule(f"a scale or bias of shape {tuple(t.shape)} for an input of shape {tuple(shape)}")
 
     def _affine(self, y: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
         """y * scale + bias, scale and bias broadcast to the input (``_full``)."""
@@ -80,18 +97,16 @@ class LayerNormalization(Op):
 
     # --- forward ---------------------------------------------------------------------------------------
     def forward(self, x, scale, bias=None):
-        axis, _ = self._split(x.shape)
-        rows = x.reshape(*x.shape[:axis], -1)
+        rows = self._to_rows(x, x.shape)
         z = rows - rows.mean(-1, keepdim=True)
         y = z / torch.sqrt((z * z).mean(-1, keepdim=True) + self.epsilon)
-        return self._affine(y.reshape(x.shape), scale, bias)
+        return self._affine(self._from_rows(y, x.shape), scale, bias)
 
     # --- Lipschitz -------------------------------------------------------------------------------------
     def lipschitz(self, args: RuleArgs) -> Lipschitz:
         if not args.dynamic[0] or any(args.dynamic[1:]):
             raise self.no_rule("only its input may depend on the model input")
-        shape = args.in_shapes[0]
-        _, n = self._split(torch.Size(shape))
+        _, _, n = self._layout(torch.Size(args.in_shapes[0]))
         value = args.values[1].double().abs().max() / math.sqrt(self.epsilon)
         if not args.l2:
             value = value * math.sqrt(n)
@@ -148,8 +163,7 @@ class LayerNormalization(Op):
 
     def _rows(self, x: Box) -> tuple[Tensor, Tensor]:
         """The box's bounds as rows (..., n) of the normalized entries, float64."""
-        axis, n = self._split(x.shape)
-        return x.lo.double().reshape(*x.shape[:axis], n), x.hi.double().reshape(*x.shape[:axis], n)
+        return self._to_rows(x.lo.double(), x.shape), self._to_rows(x.hi.double(), x.shape)
 
     def interval(self, x, scale, bias=None):
         if not is_box(x) or is_box(scale) or is_box(bias):
@@ -157,7 +171,7 @@ class LayerNormalization(Op):
         lo, hi = self._rows(x)
         r = self._ranges(lo, hi)
         e_y = self._forward_error(lo, hi, r, x.dtype)
-        y_lo, y_hi = (r["y_lo"] - e_y).reshape(x.shape), (r["y_hi"] + e_y).reshape(x.shape)
+        y_lo, y_hi = self._from_rows(r["y_lo"] - e_y, x.shape), self._from_rows(r["y_hi"] + e_y, x.shape)
         s = self._full(scale.double().to(y_lo.device), x.shape)
         b = torch.zeros_like(s) if bias is None else self._full(bias.double().to(y_lo.device), x.shape)
         ends = torch.stack([y_lo * s, y_hi * s])
@@ -182,8 +196,8 @@ class LayerNormalization(Op):
         b, n = x.shape[0], lo.shape[-1]
         m = lo[0].numel() // n  # normalized rows per sample
         s = self._full(scale.double().to(lo.device), x.shape)
-        g_c = (g.center.double() * s).reshape(b, -1, m, n)  # g' = scale g: (B, P, m, n)
-        g_r = (g.radius.double() * s.abs()).reshape(b, -1, m, n)
+        g_c = self._to_rows(g.center.double() * s, x.shape).reshape(b, -1, m, n)  # g' = scale g: (B, P, m, n)
+        g_r = self._to_rows(g.radius.double() * s.abs(), x.shape).reshape(b, -1, m, n)
 
         def rows(t: Tensor) -> Tensor:
             return t.reshape(b, 1, m, t.shape[-1])
@@ -202,7 +216,8 @@ class LayerNormalization(Op):
         w_hi = torch.where(v_hi >= 0, v_hi * inv_hi, v_hi * inv_lo)
         w_c, w_r = (w_lo + w_hi) / 2, (w_hi - w_lo) / 2
         w_r = w_r + 4 * REL64 * (w_c.abs() + w_r + (g_c.abs() + g_r + t_c.abs() + t_r) * inv_hi) + TINY64
-        return [Box(w_c.reshape(g.shape), w_r.reshape(g.shape))] + [None] * (len(inputs) - 1)
+        back = [self._from_rows(t.reshape(g.shape[0], -1, n), x.shape) for t in (w_c, w_r)]
+        return [Box(*back)] + [None] * (len(inputs) - 1)
 
     # --- linear (CROWN) ---------------------------------------------------------------------------------
     def linear(self, inputs, lams):
@@ -211,7 +226,7 @@ class LayerNormalization(Op):
             raise NoRuleError(f"no linear rule for {self.op_type} (node '{self.name}'): only its input may "
                               f"depend on the model input")
         lo, hi = self._rows(x)
-        e_y = self._forward_error(lo, hi, self._ranges(lo, hi), x.dtype).reshape(x.shape)
+        e_y = self._from_rows(self._forward_error(lo, hi, self._ranges(lo, hi), x.dtype), x.shape)
         s = self._full(scale.double().to(e_y.device), x.shape)
         error = e_y * s.abs() * (1 + 4 * unit_roundoff(x.dtype)) + 2 * unit_roundoff(x.dtype) * self._magnitude(
             inputs) + tiny(x.dtype)
@@ -233,15 +248,15 @@ class InstanceNormalization(LayerNormalization):
     per group) -> Reshape -> per-channel Mul and Add."""
 
     def setup(self) -> None:
-        self.axis, self.single_axis = 2, False
+        self.axis, self.axes = 2, []
         self.epsilon = float(self.attr("epsilon", 1e-5))
         if self.epsilon <= 0:
             raise self.no_rule(f"epsilon {self.epsilon} <= 0 (x / ||x|| is not Lipschitz near 0)")
 
-    def _split(self, shape: torch.Size) -> tuple[int, int]:
-        if len(shape) < 3:
-            raise self.no_rule(f"an input of rank {len(shape)} (it needs (N, C, spatial axes...))")
-        return 2, math.prod(shape[2:])
+    def _normalized(self, rank: int) -> list[int]:
+        if rank < 3:
+            raise self.no_rule(f"an input of rank {rank} (it needs (N, C, spatial axes...))")
+        return list(range(2, rank))
 
     def _full(self, t: Tensor, shape: torch.Size) -> Tensor:
         if t.numel() != shape[1]:
