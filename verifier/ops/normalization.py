@@ -1,8 +1,10 @@
 """LayerNormalization (ONNX opset 17; ``frontends.onnx_patterns`` also folds the decomposed forms that exporters
 write into it) and InstanceNormalization (the same over the spatial axes, with per-channel scale and bias).
 
-y = (x - mu) / sigma * scale + bias over the axes from ``axis`` on (n entries per row), mu the row's mean,
-sigma = sqrt(var + epsilon) with var the row's biased variance. Write z = x - mu and y_hat = z / sigma.
+y = (x - mu) / sigma * scale + bias over the axes from ``axis`` on (ONNX's op), or over the attribute ``axes``,
+any set (the rewrite of decomposed layer and group norms, in lipverify's domain): n entries per row, the rows
+made the last axis by a permutation; mu the row's mean, sigma = sqrt(var + epsilon) with var the row's biased
+variance; scale and bias broadcast to the sample. Write z = x - mu and y_hat = z / sigma.
 
 Rules (soundness: each holds for the real function and for the forward's float evaluation in the boxes' dtype,
 unit roundoff u, gamma_k = k u / (1 - k u)):
