@@ -257,7 +257,8 @@ def test_decomposed_layer_norms_fold_into_one_node_with_parity(form, group):
 def test_box_rule_contains_onnxruntimes_float32_evaluations_of_every_form(form):
     """onnxruntime's float32 evaluation of ONNX's op (a one-pass kernel) and of each decomposed form (the
     one-pass variance of jax2onnx, tf2onnx's distributed products), on boxes whose mean is large against their
-    spread (where a one-pass variance cancels): every value inside the imported op's box."""
+    spread (where a one-pass variance cancels): every value inside the imported op's box, also where the box
+    is propagated in float64 (as the engines' float64 copies do)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -277,6 +278,8 @@ def test_box_rule_contains_onnxruntimes_float32_evaluations_of_every_form(form):
     got = session.run(None, {"x": pts.reshape(-1, 8).numpy()})[0].reshape(200, 16, 8)
     got = torch.from_numpy(np.asarray(got, dtype=np.float64))
     assert (got >= out.lo.double()).all() and (got <= out.hi.double()).all()
+    wide = logit_box(module.float64(), Box(box.center.double(), box.radius.double()))  # as float64 engines run
+    assert (got >= wide.lo).all() and (got <= wide.hi).all()
 
 
 @pytest.mark.parametrize("form", ["torch", "flax", "keras"])

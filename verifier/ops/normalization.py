@@ -144,7 +144,10 @@ class LayerNormalization(Op):
         forms' errors, e_v = mean(e_z (2|z| + e_z)) + gamma_{n+2} mean((|z| + e_z)^2) + gamma_{n+2} mean(x^2) +
         e_mu (2|m| + e_mu) + 3u (m^2 + mean(x^2)); sigma^2 then by e_v + 3u (var + eps + e_v), so sigma by
         that over sigma_lo; the quotient (or reciprocal and product) by e_z / sigma~ + |z| e_sigma / (sigma
-        sigma~) + 4u (|z| + e_z) / sigma~."""
+        sigma~) + 4u (|z| + e_z) / sigma~. For float64 boxes (the engines' float64 copies) this is the error of a
+        float32 evaluation: the division by sigma can amplify the model's own float32 rounding far beyond the
+        margins' float allowance (``FLOAT_SLACK``) where the mean is large against the spread."""
+        dtype = torch.float32 if dtype == torch.float64 else dtype
         n, u = lo.shape[-1], unit_roundoff(dtype)
         big = torch.maximum(lo.abs(), hi.abs())
         mean_abs = big.mean(-1, keepdim=True)
