@@ -144,3 +144,40 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def box_points(lo, hi, count: int, seed: int):
+    """``count`` points of the box [lo, hi] (float64, shape (count, *lo.shape)), a third of the coordinates at
+    the box's ends (where bounds are tight)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.rand(count, *lo.shape, generator=gen, dtype=torch.float64)
+    t = torch.where(t < 0.15, 0.0, torch.where(t > 0.85, 1.0, t))
+    return lo + (hi - lo) * t
+
+
+def l2_radii(module, x, y, methods: Sequence[str]) -> dict:
+    """Each method's certified l2 radii (float32) of the inputs ``x`` with labels ``y``, through the registry."""
+    import math
+
+    import torch
+
+    from verifier.certificates.certify import compute_bounds
+    from verifier.certificates.methods import METHODS, Task
+    from verifier.problem import RadiusProblem
+
+    with torch.no_grad():
+        logits = module(x)
+    task = Task(RadiusProblem(x, y, 2.0), logits=logits, bounds=compute_bounds(module, 2.0, math.prod(x.shape[1:])),
+                module=module)
+    return {m: METHODS[m].radii(task).float() for m in methods}
+
+
+def pgd_succeeds_inside(module, x, y, radii) -> bool:
+    """Whether PGD (100 steps, 20 restarts) changes the prediction of some input within 0.999 of its l2 radius."""
+    from verifier.engines.attacks import pgd
+    from verifier.problem import RadiusProblem
+
+    _, success = pgd(module, RadiusProblem(x, y, 2.0).at(radii * 0.999), steps=100, restarts=20)
+    return bool(success.any())

@@ -10,6 +10,8 @@ from verifier.box import Box
 from verifier.linear import box_backward
 from verifier.ops.kernels import KernelExpansion
 
+from .onnx_graphs import l2_radii, pgd_succeeds_inside
+
 F = 6
 KERNELS = [("RBF", 1), ("LINEAR", 1), ("POLY", 2), ("POLY", 3), ("SIGMOID", 1)]
 
@@ -73,18 +75,6 @@ sklearn = pytest.importorskip("sklearn", reason="scikit-learn is not installed (
 skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is not installed (pip install lipverify[sklearn])")
 
 
-def crown_and(module, x: torch.Tensor, y: torch.Tensor, methods: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    from verifier.certificates.certify import compute_bounds
-    from verifier.certificates.methods import METHODS, Task
-    from verifier.problem import RadiusProblem
-
-    with torch.no_grad():
-        logits = module(x)
-    task = Task(RadiusProblem(x, y, 2.0), logits=logits, bounds=compute_bounds(module, 2.0, x.shape[1]),
-                module=module)
-    return {m: METHODS[m].radii(task).float() for m in ("crown", *methods)}
-
-
 @pytest.mark.parametrize("kernel", ["rbf", "linear", "poly", "sigmoid"])
 def test_crown_radii_on_svms_survive_pgd_and_beat_ibp(kernel):
     """CROWN through the kernel op's linear rule: PGD (20 restarts) never changes the label inside its radii, and
@@ -93,8 +83,6 @@ def test_crown_radii_on_svms_survive_pgd_and_beat_ibp(kernel):
     from sklearn.svm import SVC
 
     from frontends import load_onnx
-    from verifier.engines.attacks import pgd
-    from verifier.problem import RadiusProblem
 
     rng = np.random.default_rng(2)
     x = rng.random((240, F)).astype(np.float32)
@@ -104,13 +92,12 @@ def test_crown_radii_on_svms_survive_pgd_and_beat_ibp(kernel):
     xt = torch.from_numpy(rng.random((30, F)).astype(np.float32))
     with torch.no_grad():
         yt = module(xt).argmax(1).clamp_max(2)
-    radii = crown_and(module, xt, yt, ("ibp",))
+    radii = l2_radii(module, xt, yt, ("crown", "ibp"))
     crown = radii["crown"]
     keep = crown > 0
     assert keep.float().mean() > 0.6
     assert (crown >= radii["ibp"]).all() and (crown > radii["ibp"]).float().mean() > 0.6
-    _, success = pgd(module, RadiusProblem(xt[keep], yt[keep], 2.0).at(crown[keep] * 0.999), steps=100, restarts=20)
-    assert not success.any()
+    assert not pgd_succeeds_inside(module, xt[keep], yt[keep], crown[keep])
 
 
 def test_kernel_certificate_beats_crown_on_fashion_mnist():
@@ -128,6 +115,6 @@ def test_kernel_certificate_beats_crown_on_fashion_mnist():
     x, y = x[keep], (y[keep] == 6).astype(int)
     est = SVC(kernel="rbf", C=10, gamma="scale").fit(x[:-12], y[:-12])
     module = load_onnx(skl2onnx.to_onnx(est, x[:1], options={id(est): {"zipmap": False}}))
-    radii = crown_and(module, torch.from_numpy(x[-12:]), torch.from_numpy(y[-12:]), ("kernel",))
+    radii = l2_radii(module, torch.from_numpy(x[-12:]), torch.from_numpy(y[-12:]), ("crown", "kernel"))
     assert (radii["crown"] > 0).float().mean() > 0.5
     assert (radii["kernel"] >= radii["crown"]).float().mean() >= 0.75

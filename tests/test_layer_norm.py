@@ -14,6 +14,8 @@ from verifier.box import Box
 from verifier.ops.base import RuleArgs
 from verifier.ops.normalization import InstanceNormalization, LayerNormalization
 
+from .onnx_graphs import box_points, l2_radii, pgd_succeeds_inside
+
 #: (sample shape, axis): one or two normalized axes; a tuple: those axes (lipverify's rewrite of decomposed
 #: group norms: any set, a scale per entry); None: InstanceNormalization (channels first)
 SHAPES = [((5,), -1), ((3, 4), -1), ((3, 4), 1), ((3, 2, 4), (1, 3)), ((3, 4), None), ((2, 3, 2), None)]
@@ -43,10 +45,7 @@ def boxes(shape, seed: int = 1, batch: int = 12) -> tuple[torch.Tensor, torch.Te
 
 
 def points(lo: torch.Tensor, hi: torch.Tensor, count: int, seed: int = 2) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    t = torch.rand(count, *lo.shape, generator=gen, dtype=torch.float64)
-    t = torch.where(t < 0.15, 0.0, torch.where(t > 0.85, 1.0, t))
-    return lo + (hi - lo) * t
+    return box_points(lo, hi, count, seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -145,11 +144,7 @@ def test_torch_layer_norm_models_import_with_parity_and_crown_survives_pgd(tmp_p
 
     from frontends import load_onnx
     from frontends.parity import check_parity
-    from verifier.certificates.certify import compute_bounds
-    from verifier.certificates.methods import METHODS, Task
-    from verifier.engines.attacks import pgd
     from verifier.engines.lipschitz import graph_lipschitz
-    from verifier.problem import RadiusProblem
 
     if exporter == "dynamo":
         pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install lipverify[torch])")
@@ -168,15 +163,17 @@ def test_torch_layer_norm_models_import_with_parity_and_crown_survives_pgd(tmp_p
     assert math.isfinite(graph_lipschitz(module).lipschitz)
     gen = torch.Generator().manual_seed(8)
     x = torch.rand(30, 6, generator=gen)
+    _crown_survives_pgd(module, x)
+
+
+def _crown_survives_pgd(module, x: torch.Tensor) -> None:
+    """CROWN certifies most inputs (labels: the predictions) and PGD never succeeds inside its radii."""
     with torch.no_grad():
-        logits = module(x)
-    y = logits.argmax(1)
-    task = Task(RadiusProblem(x, y, 2.0), logits=logits, bounds=compute_bounds(module, 2.0, 6), module=module)
-    radii = METHODS["crown"].radii(task).float()
+        y = module(x).argmax(1)
+    radii = l2_radii(module, x, y, ("crown",))["crown"]
     keep = radii > 0
     assert keep.float().mean() > 0.6
-    _, success = pgd(module, RadiusProblem(x[keep], y[keep], 2.0).at(radii[keep] * 0.999), steps=100, restarts=20)
-    assert not success.any()
+    assert not pgd_succeeds_inside(module, x[keep], y[keep], radii[keep])
 
 
 def decomposed(form: str, bare: bool = False, group: bool = False):
@@ -308,11 +305,7 @@ def test_torch_group_and_instance_norm_cnns_import_and_crown_survives_pgd(tmp_pa
 
     from frontends import load_onnx
     from frontends.parity import check_parity
-    from verifier.certificates.certify import compute_bounds
-    from verifier.certificates.methods import METHODS, Task
-    from verifier.engines.attacks import pgd
     from verifier.engines.lipschitz import graph_lipschitz
-    from verifier.problem import RadiusProblem
 
     if exporter == "dynamo":
         pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install lipverify[torch])")
@@ -334,13 +327,4 @@ def test_torch_group_and_instance_norm_cnns_import_and_crown_survives_pgd(tmp_pa
     assert module.graph.op_counts().get("InstanceNormalization") == 1
     assert check_parity(proto, module)["ok"]
     assert math.isfinite(graph_lipschitz(module).lipschitz)
-    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits = module(x)
-    y = logits.argmax(1)
-    task = Task(RadiusProblem(x, y, 2.0), logits=logits, bounds=compute_bounds(module, 2.0, 64), module=module)
-    radii = METHODS["crown"].radii(task).float()
-    keep = radii > 0
-    assert keep.float().mean() > 0.6
-    _, success = pgd(module, RadiusProblem(x[keep], y[keep], 2.0).at(radii[keep] * 0.999), steps=100, restarts=20)
-    assert not success.any()
+    _crown_survives_pgd(module, torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(1)))

@@ -11,6 +11,8 @@ from verifier.box import Box
 from verifier.errors import NoRuleError
 from verifier.ops.ml import Normalizer
 
+from .onnx_graphs import box_points, l2_radii, pgd_succeeds_inside
+
 
 def boxes(norm: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
@@ -25,10 +27,7 @@ def boxes(norm: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def points(lo: torch.Tensor, hi: torch.Tensor, count: int, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    t = torch.rand(count, *lo.shape, generator=gen, dtype=torch.float64)
-    t = torch.where(t < 0.15, 0.0, torch.where(t > 0.85, 1.0, t))
-    return lo + (hi - lo) * t
+    return box_points(lo, hi, count, seed)
 
 
 @pytest.mark.parametrize("norm", ["L1", "L2", "MAX"])
@@ -88,10 +87,6 @@ def test_a_normalizer_before_a_classifier_certifies_with_crown():
     from sklearn.preprocessing import Normalizer as SkNormalizer
 
     from frontends import load_onnx
-    from verifier.certificates.certify import compute_bounds
-    from verifier.certificates.methods import METHODS, Task
-    from verifier.engines.attacks import pgd
-    from verifier.problem import RadiusProblem
 
     rng = np.random.default_rng(0)
     x = (rng.random((300, 6)) + 0.2).astype(np.float32)
@@ -101,11 +96,8 @@ def test_a_normalizer_before_a_classifier_certifies_with_crown():
     assert "Normalizer" in module.graph.op_counts()
     xt = torch.from_numpy(x[:30])
     with torch.no_grad():
-        logits = module(xt)
-    yt = logits.argmax(1)
-    task = Task(RadiusProblem(xt, yt, 2.0), logits=logits, bounds=compute_bounds(module, 2.0, 6), module=module)
-    radii, ibp = (METHODS[m].radii(task).float() for m in ("crown", "ibp"))
+        yt = module(xt).argmax(1)
+    radii, ibp = l2_radii(module, xt, yt, ("crown", "ibp")).values()
     keep = radii > 0
     assert keep.float().mean() > 0.6 and (radii > ibp).float().mean() > 0.6
-    _, success = pgd(module, RadiusProblem(xt[keep], yt[keep], 2.0).at(radii[keep] * 0.999), steps=100, restarts=20)
-    assert not success.any()
+    assert not pgd_succeeds_inside(module, xt[keep], yt[keep], radii[keep])

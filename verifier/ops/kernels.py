@@ -44,7 +44,7 @@ import torch
 
 from verifier.box import Box, is_box, outward
 from verifier.errors import NoRuleError
-from verifier.jacobian import no_gradient_rule
+from verifier.jacobian import interval_product, no_gradient_rule
 from verifier.ops.base import LIPVERIFY, Lipschitz, Op, RuleArgs, lipschitz_factor, rule
 from verifier.ops.kernel_linear import kernel_linear, kernel_lines
 from verifier.ops.kernel_ranges import ULPS, power_range, squared_distance_range
@@ -307,7 +307,5 @@ def _interval_product(a_c: torch.Tensor, a_r: torch.Tensor, b_lo: torch.Tensor, 
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(centre, radius) of {a b : a in a_c +- a_r, b in [b_lo, b_hi]} (the hull of the four corner products),
     widened by 2 REL64 for their rounding."""
-    a_lo, a_hi = a_c - a_r, a_c + a_r
-    corners = torch.stack([a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi])
-    lo, hi = corners.amin(0), corners.amax(0)
+    lo, hi = interval_product(a_c - a_r, a_c + a_r, b_lo, b_hi)
     return (lo + hi) / 2, (hi - lo) / 2 + 2 * REL64 * (lo.abs() + hi.abs())

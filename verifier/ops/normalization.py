@@ -255,12 +255,6 @@ class InstanceNormalization(LayerNormalization):
     PyTorch exports ``nn.InstanceNorm`` as this op and ``nn.GroupNorm`` as Reshape -> this op (scale 1, bias 0
     per group) -> Reshape -> per-channel Mul and Add."""
 
-    def setup(self) -> None:
-        self.axis, self.axes = 2, []
-        self.epsilon = float(self.attr("epsilon", 1e-5))
-        if self.epsilon <= 0:
-            raise self.no_rule(f"epsilon {self.epsilon} <= 0 (x / ||x|| is not Lipschitz near 0)")
-
     def _normalized(self, rank: int) -> list[int]:
         if rank < 3:
             raise self.no_rule(f"an input of rank {rank} (it needs (N, C, spatial axes...))")
